@@ -1,0 +1,42 @@
+"""The dataset interface every zoo dataset plugin implements.
+
+A dataset class is built once per split by the engine::
+
+    Dataset(split, task=..., data=..., image_size=..., channels=..., **options)
+
+``split`` is ``"train"`` or ``"test"``; every dataset has a test split (a
+deterministic held-out part where the source has none). ``task`` is the task of
+the model being trained. ``image_size``/``channels`` are ``None`` for the
+natural shape, or what the model asked for (the dataset resizes / converts).
+Items are ``(input, target)`` pairs of float images in ``[-1, 1]`` shaped
+``(C, H, W)``: for ``classification`` and ``generation`` the target is the
+integer label (0 when unlabelled); for ``image_to_image`` the input is the
+degraded image and the target the clean one.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from torch.utils.data import Dataset
+
+
+class ZooDataset(Dataset):
+    """Base class of zoo datasets; subclasses set the attributes below."""
+
+    tasks: ClassVar[tuple[str, ...]] = ("generation", "classification")
+    needs_data: ClassVar[bool] = True
+    data_help: ClassVar[str] = "a folder"
+
+    image_shape: tuple[int, int, int]
+    classes: list[str] | None = None
+
+    def __init__(self, split: str, *, task: str, data: str | None = None,
+                 image_size: int | None = None, channels: int | None = None) -> None:
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+        self.split = split
+        self.task = task
+        self.data = data
+        self.image_size = image_size
+        self.channels = channels

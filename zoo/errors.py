@@ -1,0 +1,27 @@
+"""Errors a user can act on: one or two lines naming the problem and the fix."""
+
+from __future__ import annotations
+
+
+class ZooError(Exception):
+    """Base of every error zoo reports to a user without a traceback."""
+
+    exit_code = 1
+
+
+class UsageError(ZooError):
+    """A bad name, option, value or path given by the user (exit code 2)."""
+
+    exit_code = 2
+
+
+class RunError(ZooError):
+    """A failure while running: bad data, a non-finite loss, a full disk (exit code 1)."""
+
+    exit_code = 1
+
+
+class PluginError(ZooError):
+    """A plugin failed to import, register or build (exit code 1)."""
+
+    exit_code = 1

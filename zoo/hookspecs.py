@@ -1,0 +1,62 @@
+"""Every pluggy hookspec of zoo, each saying who calls it, when, and what it returns.
+
+Two groups share the ``zoo`` project marker:
+
+* ``RegistrySpecs`` is implemented by a plugin *module* (the object an entry
+  point of the ``zoo`` group names). zoo calls it once per plugin while
+  discovering plugins.
+* ``LifecycleSpecs`` is implemented by a training *hook object*: a class
+  registered with ``registry.hook(...)`` and switched on with ``--hook NAME``.
+  The engine calls these during ``zoo train``; return values are ignored.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("zoo")
+hookimpl = pluggy.HookimplMarker("zoo")
+
+
+class RegistrySpecs:
+    """Hooks a plugin module implements to offer models, losses, datasets and hooks."""
+
+    @hookspec
+    def zoo_register(self, registry):
+        """Register this plugin's entries; called once per plugin at discovery.
+
+        ``registry`` offers ``model``, ``loss``, ``dataset`` and ``hook``, each
+        taking ``(name, target, summary)`` where ``target`` is an import string
+        ``"package.module:Attribute"`` so that listing never imports it. zoo
+        records which plugin gave each entry. An exception raised here marks
+        the plugin broken and drops everything it registered; other plugins
+        are unaffected. The return value is ignored.
+        """
+
+
+class LifecycleSpecs:
+    """Hooks a training hook object implements; the engine calls them in order."""
+
+    @hookspec
+    def on_train_start(self, run):
+        """Called once before the first step (also after a resume), with the live ``run``."""
+
+    @hookspec
+    def on_step_end(self, run, step, losses):
+        """Called at every logging step with the step number and a dict of float losses."""
+
+    @hookspec
+    def on_epoch_end(self, run, epoch):
+        """Called after each full pass over the training data (epoch counts from 1)."""
+
+    @hookspec
+    def on_eval_end(self, run, step, metrics):
+        """Called after an evaluation on the test split with a dict of float metrics."""
+
+    @hookspec
+    def on_checkpoint_saved(self, run, step, path):
+        """Called after a checkpoint folder was written and renamed into place."""
+
+    @hookspec
+    def on_train_end(self, run, status):
+        """Called once when training stops; ``status`` is "done", "interrupted" or "failed"."""

@@ -1,0 +1,108 @@
+"""The model recipe interface: the math of a step, nothing of the loop.
+
+A recipe is an ``nn.Module`` whose child modules are its networks (so its
+``state_dict`` keys are prefixed by network name). The engine owns the loop,
+devices, precision, accumulation, clipping and checkpoints; a recipe says
+which optimizers exist and yields ``(optimizer_name, loss)`` pairs in order.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, ClassVar, Iterator
+
+import torch
+from torch import nn
+
+TASKS = ("generation", "classification", "image_to_image")
+
+
+class Recipe(nn.Module):
+    """Base class of every zoo model.
+
+    Class attributes declare what the model works with; the engine checks them
+    before building anything:
+
+    * ``task``: one of ``generation``, ``classification``, ``image_to_image``;
+      a dataset lists the tasks it can feed.
+    * ``losses``: the ``--loss`` names that make sense for this model;
+      ``default_loss`` is used when ``--loss`` is not given.
+    * ``loss_role``: one sentence saying what ``--loss`` means for this model.
+    * ``metric``: ``(name, "max"|"min")`` of the evaluation metric that picks
+      the best checkpoint, or ``None``.
+    """
+
+    task: ClassVar[str] = "classification"
+    losses: ClassVar[tuple[str, ...]] = ()
+    default_loss: ClassVar[str | None] = None
+    loss_role: ClassVar[str] = "the training objective"
+    metric: ClassVar[tuple[str, str] | None] = None
+    default_lr: ClassVar[float] = 1e-3
+
+    @classmethod
+    def adapt_to_data(cls, shape: tuple[int, int, int], num_classes: int | None,
+                      options: dict[str, Any]) -> tuple[dict[str, Any], tuple[int, int]]:
+        """Fill shape options the user did not set from the data.
+
+        ``shape`` is the dataset's natural ``(channels, height, width)``. Returns
+        the completed options and the ``(channels, size)`` the model wants its
+        input images in; the engine rebuilds the dataset at that size if needed.
+        The default fills ``channels``, ``image_size`` and ``num_classes`` when
+        the constructor takes them.
+        """
+        params = inspect.signature(cls.__init__).parameters
+        filled = dict(options)
+        if "channels" in params:
+            filled.setdefault("channels", shape[0])
+        if "image_size" in params:
+            filled.setdefault("image_size", shape[1])
+        if "num_classes" in params and num_classes:
+            filled.setdefault("num_classes", num_classes)
+        return filled, (filled.get("channels", shape[0]), filled.get("image_size", shape[1]))
+
+    def configure_optimizers(self, lr: float | None) -> dict[str, torch.optim.Optimizer]:
+        """Return the optimizers by name; ``lr`` is the user's ``--lr`` or ``None``."""
+        return {"model": torch.optim.Adam(self.parameters(), lr=lr or self.default_lr)}
+
+    def configure_schedulers(self, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, Any]:
+        """Return LR schedulers by optimizer name, stepped once per epoch. Default: none."""
+        return {}
+
+    def training_step(self, batch: Any, loss_fn: nn.Module | None) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield ``(optimizer_name, loss)`` pairs in order.
+
+        The engine backpropagates each loss into that optimizer's parameters
+        only and steps it before resuming the generator, so a later yield sees
+        the networks the earlier ones just updated. Record extra scalars with
+        :meth:`log`. ``loss_fn`` is the ``--loss`` module, or ``None`` when the
+        model has no default loss and none was given. Draw randomness from the
+        global torch RNG: the engine seeds it and saves it in checkpoints.
+        """
+        raise NotImplementedError
+
+    def evaluation_step(self, batch: Any, loss_fn: nn.Module | None,
+                        generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Return per-batch *sums* of metrics plus ``count`` (samples); the engine averages.
+
+        Called in eval mode under ``torch.no_grad()``. Draw any randomness from
+        ``generator`` (on the batch's device) so evaluation never changes training.
+        """
+        raise NotImplementedError
+
+    def sample(self, count: int, generator: torch.Generator) -> torch.Tensor | None:
+        """Return ``count`` images in ``[-1, 1]`` for generative models, else ``None``."""
+        return None
+
+    def sample_inputs(self, count: int, generator: torch.Generator) -> torch.Tensor | None:
+        """The fixed inputs (e.g. noise) that :meth:`sample` grids are drawn from; ``None`` if unused."""
+        return None
+
+    # Scalars recorded during a step, read by the engine at logging steps.
+    def log(self, name: str, value: torch.Tensor) -> None:
+        """Record a scalar for this step (kept as a tensor: no device sync)."""
+        store = self.__dict__.setdefault("_step_logs", {})
+        store[name] = value.detach()
+
+    def pop_logs(self) -> dict[str, torch.Tensor]:
+        """Scalars recorded since the last call (used by the engine)."""
+        return self.__dict__.pop("_step_logs", {})

@@ -1,0 +1,308 @@
+"""Plugin discovery over pluggy: entry points of the ``zoo`` group, isolation, lookup.
+
+Listing never imports a plugin's torch code: plugins register import strings,
+and only :meth:`Entry.load` imports one. A plugin that fails to import, has a
+mis-signed hook, or raises while registering is recorded as broken and never
+affects the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+import importlib
+import importlib.metadata
+import os
+import re
+from typing import Any, Iterable, Iterator
+
+import pluggy
+
+from zoo import hookspecs
+from zoo.errors import PluginError, UsageError
+
+ENTRY_POINT_GROUP = "zoo"
+KINDS = ("model", "loss", "dataset", "hook")
+PLURALS = {"models": "model", "losses": "loss", "datasets": "dataset", "hooks": "hook"}
+BUILTIN_DISTRIBUTION = "zoo"
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.\-]*$")
+_TARGET_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One registered model, loss, dataset or hook, with the plugin that gave it."""
+
+    kind: str
+    name: str
+    target: str
+    summary: str
+    plugin: str
+    bound: tuple[tuple[str, Any], ...] = ()
+    default: bool = False
+
+    @property
+    def qualified_name(self) -> str:
+        """The unambiguous ``plugin:name`` spelling."""
+        return f"{self.plugin}:{self.name}"
+
+    @property
+    def bound_options(self) -> dict[str, Any]:
+        """Options fixed by the registration (e.g. the architecture of an adapter)."""
+        return dict(self.bound)
+
+    def load(self) -> Any:
+        """Import and return the target (a class or factory)."""
+        module_name, _, attr_path = self.target.partition(":")
+        try:
+            obj: Any = importlib.import_module(module_name)
+            for attr in attr_path.split("."):
+                obj = getattr(obj, attr)
+        except Exception as exc:  # a plugin's import may fail in any way
+            raise PluginError(
+                f"{self.kind} '{self.qualified_name}' could not be loaded from {self.target}: "
+                f"{type(exc).__name__}: {exc}. Reinstall or disable plugin '{self.plugin}'."
+            ) from exc
+        return obj
+
+
+@dataclasses.dataclass
+class PluginInfo:
+    """What zoo knows of one installed plugin (one entry point of the ``zoo`` group)."""
+
+    name: str
+    distribution: str
+    version: str
+    module: str
+    status: str = "ok"  # ok, disabled, broken
+    error: str = ""
+    counts: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def builtin(self) -> bool:
+        """True for the plugins shipped inside zoo itself."""
+        return self.distribution.lower() == BUILTIN_DISTRIBUTION
+
+
+class Registrar:
+    """The object a plugin's ``zoo_register`` hook receives; records provenance."""
+
+    def __init__(self, plugin: str):
+        self._plugin = plugin
+        self.entries: list[Entry] = []
+
+    def _add(self, kind: str, name: str, target: str, summary: str,
+             bind: dict[str, Any] | None = None, default: bool = False) -> None:
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise ValueError(f"invalid {kind} name {name!r}: use lowercase letters, digits, '_', '-', '.'")
+        if not isinstance(target, str) or not _TARGET_RE.match(target):
+            raise ValueError(f"invalid target {target!r} for {kind} '{name}': use 'package.module:Attribute'")
+        if any(e.kind == kind and e.name == name for e in self.entries):
+            raise ValueError(f"{kind} '{name}' registered twice by the same plugin")
+        summary_line = (summary or "").strip().splitlines()[0] if (summary or "").strip() else ""
+        self.entries.append(Entry(kind, name, target, summary_line, self._plugin,
+                                  tuple(sorted((bind or {}).items())), default))
+
+    def model(self, name: str, target: str, summary: str = "", bind: dict[str, Any] | None = None) -> None:
+        """Register a model recipe class (a ``zoo.Recipe`` subclass)."""
+        self._add("model", name, target, summary, bind)
+
+    def loss(self, name: str, target: str, summary: str = "", bind: dict[str, Any] | None = None) -> None:
+        """Register a loss: an ``nn.Module`` class called as ``loss(prediction, target)``."""
+        self._add("loss", name, target, summary, bind)
+
+    def dataset(self, name: str, target: str, summary: str = "", bind: dict[str, Any] | None = None,
+                default: bool = False) -> None:
+        """Register a dataset class (see ``zoo.data``); ``default=True`` offers it when none is named."""
+        self._add("dataset", name, target, summary, bind, default)
+
+    def hook(self, name: str, target: str, summary: str = "", default: bool = False) -> None:
+        """Register a training hook class; ``default=True`` switches it on unless ``--no-hook``."""
+        self._add("hook", name, target, summary, None, default)
+
+
+def natural_key(text: str) -> list[Any]:
+    """Sort key that orders ``resnet18`` before ``resnet101``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+class Registry:
+    """Every entry of every installed plugin, with lookup and did-you-mean."""
+
+    def __init__(self) -> None:
+        self.plugins: dict[str, PluginInfo] = {}
+        self._entries: list[Entry] = []
+
+    def add_plugin(self, info: PluginInfo, entries: Iterable[Entry] = ()) -> None:
+        """Record a plugin and the entries it registered."""
+        entries = list(entries)
+        for kind in KINDS:
+            info.counts[kind] = sum(1 for e in entries if e.kind == kind)
+        self.plugins[info.name] = info
+        self._entries.extend(entries)
+
+    def entries(self, kind: str | None = None, patterns: Iterable[str] = ()) -> list[Entry]:
+        """Entries of one kind (or all), filtered by fnmatch patterns, naturally sorted."""
+        patterns = list(patterns)
+        found = [e for e in self._entries if kind is None or e.kind == kind]
+        if patterns:
+            found = [e for e in found
+                     if any(fnmatch.fnmatchcase(e.name, p) or fnmatch.fnmatchcase(e.qualified_name, p)
+                            for p in patterns)]
+        return sorted(found, key=lambda e: (KINDS.index(e.kind), natural_key(e.name), e.plugin))
+
+    def names(self, kind: str) -> list[str]:
+        """Bare names of one kind, sorted."""
+        return sorted({e.name for e in self.entries(kind)}, key=natural_key)
+
+    def broken(self) -> list[PluginInfo]:
+        """Plugins that failed to load or register."""
+        return [p for p in self.plugins.values() if p.status == "broken"]
+
+    def resolve(self, kind: str, name: str) -> Entry:
+        """Find one entry by ``name`` or ``plugin:name``; a usage error says what to type instead."""
+        plugin, sep, bare = name.rpartition(":")
+        candidates = [e for e in self._entries if e.kind == kind and e.name == (bare if sep else name)]
+        if sep:
+            candidates = [e for e in candidates if e.plugin == plugin]
+        if len(candidates) == 1:
+            return candidates[0]
+        if len(candidates) > 1:
+            spellings = ", ".join(e.qualified_name for e in candidates)
+            raise UsageError(f"{kind} name '{name}' is offered by several plugins; pick one of: {spellings}.")
+        raise UsageError(self._unknown_message(kind, name))
+
+    def _unknown_message(self, kind: str, name: str) -> str:
+        pool = {e.name for e in self._entries if e.kind == kind}
+        pool |= {e.qualified_name for e in self._entries if e.kind == kind}
+        close = difflib.get_close_matches(name, sorted(pool), n=3, cutoff=0.6)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        broken = [p.name for p in self.broken()]
+        note = f" (broken plugins: {', '.join(broken)})" if broken else ""
+        plural = {v: k for k, v in PLURALS.items()}[kind]
+        return f"unknown {kind} '{name}'.{hint} Run 'zoo list {plural}' to see all{note}."
+
+    def defaults(self, kind: str = "hook") -> list[Entry]:
+        """Entries marked default: hooks switched on, the dataset used when none is named."""
+        return [e for e in self.entries(kind) if e.default]
+
+    def find_any(self, name: str) -> list[Entry]:
+        """Entries of any kind whose name or qualified name is ``name``."""
+        return [e for e in self.entries() if name in (e.name, e.qualified_name)]
+
+    def suggest_any(self, name: str) -> list[str]:
+        """Did-you-mean candidates across all kinds."""
+        pool = sorted({e.name for e in self._entries})
+        return difflib.get_close_matches(name, pool, n=3, cutoff=0.6)
+
+
+def _disabled_from_env() -> set[str]:
+    raw = os.environ.get("ZOO_DISABLE_PLUGINS", "")
+    return {part.strip() for part in raw.split(",") if part.strip()}
+
+
+def _autoload_off() -> bool:
+    return os.environ.get("ZOO_DISABLE_PLUGIN_AUTOLOAD", "").strip().lower() in {"1", "true", "yes"}
+
+
+def _entry_points() -> Iterator[importlib.metadata.EntryPoint]:
+    seen: set[tuple[str, str]] = set()
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        key = (ep.name, ep.value)
+        if key in seen:  # the same distribution found twice on sys.path
+            continue
+        seen.add(key)
+        yield ep
+
+
+def discover(disabled: Iterable[str] = ()) -> Registry:
+    """Load every installed plugin in isolation and return the registry.
+
+    ``disabled`` (plus ``ZOO_DISABLE_PLUGINS``) names plugins to skip; a name that
+    matches no installed plugin is a usage error. ``ZOO_DISABLE_PLUGIN_AUTOLOAD=1``
+    loads the builtin plugins alone.
+    """
+    disabled_names = set(disabled) | _disabled_from_env()
+    registry = Registry()
+    manager = pluggy.PluginManager(ENTRY_POINT_GROUP)
+    manager.add_hookspecs(hookspecs.RegistrySpecs)
+    points = sorted(_entry_points(), key=lambda ep: natural_key(ep.name))
+    installed = {ep.name for ep in points}
+    unknown = sorted(disabled_names - installed)
+    if unknown:
+        raise UsageError(
+            f"cannot disable unknown plugin(s) {', '.join(unknown)}; installed plugins: "
+            f"{', '.join(sorted(installed)) or 'none'}. Run 'zoo list plugins'."
+        )
+    autoload_off = _autoload_off()
+    for ep in points:
+        dist = getattr(ep, "dist", None)
+        info = PluginInfo(
+            name=ep.name if ep.name not in registry.plugins else f"{ep.name}@{dist.name if dist else '?'}",
+            distribution=dist.name if dist else "?",
+            version=dist.version if dist else "?",
+            module=ep.value,
+        )
+        if info.name in disabled_names:
+            info.status, info.error = "disabled", "disabled by the user"
+            registry.add_plugin(info)
+            continue
+        if autoload_off and not info.builtin:
+            info.status, info.error = "disabled", "ZOO_DISABLE_PLUGIN_AUTOLOAD is set"
+            registry.add_plugin(info)
+            continue
+        registry.add_plugin(info, _load_plugin(manager, ep, info))
+    return registry
+
+
+def _load_plugin(manager: pluggy.PluginManager, ep: importlib.metadata.EntryPoint,
+                 info: PluginInfo) -> list[Entry]:
+    """Import one plugin and run its register hook; on any failure mark it broken."""
+    try:
+        module = ep.load()
+        manager.register(module, name=info.name)
+    except pluggy.PluginValidationError as exc:
+        info.status, info.error = "broken", f"hook signature mismatch: {str(exc).splitlines()[0]}"
+        return []
+    except BaseException as exc:  # noqa: BLE001 - a plugin may raise anything, even SystemExit
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        info.status, info.error = "broken", _first_line(exc)
+        return []
+    registrar = Registrar(info.name)
+    impls = [impl for impl in manager.hook.zoo_register.get_hookimpls() if impl.plugin_name == info.name]
+    if not impls:
+        info.status, info.error = "broken", "the module defines no zoo_register hook"
+        return []
+    try:
+        for impl in impls:
+            impl.function(registry=registrar)
+    except BaseException as exc:  # noqa: BLE001
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        info.status, info.error = "broken", _first_line(exc)
+        return []
+    return registrar.entries
+
+
+_CACHE: dict[frozenset[str], Registry] = {}
+
+
+def get_registry(disabled: Iterable[str] = ()) -> Registry:
+    """The registry for this process, discovered once per set of disabled plugins."""
+    key = frozenset(disabled) | frozenset(_disabled_from_env()) | (
+        frozenset({"<no-autoload>"}) if _autoload_off() else frozenset())
+    if key not in _CACHE:
+        _CACHE[key] = discover(disabled)
+    return _CACHE[key]
+
+
+def clear_cache() -> None:
+    """Forget discovered plugins (tests install plugins at run time)."""
+    _CACHE.clear()
