@@ -1,0 +1,113 @@
+"""The ``zoo`` command: a thin click app over zoo's registry and engine.
+
+Errors a user causes print one line and exit 2 (usage) or 1 (runtime);
+``--debug`` or ``ZOO_DEBUG=1`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import click
+
+import zoo
+from zoo.errors import ZooError
+from zoo.registry import get_registry
+
+_WARNED = False
+
+
+class Context:
+    """What every command gets: the global flags and the lazily discovered registry."""
+
+    def __init__(self, debug: bool, disabled: tuple[str, ...]) -> None:
+        self.debug = debug
+        self.disabled = disabled
+
+    def registry(self, warn: bool = True):
+        """The plugin registry; other commands than ``list`` warn once, in one line, of broken plugins."""
+        global _WARNED
+        registry = get_registry(self.disabled)
+        broken = registry.broken()
+        if warn and broken and not _WARNED:
+            _WARNED = True
+            names = ", ".join(f"{p.name} ({p.error})" for p in broken)
+            click.echo(f"zoo: warning: broken plugin(s) skipped: {names}; 'zoo list plugins' shows details.",
+                       err=True)
+        return registry
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(zoo.__version__, prog_name="zoo")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors (or set ZOO_DEBUG=1).")
+@click.option("--disable-plugin", "disabled", multiple=True, metavar="NAME",
+              help="Skip an installed plugin (repeatable; also ZOO_DISABLE_PLUGINS=a,b).")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, disabled: tuple[str, ...]) -> None:
+    """zoo: train, test and browse PyTorch models from plugins.
+
+    \b
+      zoo list                                    everything installed, with its plugin
+      zoo info dcgan                              options, losses and datasets of a model
+      zoo train --model dcgan --loss perceptual   train on the embedded default dataset
+      zoo test --run runs/<run>                   metrics of a run on its test split
+    """
+    ctx.obj = Context(debug, disabled)
+
+
+def _register_commands() -> None:
+    from train_cli import listing, running
+    cli.add_command(listing.list_command)
+    cli.add_command(listing.info_command)
+    cli.add_command(running.train_command)
+    cli.add_command(running.test_command)
+
+
+_register_commands()
+
+
+def _debug_requested(argv: list[str]) -> bool:
+    return "--debug" in argv or os.environ.get("ZOO_DEBUG", "").strip().lower() in {"1", "true", "yes"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the app and turn errors into one line and an exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = _debug_requested(argv)
+    try:
+        code = cli.main(args=argv, prog_name="zoo", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.exceptions.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "zoo"
+        click.echo(f"zoo: error: {exc.format_message()} (see '{command} --help')", err=True)
+        code = 2
+    except click.exceptions.Abort:
+        click.echo("zoo: aborted.", err=True)
+        code = 130
+    except ZooError as exc:
+        if debug:
+            traceback.print_exc()
+        message = str(exc)
+        click.echo(message if message.startswith("zoo:") else f"zoo: error: {message}", err=True)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        click.echo("zoo: aborted without saving.", err=True)
+        code = 130
+    except BrokenPipeError:
+        code = 0
+    except Exception as exc:  # a bug: say so in one line unless debugging
+        if debug:
+            traceback.print_exc()
+        click.echo(f"zoo: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+                   err=True)
+        code = 1
+    sys.exit(code or 0)
+
+
+if __name__ == "__main__":
+    main()

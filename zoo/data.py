@@ -12,12 +12,18 @@ Items are ``(input, target)`` pairs of float images in ``[-1, 1]`` shaped
 ``(C, H, W)``: for ``classification`` and ``generation`` the target is the
 integer label (0 when unlabelled); for ``image_to_image`` the input is the
 degraded image and the target the clean one.
+
+Random augmentation draws from :func:`item_rng` (pass it as ``generator=`` to
+torch's random functions) so that training is exactly reproducible.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+import contextlib
+import threading
+from typing import ClassVar, Iterator
 
+import torch
 from torch.utils.data import Dataset
 
 
@@ -40,3 +46,29 @@ class ZooDataset(Dataset):
         self.data = data
         self.image_size = image_size
         self.channels = channels
+
+
+_ITEM = threading.local()
+
+
+def item_rng() -> torch.Generator | None:
+    """The generator a dataset should draw per-item randomness from (augmentation, noise).
+
+    While the engine loads a sample it sets a generator seeded from (run seed,
+    epoch, index), so augmentation is the same whichever worker loads the item
+    and after a resume. Outside the engine it is ``None``: torch's global RNG.
+    """
+    return getattr(_ITEM, "generator", None)
+
+
+@contextlib.contextmanager
+def seeded_item(seed: int) -> Iterator[torch.Generator]:
+    """Make :func:`item_rng` return a generator seeded with ``seed`` in this thread."""
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    previous = getattr(_ITEM, "generator", None)
+    _ITEM.generator = generator
+    try:
+        yield generator
+    finally:
+        _ITEM.generator = previous

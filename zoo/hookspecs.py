@@ -42,8 +42,12 @@ class LifecycleSpecs:
         """Called once before the first step (also after a resume), with the live ``run``."""
 
     @hookspec
-    def on_step_end(self, run, step, losses):
-        """Called at every logging step with the step number and a dict of float losses."""
+    def on_step_end(self, run, step, scalars):
+        """Called at every logging step (``--log-every``) and at the run's last step.
+
+        ``scalars`` maps names to floats: the losses averaged since the last
+        call, ``compute_efficiency``, ``samples_per_sec`` and ``lr/<optimizer>``.
+        """
 
     @hookspec
     def on_epoch_end(self, run, epoch):

@@ -1,0 +1,109 @@
+"""Labelled images in class folders: ROOT/train/<class>/* and optionally ROOT/test/<class>/*."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torchvision.transforms.v2.functional as TF
+
+from plugins import ops
+from zoo.data import ZooDataset, item_rng
+from zoo.errors import UsageError
+
+LAYOUT = "ROOT/train/<class>/*.png|jpg (and optionally ROOT/test/<class>/*)"
+HOLDOUT_EVERY = 10
+
+
+def _list_class_files(folder: str) -> list[str]:
+    """All image files under ``folder`` (recursively), sorted."""
+    found = []
+    for parent, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found.extend(os.path.join(parent, name) for name in files
+                     if ops.is_image_file(os.path.join(parent, name)))
+    return sorted(found)
+
+
+def _scan(split_dir: str) -> dict[str, list[str]]:
+    """Map each class folder name under ``split_dir`` to its sorted image files."""
+    try:
+        names = sorted(entry.name for entry in os.scandir(split_dir)
+                       if entry.is_dir() and not entry.name.startswith("."))
+    except OSError as exc:
+        raise UsageError(f"cannot list {split_dir}: {exc.strerror}; check the folder and its "
+                         f"permissions (expected {LAYOUT})") from exc
+    return {name: _list_class_files(os.path.join(split_dir, name)) for name in names}
+
+
+class ImageFolderDataset(ZooDataset):
+    """Images sorted into one folder per class; the test split is ROOT/test or every 10th train file."""
+
+    tasks = ("generation", "classification", "image_to_image")
+    needs_data = True
+    data_help = "a folder ROOT with ROOT/train/<class>/ image folders (ROOT/test/<class>/ optional)"
+
+    def __init__(self, split: str, *, task: str, data: str | None = None,
+                 image_size: int | None = None, channels: int | None = None,
+                 degrade: str = "noise") -> None:
+        """Index the files of one split (no decoding); ``degrade`` is used for image_to_image."""
+        super().__init__(split, task=task, data=data, image_size=image_size, channels=channels)
+        ops.check_image_options("imagefolder", task, self.tasks, image_size, channels)
+        ops.check_degrade_kind(degrade)
+        if data is None:
+            raise UsageError(f"imagefolder needs --data ROOT: a folder laid out as {LAYOUT}")
+        root = os.path.expanduser(data)
+        if not os.path.isdir(root):
+            raise UsageError(f"data folder {root} does not exist or is not a folder: "
+                             f"give --data ROOT laid out as {LAYOUT}")
+        train_dir = os.path.join(root, "train")
+        if not os.path.isdir(train_dir):
+            raise UsageError(f"no train/ folder in {root}: lay the images out as {LAYOUT}")
+        train = _scan(train_dir)
+        if not train:
+            raise UsageError(f"no class folders in {train_dir}: put each class's images in "
+                             f"{train_dir}/<class>/ ({LAYOUT})")
+        self.classes = list(train)
+        train_files = [(path, label) for label, name in enumerate(self.classes) for path in train[name]]
+        if not train_files:
+            raise UsageError(f"no images (.png, .jpg, ...) in the class folders of {train_dir}: "
+                             f"expected {LAYOUT}")
+
+        test_dir = os.path.join(root, "test")
+        if os.path.isdir(test_dir):
+            test = _scan(test_dir)
+            unknown = [name for name in test if name not in train]
+            if unknown:
+                raise UsageError(f"class folder {os.path.join(test_dir, unknown[0])} has no match in "
+                                 f"{train_dir}: test classes must be train classes ({LAYOUT})")
+            label_of = {name: label for label, name in enumerate(self.classes)}
+            test_files = [(path, label_of[name]) for name in test for path in test[name]]
+            if not test_files:
+                raise UsageError(f"no images in the class folders of {test_dir}: add test images "
+                                 f"or remove {test_dir} to hold out every {HOLDOUT_EVERY}th train image")
+            self.files = train_files if split == "train" else test_files
+        elif len(train_files) == 1:
+            self.files = train_files
+        else:
+            held = [i % HOLDOUT_EVERY == 0 for i in range(len(train_files))]
+            self.files = [f for f, h in zip(train_files, held) if h == (split == "test")]
+
+        self.degrade = degrade
+        first_channels, first_height, _ = ops.read_image_header(train_files[0][0])
+        self.size = image_size or first_height
+        self.image_shape = (channels or first_channels, self.size, self.size)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor | int]:
+        path, label = self.files[index]
+        image = ops.load_image(path, self.image_shape[0])
+        image = TF.center_crop(TF.resize(image, [self.size], antialias=True), [self.size, self.size])
+        clean = ops.image_to_tensor(image)
+        if self.split == "train" and torch.rand((), generator=item_rng()).item() < 0.5:
+            clean = TF.hflip(clean)
+        if self.task == "image_to_image":
+            generator = torch.Generator().manual_seed(index) if self.split == "test" else item_rng()
+            return ops.degrade(clean, self.degrade, generator=generator), clean
+        return clean, label

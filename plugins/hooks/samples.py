@@ -1,0 +1,28 @@
+"""Builtin hook: PNG grids of a generative model's samples under ``samples/``."""
+
+from __future__ import annotations
+
+from zoo import hookimpl
+
+
+class SampleGridHook:
+    """Saves ``samples/step-<N>.png`` (and ``samples/latest.png``) at each epoch's end and the run's end."""
+
+    @hookimpl
+    def on_epoch_end(self, run, epoch):
+        self._save(run)
+
+    @hookimpl
+    def on_train_end(self, run, status):
+        if status != "failed":
+            self._save(run)
+
+    def _save(self, run) -> None:
+        grid = run.sample_grid()
+        if grid is None:
+            return
+        from torchvision.utils import save_image
+        folder = run.run_dir / "samples"
+        folder.mkdir(exist_ok=True)
+        save_image(grid, str(folder / f"step-{run.step}.png"))
+        save_image(grid, str(folder / "latest.png"))

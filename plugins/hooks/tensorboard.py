@@ -1,0 +1,48 @@
+"""Builtin hook: the run's scalars and sample grids as tensorboardX events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zoo import hookimpl
+
+
+class TensorboardHook:
+    """Writes losses, learning rates, compute efficiency, throughput and sample grids to ``tensorboard/``."""
+
+    def __init__(self) -> None:
+        self.writer: Any = None
+
+    @hookimpl
+    def on_train_start(self, run):
+        from tensorboardX import SummaryWriter
+        self.writer = SummaryWriter(logdir=str(run.run_dir / "tensorboard"), flush_secs=30)
+
+    @hookimpl
+    def on_step_end(self, run, step, scalars):
+        for name, value in scalars.items():
+            self.writer.add_scalar(f"train/{name}", value, step)
+
+    @hookimpl
+    def on_eval_end(self, run, step, metrics):
+        for name, value in metrics.items():
+            self.writer.add_scalar(f"eval/{name}", value, step)
+
+    @hookimpl
+    def on_epoch_end(self, run, epoch):
+        self._add_grid(run)
+
+    @hookimpl
+    def on_train_end(self, run, status):
+        if self.writer is None:
+            return
+        if status != "failed":
+            self._add_grid(run)
+        self.writer.close()
+        self.writer = None
+
+    def _add_grid(self, run) -> None:
+        grid = run.sample_grid()
+        if grid is not None:
+            self.writer.add_image("samples", grid, run.step)
+            self.writer.flush()

@@ -1,0 +1,181 @@
+"""Image ops shared by the builtin datasets: degradations, paired crops, loading.
+
+Images here are float tensors shaped ``(C, H, W)`` (or ``(..., C, H, W)``) in
+``[-1, 1]`` unless a function says otherwise. Random draws use the global torch
+RNG unless a ``torch.Generator`` is passed; datasets pass ``zoo.data.item_rng()``
+(the engine's per-item generator, ``None`` outside the engine) so training
+augmentation is exactly resumable.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import TypeVar
+
+import torch
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
+
+from zoo.errors import RunError, UsageError
+
+DEGRADE_KINDS = ("noise", "blur", "downscale")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+
+# Per-kind degradation at strength 1.0: noise std in [-1, 1] units, blur sigma in
+# pixels, downscale factor exponent (factor = 2 ** strength).
+_NOISE_STD = 0.2
+_BLUR_SIGMA = 1.2
+
+ImageLike = TypeVar("ImageLike", torch.Tensor, Image.Image)
+
+
+def to_unit_range(image: torch.Tensor) -> torch.Tensor:
+    """Map an image from ``[-1, 1]`` to ``[0, 1]``."""
+    return (image + 1.0) / 2.0
+
+
+def from_unit_range(image: torch.Tensor) -> torch.Tensor:
+    """Map an image from ``[0, 1]`` to ``[-1, 1]``."""
+    return image * 2.0 - 1.0
+
+
+def degrade(image: torch.Tensor, kind: str, generator: torch.Generator | None = None,
+            strength: float = 1.0) -> torch.Tensor:
+    """Return a degraded copy of ``image`` (``[-1, 1]``): ``noise``, ``blur`` or ``downscale``.
+
+    ``strength`` scales the default degradation (0 leaves the image unchanged);
+    ``generator`` drives the noise (the global torch RNG when ``None``).
+    """
+    if kind not in DEGRADE_KINDS:
+        raise ValueError(f"unknown degradation {kind!r}: use one of {', '.join(DEGRADE_KINDS)}")
+    if strength < 0:
+        raise ValueError(f"degradation strength must be >= 0, not {strength}")
+    if strength == 0:
+        return image.clone()
+    height, width = image.shape[-2:]
+    if kind == "noise":
+        noise = torch.randn(image.shape, generator=generator, dtype=image.dtype, device=image.device)
+        out = image + noise * (_NOISE_STD * strength)
+    elif kind == "blur":
+        sigma = _BLUR_SIGMA * strength
+        # Odd kernel covering +-3 sigma; reflect padding needs it below twice the side.
+        kernel = min(2 * math.ceil(3 * sigma) + 1, 2 * min(height, width) - 1)
+        out = TF.gaussian_blur(image, [kernel, kernel], [sigma, sigma])
+    else:
+        factor = 2.0 ** strength
+        small = [max(1, round(height / factor)), max(1, round(width / factor))]
+        out = TF.resize(TF.resize(image, small, antialias=True), [height, width], antialias=True)
+    return out.clamp(-1.0, 1.0)
+
+
+def check_degrade_kind(kind: str) -> None:
+    """Raise a UsageError unless ``kind`` is a valid ``degrade`` dataset option."""
+    if kind not in DEGRADE_KINDS:
+        raise UsageError(f"unknown degrade {kind!r}: use --dataset-opt degrade=KIND with KIND one of "
+                         f"{', '.join(DEGRADE_KINDS)}")
+
+
+def _crop_flip_params(height: int, width: int, size: int,
+                      generator: torch.Generator | None) -> tuple[int, int, bool]:
+    """Draw one crop position and one flip decision (global torch RNG when ``generator`` is None)."""
+    if size > height or size > width:
+        raise ValueError(f"crop size {size} is larger than the image ({width}x{height})")
+    top = int(torch.randint(0, height - size + 1, (), generator=generator).item())
+    left = int(torch.randint(0, width - size + 1, (), generator=generator).item())
+    flip = bool(torch.rand((), generator=generator).item() < 0.5)
+    return top, left, flip
+
+
+def _crop_flip(image: ImageLike, top: int, left: int, size: int, flip: bool) -> ImageLike:
+    image = TF.crop(image, top, left, size, size)
+    return TF.hflip(image) if flip else image
+
+
+def paired_random_crop_flip(a: ImageLike, b: ImageLike, size: int,
+                            generator: torch.Generator | None = None) -> tuple[ImageLike, ImageLike]:
+    """Crop the same random ``size`` square from ``a`` and ``b`` and flip both or neither.
+
+    ``a`` and ``b`` are tensors (``(..., H, W)``) or PIL images of equal size; the
+    crop position and flip come from ``generator`` (the global torch RNG when None).
+    """
+    size_a, size_b = TF.get_size(a), TF.get_size(b)
+    if size_a != size_b:
+        raise ValueError(f"paired images differ in size: {size_a[1]}x{size_a[0]} vs {size_b[1]}x{size_b[0]}")
+    top, left, flip = _crop_flip_params(size_a[0], size_a[1], size, generator)
+    return _crop_flip(a, top, left, size, flip), _crop_flip(b, top, left, size, flip)
+
+
+def random_crop_flip(image: ImageLike, size: int, generator: torch.Generator | None = None) -> ImageLike:
+    """Crop a random ``size`` square from ``image`` and flip it half the time."""
+    height, width = TF.get_size(image)
+    top, left, flip = _crop_flip_params(height, width, size, generator)
+    return _crop_flip(image, top, left, size, flip)
+
+
+def center_crop_pair(a: ImageLike, b: ImageLike, size: int) -> tuple[ImageLike, ImageLike]:
+    """Crop the central ``size`` square of both ``a`` and ``b``."""
+    return TF.center_crop(a, [size, size]), TF.center_crop(b, [size, size])
+
+
+def convert_channels(image: torch.Tensor, channels: int | None) -> torch.Tensor:
+    """Convert a ``(C, H, W)`` image between grey (1) and RGB (3); ``None`` keeps it."""
+    if channels is None or image.shape[-3] == channels:
+        return image
+    if channels == 1:
+        weights = torch.tensor([0.299, 0.587, 0.114], dtype=image.dtype, device=image.device)
+        return (image[..., :3, :, :] * weights[:, None, None]).sum(dim=-3, keepdim=True)
+    if image.shape[-3] == 1:
+        return image.expand(*image.shape[:-3], channels, *image.shape[-2:]).clone()
+    raise ValueError(f"cannot convert a {image.shape[-3]}-channel image to {channels} channels")
+
+
+def check_image_options(name: str, task: str, tasks: tuple[str, ...], image_size: int | None,
+                        channels: int | None) -> None:
+    """Raise a UsageError for a task a dataset cannot feed or an impossible size/channel count."""
+    if task not in tasks:
+        raise UsageError(f"dataset '{name}' cannot feed a {task} model: it feeds {', '.join(tasks)}; "
+                         f"pick another --dataset")
+    if image_size is not None and image_size < 1:
+        raise UsageError(f"image size must be a positive number of pixels, not {image_size}")
+    if channels not in (None, 1, 3):
+        raise UsageError(f"{channels} image channels requested: dataset '{name}' gives 1 (grey) or 3 (RGB)")
+
+
+def is_image_file(path: str) -> bool:
+    """True for a regular, non-hidden file with an image extension PIL reads."""
+    name = os.path.basename(path)
+    return (not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+            and os.path.isfile(path))
+
+
+def read_image_header(path: str) -> tuple[int, int, int]:
+    """Return ``(channels, height, width)`` of an image file reading only its header."""
+    try:
+        with Image.open(path) as image:
+            return (1 if image.mode in GREY_MODES else 3), image.height, image.width
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        raise RunError(f"cannot read image {path}: {_reason(exc)}; replace or remove the file") from exc
+
+
+def load_image(path: str, channels: int) -> Image.Image:
+    """Decode an image file as a grey (``channels=1``) or RGB PIL image; RunError names a bad file."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("I", "I;16"):  # 16-bit grey: keep the top 8 bits
+                image = image.point(lambda value: value * (1 / 256)).convert("L")
+            return image.convert("L" if channels == 1 else "RGB")
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        raise RunError(f"cannot read image {path}: {_reason(exc)}; replace or remove the file") from exc
+
+
+def image_to_tensor(image: Image.Image) -> torch.Tensor:
+    """Convert a PIL image to a float ``(C, H, W)`` tensor in ``[-1, 1]``."""
+    return from_unit_range(TF.pil_to_tensor(image).to(torch.float32) / 255.0)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,302 @@
+"""The training engine on tiny runs: run folder, exact resume, signals, NaN, hooks, zoo test."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from zoo.config import TrainConfig
+from zoo.engine import checkpoint
+from zoo.engine.rundir import prepare_new
+from zoo.engine.tester import evaluate_run
+from zoo.engine.trainer import Interrupted, Trainer
+from zoo.errors import RunError, UsageError
+from zoo.registry import Entry, PluginInfo, discover
+
+TINY_DCGAN = {"ngf": 8, "ndf": 8, "nz": 16}
+TINY_SHAPES = {"train_count": 64, "test_count": 16}
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return discover()
+
+
+def tiny_config(run_dir: Path, **overrides) -> TrainConfig:
+    values = dict(model="dcgan", loss="mse", model_opt=dict(TINY_DCGAN), dataset_opt=dict(TINY_SHAPES),
+                  batch_size=8, log_every=1, device="cpu", run_dir=str(run_dir), max_steps=12)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def train(registry, config: TrainConfig, resume: bool = False) -> Trainer:
+    run_dir = Path(config.run_dir)
+    if not resume:
+        prepare_new(run_dir, overwrite=True)
+    trainer = Trainer(config, registry, run_dir, resume=resume, command_line=["zoo", "test-run"])
+    trainer.fit()
+    return trainer
+
+
+def newest_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    step, folder = checkpoint.list_steps(run_dir)[-1]
+    return load_file(str(folder / "model.safetensors"))
+
+
+def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"weights differ: {different[:5]}"
+
+
+def interrupt_at(trainer: Trainer, step: int, signum: int = signal.SIGTERM) -> None:
+    """Deliver a real signal to this process right after ``step`` completes."""
+    original = trainer._train_step
+
+    def step_then_signal(batches):
+        original(batches)
+        if trainer.step + 1 == step:
+            os.kill(os.getpid(), signum)
+
+    trainer._train_step = step_then_signal
+
+
+def read_events(folder: Path) -> list:
+    """Parse tensorboardX event files (TFRecord framing) back into Event protos."""
+    from tensorboardX.proto import event_pb2
+    events = []
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        offset = 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset:offset + 8])
+            record = data[offset + 12: offset + 12 + length]
+            offset += 12 + length + 4
+            event = event_pb2.Event()
+            event.ParseFromString(record)
+            events.append(event)
+    return events
+
+
+def test_run_folder_has_config_checkpoint_metrics_events_and_samples(registry, tmp_path):
+    config = tiny_config(tmp_path / "run", max_steps=10, log_every=4)
+    trainer = train(registry, config)
+    run_dir = tmp_path / "run"
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["config"]["max_steps"] == 10
+    assert saved["resolved"]["model"]["name"] == "builtin:dcgan"
+    assert saved["resolved"]["model"]["version"]
+    assert saved["resolved"]["loss"]["name"] == "builtin:mse"
+    assert saved["resolved"]["dataset"]["name"] == "builtin:shapes"
+    assert saved["command_line"] == ["zoo", "test-run"]
+    assert "torch" in saved["versions"]
+    assert saved["resolved"]["input_shape"] == [3, 32, 32]
+    steps = [s for s, _ in checkpoint.list_steps(run_dir)]
+    assert steps[-1] == 10 and trainer.step == 10
+    weights = newest_weights(run_dir)
+    assert any(k.startswith("generator.") for k in weights)
+    assert any(k.startswith("discriminator.") for k in weights)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in records if r["kind"] == "train"]
+    assert train_steps == [4, 8, 10]  # every --log-every steps, and the final step
+    assert all(0.0 <= r["compute_efficiency"] <= 1.0 for r in records if r["kind"] == "train")
+    assert any(r["kind"] == "eval" and "d_loss" in r for r in records)
+    png = run_dir / "samples" / "latest.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    events = read_events(run_dir / "tensorboard")
+    tags = {v.tag for e in events for v in e.summary.value}
+    assert {"train/discriminator", "train/generator", "train/compute_efficiency",
+            "train/lr/generator", "train/samples_per_sec", "samples"} <= tags
+    final = [v.simple_value for e in events if e.step == 10 for v in e.summary.value if v.tag == "train/generator"]
+    assert final and final[-1] == pytest.approx(records[[r["step"] for r in records].index(10)]["generator"])
+
+
+def test_resume_after_sigterm_mid_epoch_is_bitwise_equal(registry, tmp_path):
+    straight = train(registry, tiny_config(tmp_path / "straight", max_steps=13))
+    config = tiny_config(tmp_path / "resumed", max_steps=13)
+    prepare_new(tmp_path / "resumed", overwrite=True)
+    trainer = Trainer(config, registry, tmp_path / "resumed")
+    interrupt_at(trainer, 5)  # mid-epoch: 8 steps per epoch
+    with pytest.raises(Interrupted) as stopped:
+        trainer.fit()
+    assert stopped.value.exit_code == 143
+    assert "--resume" in str(stopped.value)
+    assert checkpoint.list_steps(tmp_path / "resumed")[-1][0] == 5
+    resumed = train(registry, config, resume=True)
+    assert resumed.step == straight.step == 13
+    assert_bitwise_equal(newest_weights(tmp_path / "straight"), newest_weights(tmp_path / "resumed"))
+
+
+def test_extending_a_finished_run_matches_one_long_run(registry, tmp_path):
+    train(registry, tiny_config(tmp_path / "long", max_steps=20))
+    short = tiny_config(tmp_path / "short", max_steps=11)
+    train(registry, short)
+    short.max_steps = 20
+    train(registry, short, resume=True)
+    assert_bitwise_equal(newest_weights(tmp_path / "long"), newest_weights(tmp_path / "short"))
+
+
+def test_resume_with_loader_workers_and_accumulation_is_exact(registry, tmp_path):
+    options = dict(max_steps=7, workers=2, accumulate=2, batch_size=4)
+    train(registry, tiny_config(tmp_path / "a", **options))
+    config = tiny_config(tmp_path / "b", **options)
+    prepare_new(tmp_path / "b", overwrite=True)
+    trainer = Trainer(config, registry, tmp_path / "b")
+    interrupt_at(trainer, 3, signal.SIGINT)
+    with pytest.raises(Interrupted) as stopped:
+        trainer.fit()
+    assert stopped.value.exit_code == 130
+    train(registry, config, resume=True)
+    assert_bitwise_equal(newest_weights(tmp_path / "a"), newest_weights(tmp_path / "b"))
+
+
+def test_second_ctrl_c_aborts_without_saving(registry, tmp_path):
+    config = tiny_config(tmp_path / "run", save_every=0)
+    prepare_new(tmp_path / "run", overwrite=True)
+    trainer = Trainer(config, registry, tmp_path / "run")
+    original = trainer._train_step
+
+    def double_interrupt(batches):
+        original(batches)
+        if trainer.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    trainer._train_step = double_interrupt
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert checkpoint.list_steps(tmp_path / "run") == []
+
+
+def test_non_finite_loss_stops_with_step_and_no_bad_checkpoint(registry, tmp_path):
+    config = tiny_config(tmp_path / "run", max_steps=12, save_every=2, log_every=3)
+    prepare_new(tmp_path / "run", overwrite=True)
+    trainer = Trainer(config, registry, tmp_path / "run")
+    original = trainer.recipe.training_step
+
+    def poisoned(batch, loss_fn):
+        for name, loss in original(batch, loss_fn):
+            yield name, loss * float("nan") if trainer.step >= 4 else loss
+
+    trainer.recipe.training_step = poisoned
+    with pytest.raises(RunError, match="step") as failed:
+        trainer.fit()
+    assert "nan" in str(failed.value).lower()
+    for _, folder in checkpoint.list_steps(tmp_path / "run"):
+        weights = load_file(str(folder / "model.safetensors"))
+        assert all(torch.isfinite(t).all() for t in weights.values()), folder
+    assert [s for s, _ in checkpoint.list_steps(tmp_path / "run")] == [2, 4]
+
+
+def test_keep_prunes_old_checkpoints_but_keeps_the_best(registry, tmp_path):
+    config = tiny_config(tmp_path / "run", model="mnist_net", loss=None, model_opt={},
+                         max_steps=24, save_every=2, eval_every=2, keep=2, log_every=5)
+    trainer = train(registry, config)
+    steps = [s for s, _ in checkpoint.list_steps(tmp_path / "run")]
+    best = trainer.best["step"]
+    assert steps[-2:] == [22, 24]
+    assert set(steps) == {best, 22, 24}
+
+
+def test_zoo_test_reports_accuracy_of_a_model_that_learned(registry, tmp_path):
+    config = tiny_config(tmp_path / "run", model="mnist_net", loss=None, model_opt={},
+                         dataset_opt={"train_count": 768, "test_count": 128}, batch_size=32,
+                         max_steps=None, epochs=4, log_every=10)
+    trainer = train(registry, config)
+    result = evaluate_run(registry, tmp_path / "run", device="cpu")
+    assert result["metrics"]["accuracy"] > 0.6  # four balanced classes: chance is 0.25
+    assert result["metrics"]["accuracy"] == pytest.approx(trainer.last_eval["accuracy"])
+    saved = json.loads((tmp_path / "run" / "test-metrics.json").read_text())
+    assert saved["metrics"]["accuracy"] == pytest.approx(result["metrics"]["accuracy"])
+
+
+def test_zoo_test_of_a_gan_writes_losses_and_a_grid(registry, tmp_path):
+    train(registry, tiny_config(tmp_path / "run", max_steps=3))
+    result = evaluate_run(registry, tmp_path / "run", device="cpu")
+    assert {"d_loss", "g_loss"} <= set(result["metrics"])
+    assert Path(result["sample_grid"]).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluation_and_samples_do_not_change_training(registry, tmp_path):
+    train(registry, tiny_config(tmp_path / "quiet", max_steps=12, eval_every=0, no_hooks=["samples", "tensorboard"]))
+    train(registry, tiny_config(tmp_path / "busy", max_steps=12, eval_every=3))
+    assert_bitwise_equal(newest_weights(tmp_path / "quiet"), newest_weights(tmp_path / "busy"))
+
+
+def test_a_hook_that_raises_stops_the_run_naming_it(registry, tmp_path, monkeypatch):
+    module = tmp_path / "failing_hook_module.py"
+    module.write_text(textwrap.dedent("""
+        from zoo import hookimpl
+
+        class Exploding:
+            @hookimpl
+            def on_step_end(self, run, step, scalars):
+                if step == 2:
+                    raise ValueError("boom")
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    local = discover()
+    local.add_plugin(PluginInfo("testhooks", "testhooks", "1.0", "failing_hook_module"),
+                     [Entry("hook", "exploding", "failing_hook_module:Exploding", "raises", "testhooks")])
+    with pytest.raises(RunError, match="testhooks:exploding.*on_step_end.*boom"):
+        train(local, tiny_config(tmp_path / "run", hooks=["exploding"]))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(model="mnist_net", loss="perceptual"), "losses that fit: cross_entropy"),
+    (dict(model="mnist_net", loss=None, dataset="glob_patches", data="x/*.png"), "datasets that fit"),
+    (dict(model_opt={"ngf": "abc"}), "ngf expects an integer"),
+    (dict(model_opt={"ngff": "8"}), "Did you mean: ngf"),
+    (dict(batch_size=512), "lower --batch-size"),
+    (dict(dataset="imagefolder", dataset_opt={}), "needs --data"),
+])
+def test_bad_combinations_are_usage_errors(registry, tmp_path, overrides, message):
+    config = tiny_config(tmp_path / "run", **overrides)
+    with pytest.raises(UsageError, match=message):
+        Trainer(config, registry, tmp_path / "run")
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(registry, tmp_path):
+    train(registry, tiny_config(tmp_path / "run", max_steps=2))
+    other = tiny_config(tmp_path / "run", model_opt={"ngf": 16, "ndf": 8, "nz": 16})
+    with pytest.raises(UsageError, match="does not fit model 'dcgan'.*shape"):
+        Trainer(other, registry, tmp_path / "run", resume=True)
+
+
+def test_sigterm_to_a_real_zoo_train_saves_and_resumes_exactly(tmp_path):
+    import subprocess
+    import time
+
+    base = [sys.executable, "-m", "train_cli", "train", "--model", "dcgan", "--loss", "mse",
+            "--model-opt", "ngf=8", "--model-opt", "ndf=8", "--model-opt", "nz=16",
+            "--dataset-opt", "train_count=64", "--dataset-opt", "test_count=16",
+            "--batch-size", "8", "--log-every", "1", "--device", "cpu", "--max-steps", "40"]
+    straight = subprocess.run(base + ["--run-dir", str(tmp_path / "straight")], capture_output=True, text=True)
+    assert straight.returncode == 0, straight.stderr
+    proc = subprocess.Popen(base + ["--run-dir", str(tmp_path / "killed"), "--workers", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    assert "zoo train --resume" in stderr and "Traceback" not in stderr
+    stopped_at = checkpoint.list_steps(tmp_path / "killed")[-1][0]
+    assert 3 <= stopped_at < 40
+    resumed = subprocess.run([sys.executable, "-m", "train_cli", "train", "--resume", str(tmp_path / "killed")],
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_bitwise_equal(newest_weights(tmp_path / "straight"), newest_weights(tmp_path / "killed"))

@@ -1,0 +1,139 @@
+"""The torchvision adapter: static architecture list, cheap listing, building and stepping."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import plugins.torchvision_zoo as tv_zoo
+from plugins.models.torchvision_classifier import TorchvisionClassifier, input_size_rule
+from zoo.errors import UsageError
+from zoo.registry import Registrar
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MNIST_SHAPE = (1, 28, 28)
+
+
+def _build(arch: str, num_classes: int = 5) -> tuple[TorchvisionClassifier, int]:
+    """Build ``arch`` as the engine would for a 1x28x28 dataset; return it and its input size."""
+    options, (channels, size) = TorchvisionClassifier.adapt_to_data(MNIST_SHAPE, num_classes, {"arch": arch})
+    assert channels == 3
+    torch.manual_seed(0)
+    return TorchvisionClassifier(**options), size
+
+
+def test_static_list_equals_torchvision_classifiers():
+    listed = sorted(torchvision.models.list_models(module=torchvision.models))
+    assert sorted(tv_zoo.TORCHVISION_CLASSIFIERS) == listed
+    assert len(set(tv_zoo.TORCHVISION_CLASSIFIERS)) == len(tv_zoo.TORCHVISION_CLASSIFIERS)
+
+
+def test_registration_binds_each_arch_to_the_adapter():
+    registrar = Registrar("torchvision")
+    tv_zoo.zoo_register(registry=registrar)
+    assert [e.name for e in registrar.entries] == [f"tv_{a}" for a in tv_zoo.TORCHVISION_CLASSIFIERS]
+    for entry in registrar.entries:
+        assert entry.kind == "model"
+        assert entry.bound_options == {"arch": entry.name[3:]}
+        assert entry.name[3:] in entry.summary
+    assert registrar.entries[0].load() is TorchvisionClassifier
+
+
+def test_listing_imports_neither_torch_nor_torchvision():
+    code = (
+        "import sys, plugins.torchvision_zoo as z\n"
+        "from zoo.registry import Registrar\n"
+        "r = Registrar('torchvision'); z.zoo_register(registry=r)\n"
+        "assert len(r.entries) == len(z.TORCHVISION_CLASSIFIERS) > 0\n"
+        "leaked = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision'))\n"
+        "assert not leaked, leaked\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(("arch", "expected_size"), [
+    ("resnet18", 40),
+    ("mobilenet_v3_small", 40),
+    ("squeezenet1_1", 28),
+])
+def test_small_models_build_and_run_at_the_adapted_size(arch, expected_size):
+    options, (channels, size) = TorchvisionClassifier.adapt_to_data(MNIST_SHAPE, 5, {"arch": arch})
+    assert options == {"arch": arch, "num_classes": 5, "channels": 3, "image_size": expected_size}
+    assert (channels, size) == (3, expected_size)
+    model, size = _build(arch)
+    model.eval()
+    with torch.no_grad():
+        assert model.net(torch.randn(2, 3, size, size)).shape == (2, 5)
+    model.train()  # a lone last batch must also pass through train-mode BatchNorm
+    assert model.logits(torch.randn(1, 3, size, size)).shape == (1, 5)
+
+
+def test_adapt_respects_user_options_and_fixed_sizes():
+    options, wanted = TorchvisionClassifier.adapt_to_data((3, 96, 96), 10, {"arch": "resnet18", "num_classes": 7})
+    assert options["num_classes"] == 7 and wanted == (3, 96)
+    assert TorchvisionClassifier.adapt_to_data((1, 28, 28), None, {"arch": "vit_b_16"})[1] == (3, 224)
+    assert TorchvisionClassifier.adapt_to_data((3, 256, 256), 2, {"arch": "maxvit_t"})[1] == (3, 224)
+    assert TorchvisionClassifier.adapt_to_data((3, 64, 64), 2, {"arch": "inception_v3"})[1] == (3, 112)
+    assert input_size_rule("swin_t") == (32, None)
+
+
+def test_one_training_step_then_optimizer_step_changes_parameters():
+    model, size = _build("mobilenet_v3_small")
+    model.train()
+    images, labels = torch.randn(4, 3, size, size), torch.tensor([0, 1, 2, 4])
+    steps = model.training_step((images, labels), nn.CrossEntropyLoss())
+    name, loss = next(steps)
+    assert name == "model"
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert next(steps, None) is None
+    optimizer = model.configure_optimizers(None)["model"]
+    assert optimizer.param_groups[0]["lr"] == TorchvisionClassifier.default_lr
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    changed = sum(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    assert changed > len(before) // 2
+
+
+def test_aux_head_models_train_on_main_logits():
+    model, size = _build("googlenet", num_classes=3)
+    assert size == 48
+    model.train()
+    name, loss = next(model.training_step((torch.randn(2, 3, size, size), torch.tensor([0, 2])),
+                                          nn.CrossEntropyLoss()))
+    assert name == "model" and torch.isfinite(loss)
+
+
+def test_evaluation_step_returns_sums():
+    model, size = _build("squeezenet1_1", num_classes=3)
+    model.eval()
+    images, labels = torch.randn(6, 3, size, size), torch.tensor([0, 1, 2, 0, 1, 2])
+    with torch.no_grad():
+        result = model.evaluation_step((images, labels), nn.CrossEntropyLoss(), torch.Generator())
+        logits = model.net(images)
+    assert int(result["count"]) == 6
+    assert torch.allclose(result["loss"], nn.functional.cross_entropy(logits, labels, reduction="sum"))
+    assert int(result["accuracy"]) == int((logits.argmax(1) == labels).sum())
+
+
+def test_unknown_arch_suggests_a_close_name():
+    with pytest.raises(UsageError, match=r"unknown torchvision classifier 'resnet19'.*Did you mean: .*resnet18"):
+        TorchvisionClassifier("resnet19", num_classes=5)
+
+
+@pytest.mark.parametrize("options", [
+    {"image_size": 16},
+    {"channels": 1},
+])
+def test_unusable_shapes_are_usage_errors(options):
+    with pytest.raises(UsageError, match="resnet18"):
+        TorchvisionClassifier("resnet18", num_classes=5, **options)

@@ -1,0 +1,78 @@
+"""The text of ``zoo info``: summary, options from the signature, what an entry works with."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zoo import build
+from zoo.errors import PluginError
+from zoo.options import option_specs
+from zoo.registry import Entry, Registry
+
+
+def _options_block(factory: Any, exclude: tuple[str, ...]) -> list[str]:
+    specs = option_specs(factory, exclude)
+    if not specs:
+        return ["  options: none"]
+    rows = [(s.name, s.type_name, "required" if s.required else repr(s.default)) for s in specs]
+    widths = [max(len(r[i]) for r in rows) for i in range(2)]
+    return ["  options:"] + [f"    {n.ljust(widths[0])}  {t.ljust(widths[1])}  default {d}" for n, t, d in rows]
+
+
+def _parameter_count(entry: Entry) -> str:
+    """Parameters at default options, built on the meta device (no memory, no weights)."""
+    import torch
+    try:
+        with torch.device("meta"):
+            recipe, _, _ = build.build_recipe(entry, {})
+    except Exception as exc:  # some options may be required; say why instead of failing
+        return f"unknown ({type(exc).__name__}: {exc})"
+    return f"{sum(p.numel() for p in recipe.parameters()):,} at default options"
+
+
+def describe(registry: Registry, entry: Entry) -> str:
+    """A few lines a person reads to decide how to use ``entry``."""
+    plugin = registry.plugins.get(entry.plugin)
+    version = f" {plugin.version}" if plugin else ""
+    lines = [f"{entry.name}  ({entry.kind} from plugin {entry.plugin}{version}; {entry.qualified_name})",
+             f"  {entry.summary}" if entry.summary else "", f"  target: {entry.target}"]
+    if entry.bound:
+        lines.append("  fixed: " + ", ".join(f"{k}={v!r}" for k, v in entry.bound))
+    bound = tuple(entry.bound_options)
+    if entry.kind == "model":
+        cls = build.load_recipe_class(entry)
+        datasets = build.compatible_datasets(registry, cls.task)
+        accepted = ", ".join(cls.losses) if cls.losses else "any installed loss"
+        lines += [
+            f"  task: {cls.task.replace('_', '-')}",
+            f"  --loss: {cls.loss_role}",
+            f"  losses that fit: {accepted} (default: {cls.default_loss or 'none'})",
+            "  datasets that fit: " + (", ".join(e.name + (" (default)" if e.default else "") for e in datasets)
+                                       or "none installed"),
+            f"  parameters: {_parameter_count(entry)}",
+        ]
+        lines += _options_block(cls, bound)
+    elif entry.kind == "loss":
+        cls = build.load_loss_class(entry)
+        users = []
+        for model in registry.entries("model"):
+            try:
+                model_cls = build.load_recipe_class(model)
+            except PluginError:
+                continue
+            if not model_cls.losses or entry.name in model_cls.losses:
+                users.append(model.name)
+        shown = users if len(users) <= 12 else users[:12] + [f"... ({len(users) - 12} more)"]
+        lines.append("  models that use it: " + (", ".join(shown) or "none installed"))
+        lines += _options_block(cls, bound)
+    elif entry.kind == "dataset":
+        cls = build.load_dataset_class(entry)
+        lines += [f"  feeds: {', '.join(t.replace('_', '-') for t in cls.tasks)} models",
+                  f"  --data: {cls.data_help if cls.needs_data else 'not needed'}"]
+        lines += _options_block(cls, build.DATASET_RESERVED + bound)
+    else:
+        cls = entry.load()
+        hooks = [name for name in dir(cls) if name.startswith("on_") and callable(getattr(cls, name))]
+        lines += [f"  on by default: {'yes (turn off with --no-hook ' + entry.name + ')' if entry.default else 'no (turn on with --hook ' + entry.name + ')'}",
+                  f"  implements: {', '.join(hooks) or 'nothing'}"]
+    return "\n".join(line for line in lines if line)

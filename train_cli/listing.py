@@ -1,0 +1,116 @@
+"""``zoo list`` and ``zoo info``: what is installed, and what one entry takes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import click
+
+from zoo.errors import UsageError
+from zoo.registry import KINDS, PLURALS, Entry, Registry
+
+_PLURAL_OF = {kind: plural for plural, kind in PLURALS.items()}
+_GROUP_TITLES = {"model": "Models", "loss": "Losses", "dataset": "Datasets", "hook": "Hooks"}
+
+
+def _table(rows: list[tuple[str, ...]], indent: str = "  ") -> list[str]:
+    """Left-aligned columns; the last column is cut to the terminal width."""
+    if not rows:
+        return []
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    width = shutil.get_terminal_size((120, 20)).columns
+    lines = []
+    for row in rows:
+        head = "  ".join(cell.ljust(w) for cell, w in zip(row, widths))
+        line = f"{indent}{head}  {row[-1]}".rstrip()
+        lines.append(line if len(line) <= width else line[: width - 1] + "…")
+    return lines
+
+
+def _entry_record(entry: Entry, registry: Registry) -> dict:
+    info = registry.plugins.get(entry.plugin)
+    record = {"kind": entry.kind, "name": entry.name, "plugin": entry.plugin, "summary": entry.summary,
+              "target": entry.target, "version": info.version if info else None}
+    if entry.kind in ("hook", "dataset"):
+        record["default"] = entry.default
+    return record
+
+
+def _plugin_record(plugin) -> dict:
+    return {"kind": "plugin", "name": plugin.name, "plugin": plugin.name, "summary": plugin.error or "",
+            "distribution": plugin.distribution, "version": plugin.version, "status": plugin.status,
+            "module": plugin.module, "registered": dict(plugin.counts)}
+
+
+@click.command("list")
+@click.argument("args", nargs=-1, metavar="[models|losses|datasets|hooks|plugins] [PATTERN]...")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array instead of a table.")
+@click.pass_obj
+def list_command(ctx, args: tuple[str, ...], as_json: bool) -> None:
+    """List installed models, losses, datasets, hooks and plugins.
+
+    PATTERNs are shell wildcards matched against names, e.g. 'zoo list models "tv_resnet*"'.
+    """
+    registry = ctx.registry(warn=False)
+    kind, patterns = None, list(args)
+    if patterns and (patterns[0] in PLURALS or patterns[0] == "plugins" or patterns[0] in KINDS + ("plugin",)):
+        word = patterns.pop(0)
+        kind = "plugin" if word.startswith("plugin") else PLURALS.get(word, word)
+    entries = [] if kind == "plugin" else registry.entries(kind, patterns)
+    plugins = sorted(registry.plugins.values(), key=lambda p: p.name)
+    if patterns and kind == "plugin":
+        import fnmatch
+        plugins = [p for p in plugins if any(fnmatch.fnmatchcase(p.name, pat) for pat in patterns)]
+    show_plugins = kind == "plugin" or (kind is None and not patterns)
+    if as_json:
+        records = [_entry_record(e, registry) for e in entries]
+        if show_plugins:
+            records += [_plugin_record(p) for p in plugins]
+        click.echo(json.dumps(records, indent=2))
+        return
+    lines: list[str] = []
+    for group in KINDS:
+        if kind not in (None, group):
+            continue
+        rows = [(e.name, e.plugin, e.summary + ("  [default]" if e.default else "")) for e in entries
+                if e.kind == group]
+        if not rows:
+            continue
+        lines.append(f"{_GROUP_TITLES[group]} ({len(rows)})")
+        lines += _table([("NAME", "PLUGIN", "SUMMARY")] + rows)
+        lines.append("")
+    if show_plugins:
+        rows = []
+        for p in plugins:
+            made = ", ".join(f"{n} {k if n == 1 else _PLURAL_OF[k]}" for k, n in p.counts.items() if n)
+            detail = p.error if p.status != "ok" else made
+            rows.append((p.name, p.distribution, p.version, p.status, detail))
+        lines.append(f"Plugins ({len(rows)})")
+        lines += _table([("NAME", "DISTRIBUTION", "VERSION", "STATUS", "DETAIL")] + rows)
+    elif not entries:
+        what = f"{kind}s" if kind else "entries"
+        lines.append(f"no {what} match {' '.join(patterns)}" if patterns else f"no {what} installed")
+    click.echo("\n".join(lines).rstrip())
+
+
+@click.command("info")
+@click.argument("name")
+@click.option("--kind", type=click.Choice(KINDS), help="Which kind, when a name is both a model and a loss.")
+@click.pass_obj
+def info_command(ctx, name: str, kind: str | None) -> None:
+    """Show what a model, loss, dataset or hook is, its options and what it works with."""
+    from train_cli import describe
+    registry = ctx.registry()
+    if kind:
+        entries = [registry.resolve(kind, name)]
+    else:
+        entries = registry.find_any(name)
+        if not entries:
+            close = registry.suggest_any(name.rpartition(":")[2])
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise UsageError(f"nothing named '{name}' is installed.{hint} Run 'zoo list' to see all.")
+        if len({e.kind for e in entries}) == 1 and len(entries) > 1:
+            entries = [registry.resolve(entries[0].kind, name)]  # raises, listing plugin:name spellings
+    blocks = [describe.describe(registry, entry) for entry in entries]
+    click.echo("\n\n".join(blocks))

@@ -1,0 +1,97 @@
+"""``zoo train`` and ``zoo test``: parse options, build a config, hand it to the engine."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from zoo.config import TrainConfig, load_toml, merge, resume_config
+from zoo.errors import UsageError
+from zoo.options import split_assignments
+
+@click.command("train")
+@click.option("--model", help="Model name (see 'zoo list models'); NAME or plugin:NAME.")
+@click.option("--loss", help="Loss name; what it means depends on the model ('zoo info MODEL').")
+@click.option("--dataset", help="Dataset name; default: the embedded procedural dataset.")
+@click.option("--data", help="Where the dataset reads from: a folder, or a glob for glob_patches.")
+@click.option("--epochs", type=int, help="Passes over the training split (default 10 unless --max-steps).")
+@click.option("--max-steps", type=int, help="Stop after this many steps (with --epochs: whichever ends first).")
+@click.option("--batch-size", type=int, help="Samples per batch (default 64).")
+@click.option("--lr", type=float, help="Learning rate (default: the model's own).")
+@click.option("--seed", type=int, help="Seed for every RNG (default 0).")
+@click.option("--device", help="auto, cpu, cuda, cuda:N or mps (default auto).")
+@click.option("--workers", type=int, help="DataLoader worker processes (default 0).")
+@click.option("--precision", type=click.Choice(["32", "bf16", "16-mixed"]), help="Numeric precision (default 32).")
+@click.option("--accumulate", type=int, help="Batches per optimizer step (virtual batch; default 1).")
+@click.option("--clip-grad", type=float, help="Clip each optimizer's gradient norm to this value.")
+@click.option("--eval-every", type=int, help="Evaluate every N steps; 0 = never (default: each epoch's end).")
+@click.option("--save-every", type=int, help="Checkpoint every N steps; 0 = only at the end (default: each epoch's end).")
+@click.option("--keep", type=int, help="Checkpoints to keep (default 3; the best by the model's metric is kept too).")
+@click.option("--log-every", type=int, help="Log losses every N steps (default 20).")
+@click.option("--run-dir", type=click.Path(file_okay=False), help="Run folder (default runs/<model>-<loss>-<time>).")
+@click.option("--resume", type=click.Path(), help="Continue the run in this folder from its newest checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Replace the run already in --run-dir.")
+@click.option("--hook", "hooks", multiple=True, metavar="NAME", help="Turn a training hook on (repeatable).")
+@click.option("--no-hook", "no_hooks", multiple=True, metavar="NAME", help="Turn a default hook off (repeatable).")
+@click.option("--model-opt", multiple=True, metavar="KEY=VALUE", help="A model option (repeatable; see 'zoo info').")
+@click.option("--loss-opt", multiple=True, metavar="KEY=VALUE", help="A loss option (repeatable).")
+@click.option("--dataset-opt", multiple=True, metavar="KEY=VALUE", help="A dataset option (repeatable).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="TOML file of options (keys like batch_size; tables [model_opt] ...); flags override it.")
+@click.pass_obj
+def train_command(ctx, resume: str | None, overwrite: bool, config_file: str | None, **options) -> None:
+    """Train a model; Ctrl-C or SIGTERM saves a checkpoint first (exit 130 / 143)."""
+    from zoo.engine.rundir import default_run_dir, prepare_new, read_config
+    from zoo.engine.trainer import Trainer
+
+    registry = ctx.registry()
+    given = {key: value for key, value in options.items()}
+    given["hooks"] = list(given["hooks"])
+    given["no_hooks"] = list(given["no_hooks"])
+    for table in ("model_opt", "loss_opt", "dataset_opt"):
+        given[table] = split_assignments(given[table], "--" + table.replace("_", "-"))
+    if resume:
+        if config_file:
+            raise UsageError("--config cannot be combined with --resume; the run keeps its saved config.")
+        saved = read_config(Path(resume))
+        config = resume_config(saved.get("config", {}), given)
+        run_dir = Path(resume)
+    else:
+        file_values = load_toml(config_file) if config_file else {}
+        config = TrainConfig.from_dict(merge(file_values, given), config_file or "options")
+        if not config.model:
+            raise UsageError("--model is required; 'zoo list models' shows the choices.")
+        run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config.model, config.loss)
+        config.run_dir = str(run_dir)
+        registry.resolve("model", config.model)  # a typo fails before any folder is made
+        prepare_new(run_dir, overwrite)
+    trainer = Trainer(config, registry, run_dir, resume=bool(resume), command_line=["zoo", *sys.argv[1:]])
+    trainer.fit()
+
+@click.command("test")
+@click.option("--run", "run_dir", required=True, type=click.Path(), help="A run folder made by 'zoo train'.")
+@click.option("--checkpoint", help="A checkpoint folder (default: the run's newest).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Batch size (default: the run's).")
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Loader workers.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_obj
+def test_command(ctx, run_dir: str, checkpoint: str | None, device: str, batch_size: int | None,
+                 workers: int, as_json: bool) -> None:
+    """Evaluate a run's checkpoint on its dataset's test split; saves test-metrics.json."""
+    from zoo.engine.tester import evaluate_run
+
+    result = evaluate_run(ctx.registry(), Path(run_dir), chosen=checkpoint, device=device,
+                          batch_size=batch_size, workers=workers)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"checkpoint {result['checkpoint']} on {result['samples']} test samples:")
+    for key, value in result["metrics"].items():
+        click.echo(f"  {key:<12} {value:.4f}")
+    if "sample_grid" in result:
+        click.echo(f"  samples      {result['sample_grid']}")
+    click.echo(f"saved {Path(run_dir) / 'test-metrics.json'}")

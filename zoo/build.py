@@ -1,0 +1,195 @@
+"""Turn names and options into objects: a recipe, a loss, datasets and hooks.
+
+All the checks that need the plugins' classes happen here, before any
+training starts: does the loss fit the model, does the dataset feed the
+model's task, do the options match the signatures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from zoo.errors import PluginError, UsageError
+from zoo.options import parse_options
+from zoo.registry import Entry, Registry
+
+DATASET_RESERVED = ("split", "task", "data", "image_size", "channels")
+
+
+@dataclasses.dataclass
+class Plan:
+    """The resolved entries of a run, before anything heavy is built."""
+
+    model: Entry
+    loss: Entry | None
+    dataset: Entry
+    hooks: list[Entry]
+
+
+def _load_class(entry: Entry, base: type, what: str) -> Any:
+    cls = entry.load()
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise PluginError(f"{entry.kind} '{entry.qualified_name}' ({entry.target}) is not a {what}; "
+                          f"fix or disable plugin '{entry.plugin}'.")
+    return cls
+
+
+def load_recipe_class(entry: Entry) -> Any:
+    """Import a model entry and check it is a ``zoo.Recipe``."""
+    from zoo.recipe import Recipe
+    return _load_class(entry, Recipe, "zoo.Recipe subclass")
+
+
+def load_dataset_class(entry: Entry) -> Any:
+    """Import a dataset entry and check it is a ``zoo.data.ZooDataset``."""
+    from zoo.data import ZooDataset
+    return _load_class(entry, ZooDataset, "zoo.data.ZooDataset subclass")
+
+
+def load_loss_class(entry: Entry) -> Any:
+    """Import a loss entry and check it is an ``nn.Module`` class."""
+    from torch import nn
+    return _load_class(entry, nn.Module, "torch.nn.Module subclass")
+
+
+def plan_run(registry: Registry, model: str, loss: str | None, dataset: str | None,
+             hooks: list[str], no_hooks: list[str]) -> Plan:
+    """Resolve every name of a run and check that the pieces fit together."""
+    model_entry = registry.resolve("model", model)
+    recipe_cls = load_recipe_class(model_entry)
+    loss_entry = None
+    loss_name = loss or recipe_cls.default_loss
+    if loss_name:
+        loss_entry = registry.resolve("loss", loss_name)
+        if recipe_cls.losses and loss_entry.name not in recipe_cls.losses:
+            raise UsageError(f"model '{model_entry.name}' cannot train with loss '{loss_entry.name}'; "
+                             f"losses that fit: {', '.join(recipe_cls.losses)}.")
+    if dataset:
+        dataset_entry = registry.resolve("dataset", dataset)
+        dataset_cls = load_dataset_class(dataset_entry)
+        if recipe_cls.task not in dataset_cls.tasks:
+            fits = [e.name for e in compatible_datasets(registry, recipe_cls.task)]
+            raise UsageError(
+                f"model '{model_entry.name}' needs {recipe_cls.task.replace('_', '-')} data but dataset "
+                f"'{dataset_entry.name}' gives {', '.join(t.replace('_', '-') for t in dataset_cls.tasks)}; "
+                f"datasets that fit: {', '.join(fits) or 'none installed'}.")
+    else:
+        defaults = [e for e in compatible_datasets(registry, recipe_cls.task) if e.default]
+        if not defaults:
+            raise UsageError(f"no default dataset feeds {recipe_cls.task.replace('_', '-')} models; "
+                             f"pass --dataset NAME (see 'zoo list datasets').")
+        dataset_entry = defaults[0]
+    wanted = [e.qualified_name for e in registry.defaults("hook")]
+    for name in hooks:
+        entry = registry.resolve("hook", name)
+        if entry.qualified_name not in wanted:
+            wanted.append(entry.qualified_name)
+    for name in no_hooks:
+        entry = registry.resolve("hook", name)
+        wanted = [w for w in wanted if w != entry.qualified_name]
+    hook_entries = [registry.resolve("hook", name) for name in wanted]
+    return Plan(model_entry, loss_entry, dataset_entry, hook_entries)
+
+
+def compatible_datasets(registry: Registry, task: str) -> list[Entry]:
+    """Dataset entries whose class can feed ``task`` (entries that fail to load are skipped)."""
+    found = []
+    for entry in registry.entries("dataset"):
+        try:
+            cls = load_dataset_class(entry)
+        except PluginError:
+            continue
+        if task in cls.tasks:
+            found.append(entry)
+    return found
+
+
+def build_dataset(entry: Entry, split: str, *, task: str, data: str | None, options: dict[str, Any],
+                  image_size: int | None = None, channels: int | None = None) -> Any:
+    """Build one split of a dataset, with the user's options checked against its signature."""
+    cls = load_dataset_class(entry)
+    parsed = parse_options(f"dataset '{entry.name}'", cls, options, exclude=DATASET_RESERVED + tuple(entry.bound_options))
+    if cls.needs_data and not data:
+        raise UsageError(f"dataset '{entry.name}' needs --data ({cls.data_help}).")
+    try:
+        return cls(split, task=task, data=data, image_size=image_size, channels=channels,
+                   **entry.bound_options, **parsed)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"dataset '{entry.name}' rejected its options: {exc}") from None
+
+
+def build_recipe(entry: Entry, options: dict[str, Any], shape: tuple[int, int, int] | None = None,
+                 num_classes: int | None = None) -> tuple[Any, dict[str, Any], tuple[int, int] | None]:
+    """Build a recipe; with a data shape, fill shape options from it first.
+
+    Returns the recipe, its complete options, and the ``(channels, size)`` the
+    model wants its input in (``None`` without a shape).
+    """
+    cls = load_recipe_class(entry)
+    parsed = parse_options(f"model '{entry.name}'", cls, options, exclude=tuple(entry.bound_options))
+    full = {**entry.bound_options, **parsed}
+    wanted = None
+    if shape is not None:
+        full, wanted = cls.adapt_to_data(tuple(shape), num_classes, full)
+    try:
+        recipe = cls(**full)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"model '{entry.name}' rejected its options: {exc}") from None
+    return recipe, {k: v for k, v in full.items() if k not in entry.bound_options}, wanted
+
+
+def build_loss(entry: Entry | None, options: dict[str, Any]) -> Any:
+    """Build the loss module, or ``None`` when the run has no loss."""
+    if entry is None:
+        if options:
+            raise UsageError("--loss-opt was given but the run has no --loss.")
+        return None
+    cls = load_loss_class(entry)
+    parsed = parse_options(f"loss '{entry.name}'", cls, options, exclude=tuple(entry.bound_options))
+    try:
+        return cls(**entry.bound_options, **parsed)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"loss '{entry.name}' rejected its options: {exc}") from None
+
+
+def build_hooks(entries: list[Entry]) -> list[tuple[Entry, Any]]:
+    """Instantiate the selected training hooks."""
+    built = []
+    for entry in entries:
+        cls = entry.load()
+        try:
+            built.append((entry, cls()))
+        except Exception as exc:
+            raise PluginError(f"hook '{entry.qualified_name}' failed to start: {type(exc).__name__}: {exc}") from exc
+    return built
+
+
+@dataclasses.dataclass
+class RunParts:
+    """A run's plan, recipe and both dataset splits, built and checked against each other."""
+
+    plan: Plan
+    recipe: Any
+    model_options: dict[str, Any]
+    train_set: Any
+    test_set: Any
+
+
+def build_parts(registry: Registry, config: Any, need_train: bool = True) -> RunParts:
+    """Build the recipe and datasets of a config; the model takes its input shape from the data."""
+    plan = plan_run(registry, config.model or "", config.loss, config.dataset, config.hooks, config.no_hooks)
+    task = load_recipe_class(plan.model).task
+    probe = build_dataset(plan.dataset, "train" if need_train else "test", task=task, data=config.data,
+                          options=config.dataset_opt)
+    classes = getattr(probe, "classes", None)
+    recipe, model_options, (channels, size) = build_recipe(
+        plan.model, config.model_opt, tuple(probe.image_shape), len(classes) if classes else None)
+
+    def split(name: str) -> Any:
+        if probe.split == name and (channels, size) == tuple(probe.image_shape[:2]):
+            return probe
+        return build_dataset(plan.dataset, name, task=task, data=config.data, options=config.dataset_opt,
+                             image_size=size, channels=channels)
+
+    return RunParts(plan, recipe, model_options, split("train") if need_train else None, split("test"))

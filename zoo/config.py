@@ -1,0 +1,159 @@
+"""The training configuration: defaults, a TOML file, command-line overrides, checks.
+
+Every field has the name of its long option with underscores (``--batch-size``
+is ``batch_size``). A config file may also hold the tables ``[model_opt]``,
+``[loss_opt]`` and ``[dataset_opt]``. The command line overrides the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from zoo.errors import UsageError
+
+PRECISIONS = ("32", "bf16", "16-mixed")
+OPTION_TABLES = ("model_opt", "loss_opt", "dataset_opt")
+# Options that only extend or observe a run: allowed beside --resume.
+RESUME_OVERRIDABLE = ("max_steps", "epochs", "hooks", "no_hooks", "device", "workers",
+                      "log_every", "eval_every", "save_every", "keep")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything ``zoo train`` needs; ``None`` means "use the default"."""
+
+    model: str | None = None
+    loss: str | None = None
+    dataset: str | None = None
+    data: str | None = None
+    epochs: int | None = None
+    max_steps: int | None = None
+    batch_size: int = 64
+    lr: float | None = None
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 0
+    precision: str = "32"
+    accumulate: int = 1
+    clip_grad: float | None = None
+    eval_every: int | None = None
+    save_every: int | None = None
+    keep: int = 3
+    log_every: int = 20
+    run_dir: str | None = None
+    hooks: list[str] = dataclasses.field(default_factory=list)
+    no_hooks: list[str] = dataclasses.field(default_factory=list)
+    model_opt: dict[str, Any] = dataclasses.field(default_factory=dict)
+    loss_opt: dict[str, Any] = dataclasses.field(default_factory=dict)
+    dataset_opt: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready copy."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str) -> "TrainConfig":
+        """Build from a dict, rejecting unknown keys with did-you-mean."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in values:
+            if key not in known:
+                close = difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.6)
+                hint = f" Did you mean: {', '.join(close)}?" if close else ""
+                raise UsageError(f"{source}: unknown key '{key}'.{hint}")
+        config = cls(**values)
+        config.check(source)
+        return config
+
+    def check(self, source: str = "options") -> None:
+        """Validate types and ranges; raise a usage error naming the option and the fix."""
+        _check_type(self, source)
+        positive = {"batch_size": self.batch_size, "accumulate": self.accumulate, "keep": self.keep,
+                    "log_every": self.log_every}
+        for name, value in positive.items():
+            if value < 1:
+                raise UsageError(f"{_flag(name)} must be at least 1, got {value}.")
+        for name in ("epochs", "max_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UsageError(f"{_flag(name)} must be at least 1, got {value}.")
+        for name in ("eval_every", "save_every", "workers"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise UsageError(f"{_flag(name)} must be 0 or more, got {value}.")
+        if self.lr is not None and not self.lr > 0:
+            raise UsageError(f"--lr must be a positive number, got {self.lr}.")
+        if self.clip_grad is not None and not self.clip_grad > 0:
+            raise UsageError(f"--clip-grad must be a positive number, got {self.clip_grad}.")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_type(config: TrainConfig, source: str) -> None:
+    """Reject values of the wrong type (a config file can hold anything)."""
+    expected = {"int": int, "float": (int, float), "str": str, "list[str]": list, "dict[str, Any]": dict}
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if value is None:
+            continue
+        type_text = str(field.type).replace(" | None", "")
+        want = expected.get(type_text)
+        if want is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, want):
+            raise UsageError(f"{source}: {field.name} must be {type_text}, got {value!r}.")
+
+
+def load_toml(path: str) -> dict[str, Any]:
+    """Read a TOML config file; a missing or malformed file is a usage error."""
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"config file {path} does not exist; pass an existing TOML file to --config.")
+    try:
+        with file.open("rb") as handle:
+            values = tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"config file {path} is not valid TOML: {exc}.") from None
+    for table in OPTION_TABLES:
+        if table in values and not isinstance(values[table], dict):
+            raise UsageError(f"{path}: {table} must be a table like [{table}].")
+    return values
+
+
+def merge(file_values: dict[str, Any], cli_values: dict[str, Any]) -> dict[str, Any]:
+    """Command-line values (those not None) override the file; option tables merge key by key."""
+    merged = dict(file_values)
+    for key, value in cli_values.items():
+        if value is None or (isinstance(value, (list, dict)) and not value):
+            continue
+        if key in OPTION_TABLES:
+            merged[key] = {**merged.get(key, {}), **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def resume_config(saved: dict[str, Any], overrides: dict[str, Any]) -> TrainConfig:
+    """The saved config of a run, with only the options that extend or observe it replaced."""
+    refused = [key for key, value in overrides.items()
+               if value not in (None, [], {}) and key not in RESUME_OVERRIDABLE and key != "run_dir"
+               and saved.get(key) != value]
+    if refused:
+        flags = ", ".join(_flag(k) for k in refused)
+        raise UsageError(
+            f"{flags} cannot change when resuming (it would change the model or data); "
+            f"start a new run instead, or drop it. Allowed with --resume: "
+            f"{', '.join(_flag(k) for k in RESUME_OVERRIDABLE)}."
+        )
+    values = {k: v for k, v in saved.items()}
+    for key in RESUME_OVERRIDABLE:
+        if overrides.get(key) not in (None, [], {}):
+            values[key] = overrides[key]
+    return TrainConfig.from_dict(values, "saved config")

@@ -1,0 +1,1 @@
+"""The shared engine: training loop, evaluation, checkpoints, data feeding, precision."""

@@ -1,0 +1,181 @@
+"""Atomic checkpoints without pickle: tensors in safetensors, everything else in JSON.
+
+A checkpoint is ``checkpoints/step-<N>/`` holding ``model.safetensors`` (every
+network, keys prefixed by network name), ``state.safetensors`` (optimizer,
+scheduler, scaler and RNG tensors) and ``state.json`` (the rest, with
+placeholders where tensors were). It is built under a temporary name that
+never matches ``step-*``, fsynced, renamed into place and the folder fsynced,
+so a reader never sees a partial ``step-<N>``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from zoo.errors import RunError
+
+FORMAT_VERSION = 1
+_STEP_RE = re.compile(r"^step-(\d+)$")
+_TENSOR = "__tensor__"
+_TUPLE = "__tuple__"
+_PAIRS = "__pairs__"
+
+
+class CheckpointError(RunError):
+    """A checkpoint folder is missing a file or holds a damaged one."""
+
+
+def flatten(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Replace tensors in a nested state by placeholders, collecting them in ``tensors``.
+
+    Dicts with non-string keys (optimizer state uses ints) and tuples are
+    tagged so :func:`unflatten` restores them exactly.
+    """
+    if isinstance(value, torch.Tensor):
+        key = f"t{len(tensors)}"
+        tensors[key] = value.detach().cpu().contiguous().clone()
+        return {_TENSOR: key}
+    if isinstance(value, dict):
+        if all(isinstance(k, str) for k in value) and not any(k.startswith("__") for k in value):
+            return {k: flatten(v, tensors) for k, v in value.items()}
+        return {_PAIRS: [[k, flatten(v, tensors)] for k, v in value.items()]}
+    if isinstance(value, tuple):
+        return {_TUPLE: [flatten(v, tensors) for v in value]}
+    if isinstance(value, list):
+        return [flatten(v, tensors) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return flatten(torch.as_tensor(value), tensors)
+    raise TypeError(f"cannot store a {type(value).__name__} in a checkpoint")
+
+
+def unflatten(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of :func:`flatten`."""
+    if isinstance(value, dict):
+        if _TENSOR in value:
+            return tensors[value[_TENSOR]]
+        if _TUPLE in value:
+            return tuple(unflatten(v, tensors) for v in value[_TUPLE])
+        if _PAIRS in value:
+            return {_key(k): unflatten(v, tensors) for k, v in value[_PAIRS]}
+        return {k: unflatten(v, tensors) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unflatten(v, tensors) for v in value]
+    return value
+
+
+def _key(key: Any) -> Any:
+    return tuple(key) if isinstance(key, list) else key
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    """Where the checkpoint of ``step`` lives."""
+    return Path(run_dir) / "checkpoints" / f"step-{step}"
+
+
+def save(run_dir: Path, step: int, model_state: dict[str, torch.Tensor], state: dict[str, Any]) -> Path:
+    """Write a checkpoint atomically and return its folder."""
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = checkpoint_dir(run_dir, step)
+    tmp = root / f".tmp-step-{step}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        weights = {k: v.detach().cpu().contiguous().clone() for k, v in model_state.items()}
+        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "zoo", "step": str(step)})
+        tensors: dict[str, torch.Tensor] = {}
+        skeleton = flatten(state, tensors)
+        save_file(tensors, str(tmp / "state.safetensors"))
+        doc = {"format_version": FORMAT_VERSION, "step": step, "state": skeleton}
+        (tmp / "state.json").write_text(json.dumps(doc, indent=1))
+        for name in ("model.safetensors", "state.safetensors", "state.json"):
+            _fsync_file(tmp / name)
+        _fsync_dir(tmp)
+        if final.exists():  # the same step saved twice (e.g. a save at the end right after a periodic one)
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def list_steps(run_dir: Path) -> list[tuple[int, Path]]:
+    """Checkpoints of a run as ``(step, folder)``, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        match = _STEP_RE.match(child.name)
+        if match and child.is_dir():
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def load(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a checkpoint folder; raise :class:`CheckpointError` if any part is damaged."""
+    folder = Path(folder)
+    try:
+        model_state = load_file(str(folder / "model.safetensors"))
+        tensors = load_file(str(folder / "state.safetensors"))
+        doc = json.loads((folder / "state.json").read_text())
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"checkpoint {folder} is missing {Path(exc.filename).name}.") from None
+    except Exception as exc:  # safetensors and json raise several kinds on damaged files
+        raise CheckpointError(f"checkpoint {folder} is damaged ({type(exc).__name__}: {exc}).") from None
+    if doc.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {folder} has format {doc.get('format_version')}, "
+                              f"this zoo reads {FORMAT_VERSION}.")
+    try:
+        state = unflatten(doc["state"], tensors)
+    except KeyError as exc:
+        raise CheckpointError(f"checkpoint {folder} is damaged (missing tensor {exc}).") from None
+    return model_state, state
+
+
+def load_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """Only the networks' weights of a checkpoint."""
+    try:
+        return load_file(str(Path(folder) / "model.safetensors"))
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {folder} has no model.safetensors.") from None
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {folder} is damaged ({type(exc).__name__}: {exc}).") from None
+
+
+def prune(run_dir: Path, keep: int, protect: tuple[int, ...] = ()) -> list[int]:
+    """Delete all but the newest ``keep`` checkpoints (never the newest, never ``protect``)."""
+    steps = list_steps(run_dir)
+    doomed = [(s, p) for s, p in steps[:-max(keep, 1)] if s not in protect]
+    for _, path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+    for stale in (Path(run_dir) / "checkpoints").glob(".tmp-step-*"):
+        if not stale.name.endswith(f"-{os.getpid()}"):
+            shutil.rmtree(stale, ignore_errors=True)
+    return [s for s, _ in doomed]

@@ -1,0 +1,45 @@
+"""Evaluation on the test split: eval mode, no grad, metrics averaged over samples."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from zoo.engine.feed import to_device
+from zoo.engine.rng import derive_seed
+
+
+def evaluate(recipe: Any, loss_fn: Any, loader: DataLoader, device: torch.device, autocast: Any,
+             seed: int, progress: Any = None) -> dict[str, float]:
+    """Run ``recipe.evaluation_step`` over ``loader`` and return per-sample means.
+
+    Randomness comes from a generator seeded from ``seed`` alone, so two
+    evaluations of the same weights agree and training RNGs are untouched.
+    """
+    was_training = recipe.training
+    recipe.eval()
+    generator = torch.Generator(device=device)
+    generator.manual_seed(derive_seed(seed, "eval"))
+    totals: dict[str, torch.Tensor] = {}
+    try:
+        with torch.no_grad():
+            for batch in loader:
+                batch = to_device(batch, device, non_blocking=True)
+                with autocast():
+                    sums = recipe.evaluation_step(batch, loss_fn, generator)
+                for key, value in sums.items():
+                    value = torch.as_tensor(value, device=device, dtype=torch.float64)
+                    totals[key] = totals[key] + value if key in totals else value
+                if progress is not None:
+                    progress.update(1)
+    finally:
+        recipe.train(was_training)
+    if not totals:
+        return {}
+    keys = list(totals)
+    values = torch.stack([totals[k].double() for k in keys]).tolist()  # one device sync
+    merged = dict(zip(keys, values))
+    count = merged.pop("count", 0.0) or 1.0
+    return {key: value / count for key, value in merged.items()}

@@ -1,0 +1,135 @@
+"""Data feeding: a resumable epoch order, per-item seeds, the loader and device copies.
+
+The order of an epoch is a permutation drawn from (seed, epoch), so a run
+resumed at batch ``k`` of an epoch sees exactly the batches a straight run
+would. Each item is loaded under a generator seeded from (seed, epoch, index)
+(see ``zoo.data.item_rng``), so augmentation does not depend on which worker
+loads it.
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import threading
+from typing import Any, Iterator
+
+import torch
+from prefetch_generator import BackgroundGenerator
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from zoo.data import seeded_item
+from zoo.engine.rng import derive_seed
+
+
+class EpochOrder(Sampler):
+    """Yields ``(index, item_seed)`` keys for one epoch, starting at a given position."""
+
+    def __init__(self, size: int, seed: int, shuffle: bool) -> None:
+        self.size = size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Choose the epoch (its permutation) and the first position to yield."""
+        self.epoch, self.start = epoch, start
+
+    def order(self) -> list[int]:
+        """The full index order of the current epoch."""
+        if not self.shuffle:
+            return list(range(self.size))
+        generator = torch.Generator()
+        generator.manual_seed(derive_seed(self.seed, "order", self.epoch))
+        return torch.randperm(self.size, generator=generator).tolist()
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for index in self.order()[self.start:]:
+            yield index, derive_seed(self.seed, "item", self.epoch, index)
+
+    def __len__(self) -> int:
+        return self.size - self.start
+
+
+class SeededItems(Dataset):
+    """Loads ``dataset[index]`` under the item's own generator."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        with seeded_item(seed):
+            return self.dataset[index]
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+
+def _ignore_sigint(_worker_id: int) -> None:
+    """Workers leave Ctrl-C to the main process, which saves and shuts them down."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def make_loader(dataset: Dataset, batch_size: int, seed: int, workers: int, shuffle: bool,
+                drop_last: bool, pin_memory: bool) -> tuple[DataLoader, EpochOrder]:
+    """A DataLoader over seeded items, with its resumable order."""
+    order = EpochOrder(len(dataset), seed, shuffle)  # type: ignore[arg-type]
+    generator = torch.Generator()  # keeps the loader from drawing on the global RNG
+    generator.manual_seed(derive_seed(seed, "loader"))
+    loader = DataLoader(
+        SeededItems(dataset), batch_size=batch_size, sampler=order, num_workers=workers,
+        drop_last=drop_last, pin_memory=pin_memory, generator=generator,
+        worker_init_fn=_ignore_sigint if workers else None,
+        persistent_workers=False, prefetch_factor=4 if workers else None,
+    )
+    return loader, order
+
+
+def to_device(batch: Any, device: torch.device, non_blocking: bool) -> Any:
+    """Copy a (nested) batch to the device."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=non_blocking)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(item, device, non_blocking) for item in batch)
+    if isinstance(batch, dict):
+        return {key: to_device(value, device, non_blocking) for key, value in batch.items()}
+    return batch
+
+
+class Prefetcher(BackgroundGenerator):
+    """prefetch_generator's BackgroundGenerator that can be closed before the end of an epoch.
+
+    Closing stops the thread and drops the loader iterator, which shuts its
+    workers down, so a run that stops mid-epoch leaves nothing behind.
+    """
+
+    def __init__(self, loader: DataLoader, max_prefetch: int = 4) -> None:
+        self._closed = threading.Event()
+        super().__init__(iter(loader), max_prefetch=max_prefetch)
+
+    def _put(self, item: Any) -> bool:
+        while not self._closed.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run(self) -> None:
+        try:
+            for item in self.generator:
+                if not self._put((True, item)):
+                    return
+        except Exception as exc:  # handed to the consumer, as BackgroundGenerator does
+            self._put((False, exc))
+        finally:
+            self._put((False, StopIteration))
+
+    def close(self) -> None:
+        """Stop prefetching and release the loader's workers."""
+        self._closed.set()
+        self.join(timeout=10)
+        self.generator = None

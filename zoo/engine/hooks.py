@@ -1,0 +1,74 @@
+"""Training hooks: the run context they receive and the caller that isolates their errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import pluggy
+import torch
+
+from zoo import hookspecs
+from zoo.errors import PluginError, RunError
+from zoo.registry import Entry
+
+
+class RunContext:
+    """What a hook sees of a live run: folders, config, the recipe, the step, sample grids."""
+
+    def __init__(self, run_dir: Path, config: Any, recipe: Any, device: torch.device,
+                 sampler: Callable[[], torch.Tensor | None]) -> None:
+        self.run_dir = Path(run_dir)
+        self.config = config
+        self.recipe = recipe
+        self.device = device
+        self.rank = 0
+        self.step = 0
+        self.epoch = 0
+        self.stop_reason: str | None = None
+        self._sampler = sampler
+        self._grid_step: int | None = None
+        self._grid: torch.Tensor | None = None
+
+    @property
+    def generative(self) -> bool:
+        """True when the model draws samples (its grids are worth saving)."""
+        return self.recipe.task == "generation"
+
+    def sample_grid(self) -> torch.Tensor | None:
+        """An image grid (C, H, W) in [0, 1] of samples from fixed inputs, computed once per step."""
+        if not self.generative:
+            return None
+        if self._grid_step != self.step:
+            self._grid = self._sampler()
+            self._grid_step = self.step
+        return self._grid
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the engine to stop after the current step (saves a checkpoint first)."""
+        self.stop_reason = reason
+
+
+class HookCaller:
+    """Calls the selected hooks in order; a hook that raises stops the run naming it."""
+
+    def __init__(self, hooks: list[tuple[Entry, Any]]) -> None:
+        self.manager = pluggy.PluginManager("zoo")
+        self.manager.add_hookspecs(hookspecs.LifecycleSpecs)
+        for entry, obj in hooks:
+            try:
+                self.manager.register(obj, name=entry.qualified_name)
+            except pluggy.PluginValidationError as exc:
+                raise PluginError(f"hook '{entry.qualified_name}' does not match zoo's hookspecs: "
+                                  f"{str(exc).splitlines()[0]}") from None
+        self.names = [entry.qualified_name for entry, _ in hooks]
+
+    def call(self, hook_name: str, **kwargs: Any) -> None:
+        """Call ``hook_name`` on every hook implementing it, in the order they were selected."""
+        caller = getattr(self.manager.hook, hook_name)
+        for impl in reversed(caller.get_hookimpls()):  # pluggy lists last-registered first
+            try:
+                impl.function(**{name: kwargs[name] for name in impl.argnames})
+            except Exception as exc:
+                raise RunError(f"hook '{impl.plugin_name}' failed in {hook_name}: "
+                               f"{type(exc).__name__}: {exc}") from exc

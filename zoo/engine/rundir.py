@@ -1,0 +1,88 @@
+"""The run folder: config.json, metrics.jsonl, and where checkpoints, events and samples go."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+from zoo.errors import UsageError
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages a run depends on."""
+    import importlib.metadata as md
+    found = {"python": platform.python_version()}
+    for name in ("zoo", "torch", "torchvision", "pluggy", "safetensors", "tensorboardX", "numpy"):
+        try:
+            found[name] = md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    return found
+
+
+def default_run_dir(model: str, loss: str | None) -> Path:
+    """``runs/<model>-<loss>-<timestamp>``, made unique if needed."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"{model.replace(':', '-')}-{(loss or 'none').replace(':', '-')}-{stamp}"
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    """The saved config.json of a run; a missing or unreadable one is a usage error."""
+    path = Path(run_dir) / "config.json"
+    if not Path(run_dir).is_dir():
+        raise UsageError(f"run dir {run_dir} does not exist; pass a folder made by 'zoo train'.")
+    if not path.is_file():
+        raise UsageError(f"{run_dir} holds no config.json, so it is not a zoo run; pass a folder made by 'zoo train'.")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path} is unreadable ({exc}); the run cannot be used.") from None
+
+
+def prepare_new(run_dir: Path, overwrite: bool) -> None:
+    """Create a fresh run folder, refusing to mix two runs in one."""
+    run_dir = Path(run_dir)
+    if (run_dir / "config.json").exists():
+        if not overwrite:
+            raise UsageError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
+                             f"or replace it with --overwrite.")
+        for name in ("checkpoints", "tensorboard", "samples", "metrics.jsonl", "config.json", "test-metrics.json"):
+            target = run_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def write_json(path: Path, document: dict[str, Any]) -> None:
+    """Write JSON atomically (temporary file, fsync, rename)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("w") as handle:
+        json.dump(document, handle, indent=2, sort_keys=False, default=str)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+class MetricsLog:
+    """Appends one JSON object per line to ``metrics.jsonl``."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / "metrics.jsonl"
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append a record and flush it to disk."""
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")

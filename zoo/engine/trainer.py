@@ -1,0 +1,467 @@
+"""The training loop every zoo model shares.
+
+Read top to bottom: ``Trainer.__init__`` builds the pieces, ``fit`` runs
+steps until the run's length is reached or a signal arrives, ``_train_step``
+runs one recipe step (backward and optimizer steps live here, never in a
+model), and ``save`` writes an atomic checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.utils import clip_grad_norm_
+from torchvision.utils import make_grid
+from tqdm import tqdm
+
+from zoo import build
+from zoo.config import TrainConfig
+from zoo.engine import checkpoint, rng
+from zoo.engine.evaluate import evaluate
+from zoo.engine.feed import Prefetcher, make_loader, to_device
+from zoo.engine.hooks import HookCaller, RunContext
+from zoo.engine.precision import Precision, resolve_device
+from zoo.engine.rundir import MetricsLog, versions, write_json
+from zoo.errors import PluginError, RunError, UsageError, ZooError
+from zoo.registry import Registry
+
+DEFAULT_EPOCHS = 10
+SAMPLE_COUNT = 64
+
+
+class Interrupted(ZooError):
+    """The run stopped on SIGINT/SIGTERM after saving; exit 130 or 143."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class TrainResult:
+    """Where a finished run left things."""
+
+    run_dir: Path
+    step: int
+    epoch: int
+    checkpoint: Path | None
+    metrics: dict[str, float]
+
+
+def _echo(message: str) -> None:
+    tqdm.write(message, file=sys.stderr)
+
+
+class Trainer:
+    """One training run: built from a config, resumable from a run folder."""
+
+    def __init__(self, config: TrainConfig, registry: Registry, run_dir: Path, *,
+                 resume: bool = False, command_line: list[str] | None = None) -> None:
+        self.config = config
+        self.registry = registry
+        self.run_dir = Path(run_dir)
+        self.device = resolve_device(config.device)
+        self.precision = Precision(config.precision, self.device)
+        rng.seed_everything(config.seed)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
+        self._build_data_and_model()
+        self.loss_fn = build.build_loss(self.plan.loss, config.loss_opt)
+        if self.loss_fn is not None:
+            self.loss_fn.to(self.device)
+        self.optimizers = self.recipe.configure_optimizers(config.lr)
+        if not self.optimizers:
+            raise PluginError(f"model '{self.plan.model.qualified_name}' configured no optimizer.")
+        self.schedulers = self.recipe.configure_schedulers(self.optimizers)
+        self.params = {name: [p for group in opt.param_groups for p in group["params"] if p.requires_grad]
+                       for name, opt in self.optimizers.items()}
+        self.hooks = HookCaller(build.build_hooks(self.plan.hooks))
+        self.context = RunContext(self.run_dir, config, self.recipe, self.device, self.sample_grid)
+        self.metrics_log = MetricsLog(self.run_dir)
+        self.step = self.epoch = self.position = 0
+        self.best: dict[str, Any] | None = None
+        self.last_eval: dict[str, float] = {}
+        self._last_eval_step = self._last_save_step = self._last_log_step = -1
+        self._stop_signal: int | None = None
+        self._reset_window()
+        if resume:
+            self._resume()
+        self._write_config(command_line or [], resume)
+
+    # ----------------------------------------------------------------- setup
+    def _build_data_and_model(self) -> None:
+        config = self.config
+        parts = build.build_parts(self.registry, config)
+        self.plan, self.recipe, self.model_options = parts.plan, parts.recipe, parts.model_options
+        self.train_set, self.test_set = parts.train_set, parts.test_set
+        self.recipe.to(self.device)
+        per_step = config.batch_size * config.accumulate
+        if len(self.train_set) < per_step:
+            raise UsageError(
+                f"a step needs {per_step} samples (--batch-size {config.batch_size} x --accumulate "
+                f"{config.accumulate}) but the training split of '{self.plan.dataset.name}' has {len(self.train_set)}; "
+                f"lower --batch-size.")
+        self.steps_per_epoch = len(self.train_set) // per_step
+        self.batches_per_epoch = self.steps_per_epoch * config.accumulate
+        pin = self.device.type == "cuda"
+        self.loader, self.order = make_loader(self.train_set, config.batch_size, config.seed, config.workers,
+                                              shuffle=True, drop_last=True, pin_memory=pin)
+        self.test_loader, _ = make_loader(self.test_set, config.batch_size, config.seed, config.workers,
+                                          shuffle=False, drop_last=False, pin_memory=pin)
+
+    @property
+    def total_steps(self) -> int:
+        """The step at which the run ends: --max-steps or --epochs, whichever comes first."""
+        limits = []
+        if self.config.max_steps is not None:
+            limits.append(self.config.max_steps)
+        if self.config.epochs is not None or self.config.max_steps is None:
+            limits.append((self.config.epochs or DEFAULT_EPOCHS) * self.steps_per_epoch)
+        return min(limits)
+
+    def _write_config(self, command_line: list[str], resumed: bool) -> None:
+        path = self.run_dir / "config.json"
+        document: dict[str, Any] = {}
+        if resumed and path.exists():
+            import json
+            document = json.loads(path.read_text())
+            document.setdefault("resumed_with", []).append(command_line)
+        else:
+            document["command_line"] = command_line
+        plugins = self.plan
+        document.update({
+            "config": self.config.to_dict(),
+            "resolved": {
+                "model": self._describe(plugins.model),
+                "loss": self._describe(plugins.loss) if plugins.loss else None,
+                "dataset": self._describe(plugins.dataset),
+                "hooks": [self._describe(e) for e in plugins.hooks],
+                "model_options": self.model_options,
+                "input_shape": list(self.train_set.image_shape),
+                "classes": getattr(self.train_set, "classes", None),
+                "task": self.recipe.task,
+                "loss_weights": getattr(self.loss_fn, "weights_source", None),
+                "device": str(self.device),
+                "steps_per_epoch": self.steps_per_epoch,
+                "parameters": sum(p.numel() for p in self.recipe.parameters()),
+            },
+            "versions": versions(),
+        })
+        write_json(path, document)
+
+    def _describe(self, entry: Any) -> dict[str, Any]:
+        info = self.registry.plugins.get(entry.plugin)
+        return {"name": entry.qualified_name, "version": info.version if info else None}
+
+    # ------------------------------------------------------------- resuming
+    def _resume(self) -> None:
+        steps = checkpoint.list_steps(self.run_dir)
+        if not steps:
+            _echo(f"zoo: {self.run_dir} has no checkpoint yet; starting over with its saved config.")
+            return
+        step, folder = steps[-1]
+        model_state, state = checkpoint.load(folder)
+        if state.get("model") != self.plan.model.qualified_name:
+            raise UsageError(f"checkpoint {folder} is of model '{state.get('model')}', not "
+                             f"'{self.plan.model.qualified_name}'; resume it with its own model.")
+        if state.get("train_size") != len(self.train_set):
+            raise UsageError(f"the training split now has {len(self.train_set)} samples but {folder} was made "
+                             f"with {state.get('train_size')}; resume with the same data.")
+        self._load_weights(model_state, folder)
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        for name, scheduler in self.schedulers.items():
+            scheduler.load_state_dict(state["schedulers"][name])
+        if state.get("scaler"):
+            self.precision.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
+        self.best = state.get("best")
+        self._last_save_step = self.step
+        rng.restore(state["rng"])
+        _echo(f"zoo: resuming {self.run_dir} from step {self.step} (epoch {self.epoch + 1}).")
+
+    def _load_weights(self, model_state: dict[str, torch.Tensor], folder: Path) -> None:
+        own = self.recipe.state_dict()
+        missing = sorted(set(own) - set(model_state))
+        unexpected = sorted(set(model_state) - set(own))
+        if missing or unexpected:
+            raise UsageError(f"checkpoint {folder} does not fit model '{self.plan.model.name}': "
+                             f"missing {missing[:3]}, unexpected {unexpected[:3]}; resume with the same model.")
+        for key, value in own.items():
+            if tuple(value.shape) != tuple(model_state[key].shape):
+                raise UsageError(f"checkpoint {folder} does not fit model '{self.plan.model.name}': {key} has "
+                                 f"shape {tuple(model_state[key].shape)}, the model {tuple(value.shape)}.")
+        self.recipe.load_state_dict(model_state)
+
+    # ------------------------------------------------------------ the loop
+    def fit(self) -> TrainResult:
+        """Train until the run's length; save at the end. Raises Interrupted on a signal."""
+        previous = self._install_signal_handlers()
+        params = sum(p.numel() for p in self.recipe.parameters())
+        _echo(f"zoo: {self.plan.model.qualified_name} + {self.plan.loss.qualified_name if self.plan.loss else 'no loss'}"
+              f" on {self.plan.dataset.qualified_name} {tuple(self.train_set.image_shape)} "
+              f"({len(self.train_set)} train / {len(self.test_set)} test), {params:,} parameters, "
+              f"device {self.device}, {self.steps_per_epoch} steps/epoch, run dir {self.run_dir}")
+        status = "failed"
+        feed = bar = None
+        self.recipe.train()
+        try:
+            self.hooks.call("on_train_start", run=self.context)
+            while self.step < self.total_steps and self._stop_signal is None and not self.context.stop_reason:
+                if feed is None:
+                    feed, bar = self._open_epoch()
+                started = time.perf_counter()
+                batches = [next(feed) for _ in range(self.config.accumulate)]
+                fed = time.perf_counter()
+                self._train_step(batches)
+                self.step += 1
+                self.position += self.config.accumulate
+                self.context.step, self.context.epoch = self.step, self.epoch
+                self._window_wait += fed - started
+                self._window_samples += self.config.batch_size * self.config.accumulate
+                bar.update(1)
+                if self.step % self.config.log_every == 0:
+                    self._log(bar)
+                if self.position >= self.batches_per_epoch:
+                    feed.close()
+                    bar.close()
+                    feed = bar = None
+                    self._end_epoch()
+                self._periodic()
+            if feed is not None:
+                feed.close()
+                bar.close()
+                feed = None
+            if self._last_log_step != self.step:
+                self._log(None)
+            if self.config.eval_every != 0 and self._last_eval_step != self.step and self._stop_signal is None:
+                self._evaluate()
+            saved = self.save() if self._last_save_step != self.step else checkpoint.checkpoint_dir(
+                self.run_dir, self.step)
+            status = "interrupted" if (self._stop_signal or self.context.stop_reason) else "done"
+        finally:
+            if feed is not None:
+                feed.close()
+                bar.close()
+            try:
+                self.hooks.call("on_train_end", run=self.context, status=status)
+            finally:
+                self._restore_signal_handlers(previous)
+        if self._stop_signal is not None:
+            code = 128 + int(self._stop_signal)
+            raise Interrupted(f"zoo: stopped by {signal.Signals(self._stop_signal).name} at step {self.step}; "
+                              f"checkpoint saved. Resume with: zoo train --resume {self.run_dir}", code)
+        if self.context.stop_reason:
+            _echo(f"zoo: stopped early at step {self.step}: {self.context.stop_reason}")
+        _echo(f"zoo: done at step {self.step}; checkpoint {saved}")
+        return TrainResult(self.run_dir, self.step, self.epoch, saved, self.last_eval)
+
+    def _open_epoch(self) -> tuple[Prefetcher, tqdm]:
+        self.order.set_epoch(self.epoch, start=self.position * self.config.batch_size)
+        feed = Prefetcher(self.loader, max_prefetch=max(2, 2 * self.config.accumulate))
+        bar = tqdm(total=self.steps_per_epoch, initial=self.position // self.config.accumulate,
+                   desc=f"epoch {self.epoch + 1}", unit="step", dynamic_ncols=True, leave=True,
+                   file=sys.stderr, mininterval=0.5)
+        self._window_start = time.perf_counter()
+        return feed, bar
+
+    def _train_step(self, batches: list[Any]) -> None:
+        """One step: every micro-batch through the recipe, backward per optimizer, then step."""
+        scaler = self.precision.scaler
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        last = len(batches) - 1
+        for index, batch in enumerate(batches):
+            batch = to_device(batch, self.device, non_blocking=True)
+            pairs = self.recipe.training_step(batch, self.loss_fn)
+            while True:
+                with self.precision.autocast():
+                    try:
+                        name, loss = next(pairs)
+                    except StopIteration:
+                        break
+                if name not in self.optimizers:
+                    raise PluginError(f"model '{self.plan.model.name}' yielded a loss for optimizer '{name}' "
+                                      f"but configured only {', '.join(self.optimizers)}.")
+                scaled = loss / len(batches) if len(batches) > 1 else loss
+                scaler.scale(scaled).backward(inputs=self.params[name])
+                self._add_to_window(name, scaled.detach())
+                if index == last:
+                    if self.config.clip_grad is not None:
+                        scaler.unscale_(self.optimizers[name])
+                        clip_grad_norm_(self.params[name], self.config.clip_grad)
+                    scaler.step(self.optimizers[name])
+            for key, value in self.recipe.pop_logs().items():
+                self._add_to_window(key, value / len(batches))
+        scaler.update()
+        self._window_steps += 1
+
+    # ------------------------------------------------------ bookkeeping
+    def _reset_window(self) -> None:
+        self._window: dict[str, torch.Tensor] = {}
+        self._window_steps = 0
+        self._window_wait = 0.0
+        self._window_samples = 0
+        self._window_start = time.perf_counter()
+
+    def _add_to_window(self, key: str, value: torch.Tensor) -> None:
+        value = value.float()
+        self._window[key] = self._window[key] + value if key in self._window else value
+
+    def _loss_names(self, key: str) -> str:
+        return "loss" if key == "model" else key
+
+    def _log(self, bar: tqdm | None) -> None:
+        """Read the window's losses (one device sync), check them, and report them."""
+        self._last_log_step = self.step
+        if not self._window_steps:
+            return
+        keys = list(self._window)
+        values = torch.stack([self._window[k] for k in keys]).tolist() if keys else []
+        losses = {self._loss_names(k): v / self._window_steps for k, v in zip(keys, values)}
+        for name, value in losses.items():
+            if not math.isfinite(value):
+                raise RunError(f"loss '{name}' is {value} at step {self.step}; no checkpoint was written for it. "
+                               f"Lower --lr, add --clip-grad 1.0, or use --precision 32.")
+        elapsed = max(time.perf_counter() - self._window_start, 1e-9)
+        efficiency = max(0.0, 1.0 - self._window_wait / elapsed)
+        scalars = dict(losses)
+        scalars["compute_efficiency"] = efficiency
+        scalars["samples_per_sec"] = self._window_samples / elapsed
+        for name, opt in self.optimizers.items():
+            scalars[f"lr/{name}"] = opt.param_groups[0]["lr"]
+        self.metrics_log.write({"kind": "train", "step": self.step, "epoch": self._epochs_done(), **scalars})
+        self.hooks.call("on_step_end", run=self.context, step=self.step, scalars=scalars)
+        if bar is not None:
+            shown = {k: f"{v:.4g}" for k, v in losses.items()}
+            shown["eff"] = f"{efficiency:.2f}"
+            bar.set_postfix(shown, refresh=False)
+        self._reset_window()
+
+    def _epochs_done(self) -> float:
+        """Epochs completed so far, as a fraction (e.g. 1.5 halfway through the second)."""
+        return round(self.step / self.steps_per_epoch, 4)
+
+    def _end_epoch(self) -> None:
+        """Schedulers step, hooks hear of it, and by default evaluate and save."""
+        for scheduler in self.schedulers.values():
+            scheduler.step()
+        self.epoch += 1
+        self.position = 0
+        self.context.epoch = self.epoch
+        self.hooks.call("on_epoch_end", run=self.context, epoch=self.epoch)
+        if self.config.eval_every is None and self.step < self.total_steps:
+            self._evaluate()
+        if self.config.save_every is None and self.step < self.total_steps and self._stop_signal is None:
+            self.save()
+
+    def _periodic(self) -> None:
+        every_eval, every_save = self.config.eval_every, self.config.save_every
+        if every_eval and self.step % every_eval == 0 and self._last_eval_step != self.step \
+                and self.step < self.total_steps:
+            self._evaluate()
+        if every_save and self.step % every_save == 0 and self._last_save_step != self.step \
+                and self.step < self.total_steps:
+            self.save()
+
+    def _evaluate(self) -> dict[str, float]:
+        self._last_eval_step = self.step
+        bar = tqdm(total=len(self.test_loader), desc="eval", unit="batch", leave=False, file=sys.stderr,
+                   dynamic_ncols=True, mininterval=0.5)
+        try:
+            metrics = evaluate(self.recipe, self.loss_fn, self.test_loader, self.device,
+                               self.precision.autocast, self.config.seed, progress=bar)
+        finally:
+            bar.close()
+        self.last_eval = metrics
+        self.metrics_log.write({"kind": "eval", "step": self.step, "epoch": self._epochs_done(), **metrics})
+        self.hooks.call("on_eval_end", run=self.context, step=self.step, metrics=metrics)
+        metric = self.recipe.metric
+        if metric and metric[0] in metrics:
+            value = metrics[metric[0]]
+            improved = self.best is None or (
+                value > self.best["value"] if metric[1] == "max" else value < self.best["value"])
+            if improved:
+                self.best = {"step": self.step, "value": value, "metric": metric[0], "saved": False}
+        if metrics:
+            _echo(f"zoo: eval at step {self.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        return metrics
+
+    # ------------------------------------------------------- checkpoints
+    def _check_finite(self) -> None:
+        """Refuse to save weights or a step whose loss is not finite."""
+        tensors = [p.detach() for p in self.recipe.parameters()]
+        finite = torch.stack([torch.isfinite(t).all() for t in tensors]).all() if tensors else torch.tensor(True)
+        pending = [v for v in self._window.values()]
+        if pending:
+            finite = finite & torch.isfinite(torch.stack(pending)).all().to(finite.device)
+        if not bool(finite):
+            raise RunError(f"non-finite loss or weights at step {self.step}; no checkpoint was written. "
+                           f"Lower --lr, add --clip-grad 1.0, or use --precision 32.")
+
+    def save(self) -> Path:
+        """Write the checkpoint of the current step atomically and prune old ones."""
+        self._check_finite()
+        state = {
+            "model": self.plan.model.qualified_name,
+            "step": self.step, "epoch": self.epoch, "position": self.position,
+            "train_size": len(self.train_set),
+            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+            "schedulers": {name: s.state_dict() for name, s in self.schedulers.items()},
+            "scaler": self.precision.scaler.state_dict(),
+            "rng": rng.capture(),
+            "best": self.best,
+        }
+        if self.best is not None and self.best["step"] == self.step:
+            self.best["saved"] = True
+        folder = checkpoint.save(self.run_dir, self.step, self.recipe.state_dict(), state)
+        self._last_save_step = self.step
+        protect = (self.best["step"],) if self.best and self.best.get("saved") else ()
+        checkpoint.prune(self.run_dir, self.config.keep, protect)
+        self.hooks.call("on_checkpoint_saved", run=self.context, step=self.step, path=folder)
+        return folder
+
+    def sample_grid(self) -> torch.Tensor | None:
+        """A grid of samples from fixed inputs, drawn from a generator of its own."""
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(rng.derive_seed(self.config.seed, "samples"))
+        was_training = self.recipe.training
+        self.recipe.eval()
+        try:
+            with torch.no_grad(), self.precision.autocast():
+                images = self.recipe.sample(SAMPLE_COUNT, generator)
+        finally:
+            self.recipe.train(was_training)
+        if images is None:
+            return None
+        images = ((images.detach().float() + 1) / 2).clamp(0, 1).cpu()
+        return make_grid(images, nrow=int(math.sqrt(SAMPLE_COUNT)), padding=2)
+
+    # ------------------------------------------------------------ signals
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        previous: dict[int, Any] = {}
+
+        def handle(signum: int, _frame: Any) -> None:
+            if self._stop_signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+            _echo(f"zoo: {signal.Signals(signum).name} received; saving after this step "
+                  f"(press Ctrl-C again to abort without saving).")
+
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, handle)
+        except ValueError:  # not the main thread: leave signals alone
+            return {}
+        return previous
+
+    def _restore_signal_handlers(self, previous: dict[int, Any]) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

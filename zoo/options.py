@@ -1,0 +1,164 @@
+"""Plugin options: read from a factory's signature, parsed and checked against it.
+
+``--model-opt ngf=32`` becomes ``{"ngf": 32}`` after checking that the model's
+constructor takes ``ngf`` and that ``32`` fits its annotated type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import types
+import typing
+from typing import Any, Callable, Iterable
+
+from zoo.errors import UsageError
+
+_MISSING = inspect.Parameter.empty
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclasses.dataclass(frozen=True)
+class OptionSpec:
+    """One option of a plugin: its name, type, default and whether it is required."""
+
+    name: str
+    annotation: Any
+    default: Any
+
+    @property
+    def required(self) -> bool:
+        """True when the factory gives no default."""
+        return self.default is _MISSING
+
+    @property
+    def type_name(self) -> str:
+        """A short readable type, e.g. ``int`` or ``str | None``."""
+        if self.annotation is _MISSING:
+            return type(self.default).__name__ if not self.required and self.default is not None else "any"
+        if isinstance(self.annotation, type):
+            return self.annotation.__name__
+        return str(self.annotation).replace("typing.", "")
+
+
+def _callable_of(factory: Callable[..., Any]) -> Callable[..., Any]:
+    return factory.__init__ if inspect.isclass(factory) else factory
+
+
+def option_specs(factory: Callable[..., Any], exclude: Iterable[str] = ()) -> list[OptionSpec]:
+    """The keyword options a class or function takes, minus ``exclude``."""
+    target = _callable_of(factory)
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # unresolvable annotations: fall back to defaults' types
+        hints = {}
+    skip = set(exclude) | {"self"}
+    specs = []
+    for param in inspect.signature(target).parameters.values():
+        if param.name in skip or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        specs.append(OptionSpec(param.name, hints.get(param.name, param.annotation), param.default))
+    return specs
+
+
+def _convert(text: str, annotation: Any, default: Any) -> Any:
+    """Convert one command-line string to the annotated type; raise ValueError if it does not fit."""
+    if annotation is _MISSING or annotation is Any:
+        annotation = type(default) if default not in (_MISSING, None) else str
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        members = typing.get_args(annotation)
+        if type(None) in members and text.strip().lower() in {"none", "null", ""}:
+            return None
+        errors = []
+        for member in members:
+            if member is type(None):
+                continue
+            try:
+                return _convert(text, member, default)
+            except ValueError as exc:
+                errors.append(str(exc))
+        raise ValueError(" or ".join(errors))
+    if origin is typing.Literal:
+        choices = typing.get_args(annotation)
+        for choice in choices:
+            if str(choice) == text:
+                return choice
+        raise ValueError(f"one of {', '.join(map(str, choices))}")
+    if annotation is bool:
+        lowered = text.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise ValueError("true or false")
+    if annotation is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError("an integer") from None
+    if annotation is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError("a number") from None
+    if annotation is str:
+        return text
+    if origin in (tuple, list):
+        inner = typing.get_args(annotation)
+        parts = [p for p in text.split(",") if p.strip()]
+        item_type = inner[0] if inner else str
+        return origin(_convert(p.strip(), item_type, _MISSING) for p in parts)
+    return text
+
+
+def _coerce_typed(value: Any, spec: OptionSpec) -> Any:
+    """Accept an already-typed value (from a TOML config) if it fits the option."""
+    if isinstance(value, str):
+        return _convert(value, spec.annotation, spec.default)
+    expected = spec.annotation
+    if expected is _MISSING:
+        return value
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(expected, type):
+        if expected is int and isinstance(value, bool):
+            raise ValueError("an integer")
+        if not isinstance(value, expected):
+            raise ValueError(f"a {expected.__name__}")
+    return value
+
+
+def parse_options(what: str, factory: Callable[..., Any], raw: dict[str, Any],
+                  exclude: Iterable[str] = ()) -> dict[str, Any]:
+    """Check ``raw`` option values against ``factory``'s signature and convert them.
+
+    ``what`` names the plugin in messages, e.g. ``"model 'dcgan'"``. Unknown keys
+    and values of the wrong type are usage errors with a fix.
+    """
+    specs = {spec.name: spec for spec in option_specs(factory, exclude)}
+    parsed: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in specs:
+            close = difflib.get_close_matches(key, list(specs), n=3, cutoff=0.5)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            known = ", ".join(specs) or "none"
+            raise UsageError(f"{what} has no option '{key}'.{hint} Its options: {known}.")
+        try:
+            parsed[key] = _coerce_typed(value, specs[key])
+        except ValueError as exc:
+            raise UsageError(f"{what} option {key} expects {exc}, got {value!r}.") from None
+    return parsed
+
+
+def split_assignments(pairs: Iterable[str], flag: str) -> dict[str, str]:
+    """Turn ``["a=1", "b=x"]`` into ``{"a": "1", "b": "x"}``; a pair without '=' is a usage error."""
+    result: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"{flag} expects KEY=VALUE, got {pair!r}.")
+        result[key.strip()] = value.strip()
+    return result
