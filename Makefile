@@ -23,7 +23,7 @@ demo: $(STAMP)
 	@if [ -f $(DEMO_DIR)/config.json ]; then \
 		$(BIN)/zoo train --resume $(DEMO_DIR) --max-steps $(DEMO_STEPS); \
 	else \
-		$(BIN)/zoo train --model dcgan --loss perceptual --max-steps $(DEMO_STEPS) --run-dir $(DEMO_DIR); \
+		$(BIN)/zoo train --model dcgan --loss perceptual --batch-size 32 --max-steps $(DEMO_STEPS) --run-dir $(DEMO_DIR); \
 	fi
 	$(BIN)/zoo test --run $(DEMO_DIR)
 	@echo "Sample grids: $(DEMO_DIR)/samples/latest.png (tensorboard --logdir $(DEMO_DIR)/tensorboard)"

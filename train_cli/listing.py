@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 
 import click
 
@@ -19,12 +20,12 @@ def _table(rows: list[tuple[str, ...]], indent: str = "  ") -> list[str]:
     if not rows:
         return []
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    width = shutil.get_terminal_size((120, 20)).columns
+    width = shutil.get_terminal_size((120, 20)).columns if sys.stdout.isatty() else None
     lines = []
     for row in rows:
         head = "  ".join(cell.ljust(w) for cell, w in zip(row, widths))
         line = f"{indent}{head}  {row[-1]}".rstrip()
-        lines.append(line if len(line) <= width else line[: width - 1] + "…")
+        lines.append(line if width is None or len(line) <= width else line[: width - 1] + "…")
     return lines
 
 
@@ -88,8 +89,13 @@ def list_command(ctx, args: tuple[str, ...], as_json: bool) -> None:
             rows.append((p.name, p.distribution, p.version, p.status, detail))
         lines.append(f"Plugins ({len(rows)})")
         lines += _table([("NAME", "DISTRIBUTION", "VERSION", "STATUS", "DETAIL")] + rows)
-    elif not entries:
-        what = f"{kind}s" if kind else "entries"
+    else:
+        broken = registry.broken()
+        if broken:
+            lines.append(f"note: {len(broken)} broken plugin(s) skipped ({', '.join(p.name for p in broken)}); "
+                         f"'zoo list plugins' shows why.")
+    if not show_plugins and not entries:
+        what = _PLURAL_OF[kind] if kind else "entries"
         lines.append(f"no {what} match {' '.join(patterns)}" if patterns else f"no {what} installed")
     click.echo("\n".join(lines).rstrip())
 

@@ -45,7 +45,6 @@ from zoo.options import split_assignments
 def train_command(ctx, resume: str | None, overwrite: bool, config_file: str | None, **options) -> None:
     """Train a model; Ctrl-C or SIGTERM saves a checkpoint first (exit 130 / 143)."""
     from zoo.engine.rundir import default_run_dir, prepare_new, read_config
-    from zoo.engine.trainer import Trainer
 
     registry = ctx.registry()
     given = {key: value for key, value in options.items()}
@@ -68,6 +67,8 @@ def train_command(ctx, resume: str | None, overwrite: bool, config_file: str | N
         config.run_dir = str(run_dir)
         registry.resolve("model", config.model)  # a typo fails before any folder is made
         prepare_new(run_dir, overwrite)
+    from zoo.engine.trainer import Trainer  # imports torch: after the cheap checks above
+
     trainer = Trainer(config, registry, run_dir, resume=bool(resume), command_line=["zoo", *sys.argv[1:]])
     trainer.fit()
 

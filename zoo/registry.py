@@ -268,7 +268,10 @@ def _load_plugin(manager: pluggy.PluginManager, ep: importlib.metadata.EntryPoin
         module = ep.load()
         manager.register(module, name=info.name)
     except pluggy.PluginValidationError as exc:
-        info.status, info.error = "broken", f"hook signature mismatch: {str(exc).splitlines()[0]}"
+        # pluggy's first line only names the plugin and hook; the reason is on the next lines
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = "; ".join(line.removeprefix("hookimpl definition: ") for line in lines[1:])
+        info.status, info.error = "broken", f"hook signature mismatch: {detail or _first_line(exc)}"
         return []
     except BaseException as exc:  # noqa: BLE001 - a plugin may raise anything, even SystemExit
         if isinstance(exc, KeyboardInterrupt):
@@ -282,7 +285,7 @@ def _load_plugin(manager: pluggy.PluginManager, ep: importlib.metadata.EntryPoin
         return []
     try:
         for impl in impls:
-            impl.function(registry=registrar)
+            impl.function(**{name: registrar for name in impl.argnames})
     except BaseException as exc:  # noqa: BLE001
         if isinstance(exc, KeyboardInterrupt):
             raise

@@ -140,7 +140,6 @@ class DCGAN(Recipe):
 
         d_loss = _bce(self.discriminator(real), True) + _bce(self.discriminator(fake.detach()),
                                                              False)
-        self.log("d_loss", d_loss)
         yield "discriminator", d_loss
 
         g_adv = _bce(self.discriminator(fake), True)

@@ -115,10 +115,14 @@ def save(run_dir: Path, step: int, model_state: dict[str, torch.Tensor], state: 
         for name in ("model.safetensors", "state.safetensors", "state.json"):
             _fsync_file(tmp / name)
         _fsync_dir(tmp)
-        if final.exists():  # the same step saved twice (e.g. a save at the end right after a periodic one)
-            shutil.rmtree(final)
+        trash = None
+        if final.exists():  # the same step saved again: move the old one out of step-* first
+            trash = root / f".del-step-{step}-{os.getpid()}"
+            os.rename(final, trash)
         os.rename(tmp, final)
         _fsync_dir(root)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -146,7 +150,8 @@ def load(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors = load_file(str(folder / "state.safetensors"))
         doc = json.loads((folder / "state.json").read_text())
     except FileNotFoundError as exc:
-        raise CheckpointError(f"checkpoint {folder} is missing {Path(exc.filename).name}.") from None
+        missing = Path(exc.filename).name if exc.filename else "a file"
+        raise CheckpointError(f"checkpoint {folder} is missing {missing}.") from None
     except Exception as exc:  # safetensors and json raise several kinds on damaged files
         raise CheckpointError(f"checkpoint {folder} is damaged ({type(exc).__name__}: {exc}).") from None
     if doc.get("format_version") != FORMAT_VERSION:
@@ -170,12 +175,21 @@ def load_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def prune(run_dir: Path, keep: int, protect: tuple[int, ...] = ()) -> list[int]:
-    """Delete all but the newest ``keep`` checkpoints (never the newest, never ``protect``)."""
+    """Delete all but the newest ``keep`` checkpoints (never the newest, never ``protect``).
+
+    A doomed folder is first renamed out of the ``step-*`` namespace, so a kill
+    during deletion never leaves a partial ``step-<N>`` behind.
+    """
+    root = Path(run_dir) / "checkpoints"
     steps = list_steps(run_dir)
     doomed = [(s, p) for s, p in steps[:-max(keep, 1)] if s not in protect]
-    for _, path in doomed:
-        shutil.rmtree(path, ignore_errors=True)
-    for stale in (Path(run_dir) / "checkpoints").glob(".tmp-step-*"):
+    for step, path in doomed:
+        trash = root / f".del-step-{step}-{os.getpid()}"
+        os.rename(path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    if doomed:
+        _fsync_dir(root)
+    for stale in list(root.glob(".tmp-step-*")) + list(root.glob(".del-step-*")):
         if not stale.name.endswith(f"-{os.getpid()}"):
             shutil.rmtree(stale, ignore_errors=True)
     return [s for s, _ in doomed]
