@@ -37,3 +37,5 @@ def zoo_register(registry):
                   default=True)
     registry.hook("samples", "plugins.hooks.samples:SampleGridHook",
                   "Saves PNG sample grids of generative models under samples/", default=True)
+    registry.hook("early_stopping", "plugins.hooks.early_stopping:EarlyStoppingHook",
+                  "Stops the run when the evaluation metric stops improving (patience evaluations)")

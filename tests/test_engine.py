@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import struct
 import sys
@@ -120,17 +121,18 @@ def test_run_folder_has_config_checkpoint_metrics_events_and_samples(registry, t
     assert final and final[-1] == pytest.approx(records[[r["step"] for r in records].index(10)]["generator"])
 
 
-def test_resume_after_sigterm_mid_epoch_is_bitwise_equal(registry, tmp_path):
+def test_resume_after_sigterm_at_a_random_step_is_bitwise_equal(registry, tmp_path):
     straight = train(registry, tiny_config(tmp_path / "straight", max_steps=13))
+    stop_at = random.randint(1, 12)  # 8 steps per epoch: mostly mid-epoch
     config = tiny_config(tmp_path / "resumed", max_steps=13)
     prepare_new(tmp_path / "resumed", overwrite=True)
     trainer = Trainer(config, registry, tmp_path / "resumed")
-    interrupt_at(trainer, 5)  # mid-epoch: 8 steps per epoch
+    interrupt_at(trainer, stop_at)
     with pytest.raises(Interrupted) as stopped:
         trainer.fit()
     assert stopped.value.exit_code == 143
     assert "--resume" in str(stopped.value)
-    assert checkpoint.list_steps(tmp_path / "resumed")[-1][0] == 5
+    assert checkpoint.list_steps(tmp_path / "resumed")[-1][0] == stop_at
     resumed = train(registry, config, resume=True)
     assert resumed.step == straight.step == 13
     assert_bitwise_equal(newest_weights(tmp_path / "straight"), newest_weights(tmp_path / "resumed"))
@@ -219,6 +221,24 @@ def test_zoo_test_reports_accuracy_of_a_model_that_learned(registry, tmp_path):
     assert saved["metrics"]["accuracy"] == pytest.approx(result["metrics"]["accuracy"])
 
 
+def test_image_to_image_run_reports_psnr_that_improves(registry, tmp_path):
+    config = tiny_config(tmp_path / "run", model="resnet_i2i", loss="l1", model_opt={"ngf": 8, "blocks": 1},
+                         dataset_opt={"train_count": 128, "test_count": 16, "degrade": "noise"},
+                         max_steps=None, epochs=3, batch_size=16, log_every=4)
+    trainer = train(registry, config)
+    evals = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "eval"]
+    assert len(evals) == 3 and all("psnr" in e for e in evals)
+    result = evaluate_run(registry, tmp_path / "run", device="cpu")
+    assert result["metrics"]["psnr"] == pytest.approx(trainer.last_eval["psnr"])
+    from plugins.models.resnet_i2i import batch_psnr
+    pairs = [trainer.test_set[i] for i in range(len(trainer.test_set))]
+    degraded = torch.stack([x for x, _ in pairs])
+    clean = torch.stack([y for _, y in pairs])
+    input_psnr = batch_psnr(degraded, clean).mean().item()
+    assert result["metrics"]["psnr"] > input_psnr + 0.3  # restored: closer to clean than the input
+
+
 def test_zoo_test_of_a_gan_writes_losses_and_a_grid(registry, tmp_path):
     train(registry, tiny_config(tmp_path / "run", max_steps=3))
     result = evaluate_run(registry, tmp_path / "run", device="cpu")
@@ -300,3 +320,41 @@ def test_sigterm_to_a_real_zoo_train_saves_and_resumes_exactly(tmp_path):
                              capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert_bitwise_equal(newest_weights(tmp_path / "straight"), newest_weights(tmp_path / "killed"))
+
+
+def test_early_stopping_hook_stops_the_run_and_saves(registry, tmp_path):
+    config = tiny_config(tmp_path / "run", model="mnist_net", loss=None, model_opt={}, lr=1e-9,
+                         max_steps=None, epochs=50, eval_every=1, save_every=0, log_every=5,
+                         hooks=["early_stopping"], hook_opt={"early_stopping": {"patience": "2", "metric": "loss",
+                                                                                "min_delta": "0.5"}})
+    trainer = train(registry, config)
+    assert trainer.step == 3  # first eval sets the best, two more without a 0.5 improvement stop it
+    assert trainer.context.stop_reason and "loss has not improved" in trainer.context.stop_reason
+    assert [s for s, _ in checkpoint.list_steps(tmp_path / "run")] == [3]
+
+
+def test_a_hook_logs_scalars_and_images_through_run_log(registry, tmp_path, monkeypatch):
+    module = tmp_path / "logging_hook_module.py"
+    module.write_text(textwrap.dedent("""
+        import torch
+        from zoo import hookimpl
+
+        class Logger:
+            @hookimpl
+            def on_step_end(self, run, step, scalars):
+                run.log("double_step", 2.0 * step)
+                if step == 2:
+                    run.log("checker", torch.ones(3, 4, 4) * 0.5)
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    local = discover()
+    local.add_plugin(PluginInfo("testhooks", "testhooks", "1.0", "logging_hook_module"),
+                     [Entry("hook", "logger", "logging_hook_module:Logger", "logs", "testhooks")])
+    train(local, tiny_config(tmp_path / "run", hooks=["logger"], max_steps=3))
+    run_dir = tmp_path / "run"
+    logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+              if json.loads(line)["kind"] == "log"]
+    assert [(r["step"], r["double_step"]) for r in logged] == [(1, 2.0), (2, 4.0), (3, 6.0)]
+    assert (run_dir / "samples" / "checker-step-2.png").read_bytes()[:4] == b"\x89PNG"
+    tags = {v.tag for e in read_events(run_dir / "tensorboard") for v in e.summary.value}
+    assert {"log/double_step", "log/checker"} <= tags

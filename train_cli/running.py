@@ -10,7 +10,7 @@ import click
 
 from zoo.config import TrainConfig, load_toml, merge, resume_config
 from zoo.errors import UsageError
-from zoo.options import split_assignments
+from zoo.options import split_assignments, split_hook_assignments
 
 @click.command("train")
 @click.option("--model", help="Model name (see 'zoo list models'); NAME or plugin:NAME.")
@@ -39,6 +39,8 @@ from zoo.options import split_assignments
 @click.option("--model-opt", multiple=True, metavar="KEY=VALUE", help="A model option (repeatable; see 'zoo info').")
 @click.option("--loss-opt", multiple=True, metavar="KEY=VALUE", help="A loss option (repeatable).")
 @click.option("--dataset-opt", multiple=True, metavar="KEY=VALUE", help="A dataset option (repeatable).")
+@click.option("--hook-opt", multiple=True, metavar="HOOK.KEY=VALUE",
+              help="A hook option, e.g. early_stopping.patience=5 (repeatable).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="TOML file of options (keys like batch_size; tables [model_opt] ...); flags override it.")
 @click.pass_obj
@@ -52,6 +54,7 @@ def train_command(ctx, resume: str | None, overwrite: bool, config_file: str | N
     given["no_hooks"] = list(given["no_hooks"])
     for table in ("model_opt", "loss_opt", "dataset_opt"):
         given[table] = split_assignments(given[table], "--" + table.replace("_", "-"))
+    given["hook_opt"] = split_hook_assignments(given["hook_opt"])
     if resume:
         if config_file:
             raise UsageError("--config cannot be combined with --resume; the run keeps its saved config.")

@@ -153,15 +153,23 @@ def build_loss(entry: Entry | None, options: dict[str, Any]) -> Any:
         raise UsageError(f"loss '{entry.name}' rejected its options: {exc}") from None
 
 
-def build_hooks(entries: list[Entry]) -> list[tuple[Entry, Any]]:
-    """Instantiate the selected training hooks."""
+def build_hooks(entries: list[Entry], options: dict[str, dict[str, Any]] | None = None) -> list[tuple[Entry, Any]]:
+    """Instantiate the selected training hooks with their ``--hook-opt`` options."""
+    options = dict(options or {})
     built = []
     for entry in entries:
         cls = entry.load()
+        raw = {**options.pop(entry.name, {}), **options.pop(entry.qualified_name, {})}
+        parsed = parse_options(f"hook '{entry.name}'", cls, raw)
         try:
-            built.append((entry, cls()))
+            built.append((entry, cls(**parsed)))
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"hook '{entry.name}' rejected its options: {exc}") from None
         except Exception as exc:
             raise PluginError(f"hook '{entry.qualified_name}' failed to start: {type(exc).__name__}: {exc}") from exc
+    if options:
+        name = next(iter(options))
+        raise UsageError(f"--hook-opt names hook '{name}', which is not on in this run; add --hook {name}.")
     return built
 
 

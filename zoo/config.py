@@ -16,9 +16,9 @@ from typing import Any
 from zoo.errors import UsageError
 
 PRECISIONS = ("32", "bf16", "16-mixed")
-OPTION_TABLES = ("model_opt", "loss_opt", "dataset_opt")
+OPTION_TABLES = ("model_opt", "loss_opt", "dataset_opt", "hook_opt")
 # Options that only extend or observe a run: allowed beside --resume.
-RESUME_OVERRIDABLE = ("max_steps", "epochs", "hooks", "no_hooks", "device", "workers",
+RESUME_OVERRIDABLE = ("max_steps", "epochs", "hooks", "no_hooks", "hook_opt", "device", "workers",
                       "log_every", "eval_every", "save_every", "keep")
 
 
@@ -50,6 +50,7 @@ class TrainConfig:
     model_opt: dict[str, Any] = dataclasses.field(default_factory=dict)
     loss_opt: dict[str, Any] = dataclasses.field(default_factory=dict)
     dataset_opt: dict[str, Any] = dataclasses.field(default_factory=dict)
+    hook_opt: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy."""
@@ -98,7 +99,8 @@ def _flag(name: str) -> str:
 
 def _check_type(config: TrainConfig, source: str) -> None:
     """Reject values of the wrong type (a config file can hold anything)."""
-    expected = {"int": int, "float": (int, float), "str": str, "list[str]": list, "dict[str, Any]": dict}
+    expected = {"int": int, "float": (int, float), "str": str, "list[str]": list, "dict[str, Any]": dict,
+                "dict[str, dict[str, Any]]": dict}
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
         if value is None:
@@ -133,7 +135,12 @@ def merge(file_values: dict[str, Any], cli_values: dict[str, Any]) -> dict[str, 
     for key, value in cli_values.items():
         if value is None or (isinstance(value, (list, dict)) and not value):
             continue
-        if key in OPTION_TABLES:
+        if key == "hook_opt":
+            tables = {hook: dict(opts) for hook, opts in merged.get(key, {}).items()}
+            for hook, opts in value.items():
+                tables[hook] = {**tables.get(hook, {}), **opts}
+            merged[key] = tables
+        elif key in OPTION_TABLES:
             merged[key] = {**merged.get(key, {}), **value}
         else:
             merged[key] = value

@@ -62,5 +62,14 @@ class LifecycleSpecs:
         """Called after a checkpoint folder was written and renamed into place."""
 
     @hookspec
+    def on_log(self, run, step, name, value):
+        """Called when something asks the run to log: ``value`` is a float or an image.
+
+        Images are float tensors ``(C, H, W)`` in ``[0, 1]``. Sources are the
+        engine itself and any hook calling ``run.log(name, value)``; a hook that
+        writes logs (tensorboard) implements this to receive them.
+        """
+
+    @hookspec
     def on_train_end(self, run, status):
         """Called once when training stops; ``status`` is "done", "interrupted" or "failed"."""

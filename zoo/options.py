@@ -162,3 +162,14 @@ def split_assignments(pairs: Iterable[str], flag: str) -> dict[str, str]:
             raise UsageError(f"{flag} expects KEY=VALUE, got {pair!r}.")
         result[key.strip()] = value.strip()
     return result
+
+
+def split_hook_assignments(pairs: Iterable[str]) -> dict[str, dict[str, str]]:
+    """Turn ``["early_stopping.patience=5"]`` into ``{"early_stopping": {"patience": "5"}}``."""
+    result: dict[str, dict[str, str]] = {}
+    for key, value in split_assignments(pairs, "--hook-opt").items():
+        hook, dot, option = key.rpartition(".")
+        if not dot or not hook or not option:
+            raise UsageError(f"--hook-opt expects HOOK.KEY=VALUE, got {key}={value!r}.")
+        result.setdefault(hook, {})[option] = value
+    return result

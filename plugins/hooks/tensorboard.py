@@ -29,6 +29,15 @@ class TensorboardHook:
             self.writer.add_scalar(f"eval/{name}", value, step)
 
     @hookimpl
+    def on_log(self, run, step, name, value):
+        if self.writer is None:
+            return
+        if isinstance(value, float):
+            self.writer.add_scalar(f"log/{name}", value, step)
+        else:
+            self.writer.add_image(f"log/{name}", value, step)
+
+    @hookimpl
     def on_epoch_end(self, run, epoch):
         self._add_grid(run)
 

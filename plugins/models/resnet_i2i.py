@@ -36,9 +36,10 @@ class RestorationNet(nn.Module):
                                              padding_mode="reflect")]
         for _ in range(blocks):
             layers += [ResnetBlock(ngf, norm="instance")]
-        layers += [ConvBlock(ngf, channels, 7, norm=None, activation=None,
-                             padding_mode="reflect")]
-        self.body = nn.Sequential(*layers)
+        head = ConvBlock(ngf, channels, 7, norm=None, activation=None, padding_mode="reflect")
+        nn.init.zeros_(head.block[0].weight)  # start as the identity: training only improves on it
+        nn.init.zeros_(head.block[0].bias)
+        self.body = nn.Sequential(*layers, head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         delta = self.body(x)

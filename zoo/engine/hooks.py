@@ -17,7 +17,8 @@ class RunContext:
     """What a hook sees of a live run: folders, config, the recipe, the step, sample grids."""
 
     def __init__(self, run_dir: Path, config: Any, recipe: Any, device: torch.device,
-                 sampler: Callable[[], torch.Tensor | None]) -> None:
+                 sampler: Callable[[], torch.Tensor | None], metrics: Any,
+                 emit: Callable[..., None]) -> None:
         self.run_dir = Path(run_dir)
         self.config = config
         self.recipe = recipe
@@ -27,6 +28,8 @@ class RunContext:
         self.epoch = 0
         self.stop_reason: str | None = None
         self._sampler = sampler
+        self._metrics = metrics
+        self._emit = emit
         self._grid_step: int | None = None
         self._grid: torch.Tensor | None = None
 
@@ -47,6 +50,29 @@ class RunContext:
     def request_stop(self, reason: str) -> None:
         """Ask the engine to stop after the current step (saves a checkpoint first)."""
         self.stop_reason = reason
+
+    def log(self, name: str, value: float | torch.Tensor) -> None:
+        """Add a scalar or an image ``(C, H, W)`` in ``[0, 1]`` to the run's log at this step.
+
+        Scalars go to ``metrics.jsonl``; images to ``samples/<name>-step-<N>.png``;
+        both reach every hook implementing ``on_log`` (tensorboard).
+        """
+        if isinstance(value, torch.Tensor) and value.dim() == 3:
+            image = value.detach().float().clamp(0, 1).cpu()
+            from torchvision.utils import save_image
+            folder = self.run_dir / "samples"
+            folder.mkdir(exist_ok=True)
+            safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+            save_image(image, str(folder / f"{safe}-step-{self.step}.png"))
+            self._emit(self, self.step, name, image)
+            return
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise TypeError(f"run.log({name!r}, ...) takes a number or a (C, H, W) image tensor, "
+                            f"not {type(value).__name__}") from None
+        self._metrics.write({"kind": "log", "step": self.step, name: number})
+        self._emit(self, self.step, name, number)
 
 
 class HookCaller:

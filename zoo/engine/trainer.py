@@ -82,9 +82,10 @@ class Trainer:
         self.schedulers = self.recipe.configure_schedulers(self.optimizers)
         self.params = {name: [p for group in opt.param_groups for p in group["params"] if p.requires_grad]
                        for name, opt in self.optimizers.items()}
-        self.hooks = HookCaller(build.build_hooks(self.plan.hooks))
-        self.context = RunContext(self.run_dir, config, self.recipe, self.device, self.sample_grid)
+        self.hooks = HookCaller(build.build_hooks(self.plan.hooks, config.hook_opt))
         self.metrics_log = MetricsLog(self.run_dir)
+        self.context = RunContext(self.run_dir, config, self.recipe, self.device, self.sample_grid,
+                                  self.metrics_log, self._emit_log)
         self.step = self.epoch = self.position = 0
         self.best: dict[str, Any] | None = None
         self.last_eval: dict[str, float] = {}
@@ -427,6 +428,9 @@ class Trainer:
         checkpoint.prune(self.run_dir, self.config.keep, protect)
         self.hooks.call("on_checkpoint_saved", run=self.context, step=self.step, path=folder)
         return folder
+
+    def _emit_log(self, run: RunContext, step: int, name: str, value: Any) -> None:
+        self.hooks.call("on_log", run=run, step=step, name=name, value=value)
 
     def sample_grid(self) -> torch.Tensor | None:
         """A grid of samples from fixed inputs, drawn from a generator of its own."""

@@ -1,0 +1,46 @@
+"""Builtin hook: stop a run when its evaluation metric stops improving."""
+
+from __future__ import annotations
+
+from zoo import hookimpl
+
+
+class EarlyStoppingHook:
+    """Asks the run to stop after ``patience`` evaluations without improvement.
+
+    Watches the model's own metric (accuracy for classifiers, PSNR for
+    image-to-image models) or ``metric`` if given, e.g. ``--hook-opt early_stopping.metric=loss``.
+    """
+
+    def __init__(self, patience: int = 3, min_delta: float = 0.0, metric: str | None = None,
+                 mode: str | None = None) -> None:
+        if patience < 1:
+            raise ValueError("patience must be at least 1")
+        if mode not in (None, "min", "max"):
+            raise ValueError("mode must be min or max")
+        self.patience = patience
+        self.min_delta = min_delta
+        self.metric = metric
+        self.mode = mode
+        self.best: float | None = None
+        self.bad_evals = 0
+
+    @hookimpl
+    def on_eval_end(self, run, step, metrics):
+        name, mode = self.metric, self.mode
+        declared = run.recipe.metric
+        if name is None:
+            name, mode = declared if declared else ("loss", "min")
+        mode = mode or ("max" if declared and declared[0] == name and declared[1] == "max" else "min")
+        if name not in metrics:
+            return
+        value = metrics[name]
+        improved = self.best is None or (value > self.best + self.min_delta if mode == "max"
+                                         else value < self.best - self.min_delta)
+        if improved:
+            self.best, self.bad_evals = value, 0
+            return
+        self.bad_evals += 1
+        if self.bad_evals >= self.patience:
+            run.request_stop(f"{name} has not improved for {self.patience} evaluations "
+                             f"(best {self.best:.4g})")
