@@ -97,6 +97,10 @@ class Recipe(nn.Module):
         """The fixed inputs (e.g. noise) that :meth:`sample` grids are drawn from; ``None`` if unused."""
         return None
 
+    def generate(self, inputs: torch.Tensor) -> torch.Tensor | None:
+        """Images in ``[-1, 1]`` from given :meth:`sample_inputs` (used to interpolate); ``None`` if unsupported."""
+        return None
+
     # Scalars recorded during a step, read by the engine at logging steps.
     def log(self, name: str, value: torch.Tensor) -> None:
         """Record a scalar for this step (kept as a tensor: no device sync)."""

@@ -170,8 +170,11 @@ class DCGAN(Recipe):
         device = next(self.generator.parameters()).device
         return torch.randn(count, self.nz, 1, 1, generator=generator, device=device)
 
+    def generate(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Images in ``[-1, 1]`` from noise ``(count, nz, 1, 1)``, e.g. points between two samples."""
+        with torch.no_grad():
+            return self.generator(inputs)
+
     def sample(self, count: int, generator: torch.Generator) -> torch.Tensor:
         """Generate ``count`` images in ``[-1, 1]`` from :meth:`sample_inputs` noise."""
-        noise = self.sample_inputs(count, generator)
-        with torch.no_grad():
-            return self.generator(noise)
+        return self.generate(self.sample_inputs(count, generator))
