@@ -58,11 +58,13 @@ def cli(ctx: click.Context, debug: bool, disabled: tuple[str, ...]) -> None:
 
 
 def _register_commands() -> None:
-    from train_cli import listing, running
+    from train_cli import listing, running, using
     cli.add_command(listing.list_command)
     cli.add_command(listing.info_command)
     cli.add_command(running.train_command)
     cli.add_command(running.test_command)
+    cli.add_command(using.sample_command)
+    cli.add_command(using.predict_command)
 
 
 _register_commands()

@@ -31,6 +31,10 @@ from zoo.options import split_assignments, split_hook_assignments
 @click.option("--save-every", type=int, help="Checkpoint every N steps; 0 = only at the end (default: each epoch's end).")
 @click.option("--keep", type=int, help="Checkpoints to keep (default 3; the best by the model's metric is kept too).")
 @click.option("--log-every", type=int, help="Log losses every N steps (default 20).")
+@click.option("--skip-bad-files", is_flag=True, default=None,
+              help="Skip samples that cannot be read (counted at the end) instead of stopping.")
+@click.option("--skip-nonfinite", is_flag=True, default=None,
+              help="Check every step's loss (one device sync a step) and skip non-finite steps.")
 @click.option("--run-dir", type=click.Path(file_okay=False), help="Run folder (default runs/<model>-<loss>-<time>).")
 @click.option("--resume", type=click.Path(), help="Continue the run in this folder from its newest checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace the run already in --run-dir.")
@@ -46,6 +50,7 @@ from zoo.options import split_assignments, split_hook_assignments
 @click.pass_obj
 def train_command(ctx, resume: str | None, overwrite: bool, config_file: str | None, **options) -> None:
     """Train a model; Ctrl-C or SIGTERM saves a checkpoint first (exit 130 / 143)."""
+    from zoo.engine.lock import RunLock
     from zoo.engine.rundir import default_run_dir, prepare_new, read_config
 
     registry = ctx.registry()
@@ -69,11 +74,15 @@ def train_command(ctx, resume: str | None, overwrite: bool, config_file: str | N
         run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config.model, config.loss)
         config.run_dir = str(run_dir)
         registry.resolve("model", config.model)  # a typo fails before any folder is made
-        prepare_new(run_dir, overwrite)
-    from zoo.engine.trainer import Trainer  # imports torch: after the cheap checks above
+        run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir):
+        if not resume:
+            prepare_new(run_dir, overwrite)
+        from zoo.engine.trainer import Trainer  # imports torch: after the cheap checks above
 
-    trainer = Trainer(config, registry, run_dir, resume=bool(resume), command_line=["zoo", *sys.argv[1:]])
-    trainer.fit()
+        trainer = Trainer(config, registry, run_dir, resume=bool(resume), command_line=["zoo", *sys.argv[1:]])
+        trainer.fit()
+
 
 @click.command("test")
 @click.option("--run", "run_dir", required=True, type=click.Path(), help="A run folder made by 'zoo train'.")

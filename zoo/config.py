@@ -19,7 +19,7 @@ PRECISIONS = ("32", "bf16", "16-mixed")
 OPTION_TABLES = ("model_opt", "loss_opt", "dataset_opt", "hook_opt")
 # Options that only extend or observe a run: allowed beside --resume.
 RESUME_OVERRIDABLE = ("max_steps", "epochs", "hooks", "no_hooks", "hook_opt", "device", "workers",
-                      "log_every", "eval_every", "save_every", "keep")
+                      "log_every", "eval_every", "save_every", "keep", "skip_bad_files", "skip_nonfinite")
 
 
 @dataclasses.dataclass
@@ -44,6 +44,8 @@ class TrainConfig:
     save_every: int | None = None
     keep: int = 3
     log_every: int = 20
+    skip_bad_files: bool = False
+    skip_nonfinite: bool = False
     run_dir: str | None = None
     hooks: list[str] = dataclasses.field(default_factory=list)
     no_hooks: list[str] = dataclasses.field(default_factory=list)
@@ -99,7 +101,7 @@ def _flag(name: str) -> str:
 
 def _check_type(config: TrainConfig, source: str) -> None:
     """Reject values of the wrong type (a config file can hold anything)."""
-    expected = {"int": int, "float": (int, float), "str": str, "list[str]": list, "dict[str, Any]": dict,
+    expected = {"bool": bool, "int": int, "float": (int, float), "str": str, "list[str]": list, "dict[str, Any]": dict,
                 "dict[str, dict[str, Any]]": dict}
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
@@ -109,7 +111,7 @@ def _check_type(config: TrainConfig, source: str) -> None:
         want = expected.get(type_text)
         if want is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, want):
+        if (isinstance(value, bool) and want is not bool) or not isinstance(value, want):
             raise UsageError(f"{source}: {field.name} must be {type_text}, got {value!r}.")
 
 

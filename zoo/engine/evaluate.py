@@ -7,12 +7,12 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from zoo.engine.feed import to_device
+from zoo.engine.feed import BadItems, to_device
 from zoo.engine.rng import derive_seed
 
 
 def evaluate(recipe: Any, loss_fn: Any, loader: DataLoader, device: torch.device, autocast: Any,
-             seed: int, progress: Any = None) -> dict[str, float]:
+             seed: int, bad_items: BadItems, progress: Any = None) -> dict[str, float]:
     """Run ``recipe.evaluation_step`` over ``loader`` and return per-sample means.
 
     Randomness comes from a generator seeded from ``seed`` alone, so two
@@ -25,7 +25,10 @@ def evaluate(recipe: Any, loss_fn: Any, loader: DataLoader, device: torch.device
     totals: dict[str, torch.Tensor] = {}
     try:
         with torch.no_grad():
-            for batch in loader:
+            for batch, bad in loader:
+                bad_items.check(bad)
+                if batch is None:
+                    continue
                 batch = to_device(batch, device, non_blocking=True)
                 with autocast():
                     sums = recipe.evaluation_step(batch, loss_fn, generator)

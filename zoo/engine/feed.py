@@ -9,6 +9,7 @@ loads it.
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import signal
 import threading
@@ -16,10 +17,11 @@ from typing import Any, Iterator
 
 import torch
 from prefetch_generator import BackgroundGenerator
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from zoo.data import seeded_item
 from zoo.engine.rng import derive_seed
+from zoo.errors import RunError, ZooError
 
 
 class EpochOrder(Sampler):
@@ -52,19 +54,68 @@ class EpochOrder(Sampler):
         return self.size - self.start
 
 
+@dataclasses.dataclass(frozen=True)
+class BadItem:
+    """A sample that could not be loaded, carried to the main process instead of an exception."""
+
+    index: int
+    message: str
+
+
 class SeededItems(Dataset):
-    """Loads ``dataset[index]`` under the item's own generator."""
+    """Loads ``dataset[index]`` under the item's own generator; a failure becomes a :class:`BadItem`.
+
+    Failures travel as values so the main process reports them in one line
+    (or skips them with ``--skip-bad-files``) whichever worker met them.
+    """
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         index, seed = key
-        with seeded_item(seed):
-            return self.dataset[index]
+        try:
+            with seeded_item(seed):
+                return self.dataset[index]
+        except ZooError as exc:
+            return BadItem(index, str(exc).splitlines()[0])
+        except Exception as exc:  # a dataset may fail in any way on a bad file
+            return BadItem(index, f"sample {index}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
+
+
+def collate_items(items: list[Any]) -> tuple[Any, list[BadItem]]:
+    """Collate the good samples of a batch; return them with the bad ones (``None`` if none was good)."""
+    good = [item for item in items if not isinstance(item, BadItem)]
+    bad = [item for item in items if isinstance(item, BadItem)]
+    return (default_collate(good) if good else None), bad
+
+
+class BadItems:
+    """Stops the run naming an unreadable sample, or counts it with ``--skip-bad-files``."""
+
+    def __init__(self, skip: bool) -> None:
+        self.skip = skip
+        self.count = 0
+        self.first: str | None = None
+
+    def check(self, bad: list[BadItem]) -> None:
+        """Raise a one-line error for the first bad sample unless skipping; count them."""
+        if not bad:
+            return
+        if not self.skip:
+            raise RunError(f"{bad[0].message.rstrip('.')}. Fix or remove the file, or pass --skip-bad-files "
+                           f"to skip unreadable samples and count them.")
+        self.count += len(bad)
+        self.first = self.first or bad[0].message
+
+    def summary(self) -> str | None:
+        """One line on what was skipped, or ``None``."""
+        if not self.count:
+            return None
+        return f"zoo: skipped {self.count} unreadable sample(s) (first: {self.first})"
 
 
 def _ignore_sigint(_worker_id: int) -> None:
@@ -74,12 +125,12 @@ def _ignore_sigint(_worker_id: int) -> None:
 
 def make_loader(dataset: Dataset, batch_size: int, seed: int, workers: int, shuffle: bool,
                 drop_last: bool, pin_memory: bool) -> tuple[DataLoader, EpochOrder]:
-    """A DataLoader over seeded items, with its resumable order."""
+    """A DataLoader over seeded items, with its resumable order; it yields ``(batch, bad_items)``."""
     order = EpochOrder(len(dataset), seed, shuffle)  # type: ignore[arg-type]
     generator = torch.Generator()  # keeps the loader from drawing on the global RNG
     generator.manual_seed(derive_seed(seed, "loader"))
     loader = DataLoader(
-        SeededItems(dataset), batch_size=batch_size, sampler=order, num_workers=workers,
+        SeededItems(dataset), batch_size=batch_size, sampler=order, num_workers=workers, collate_fn=collate_items,
         drop_last=drop_last, pin_memory=pin_memory, generator=generator,
         worker_init_fn=_ignore_sigint if workers else None,
         persistent_workers=False, prefetch_factor=4 if workers else None,

@@ -25,7 +25,7 @@ from zoo import build
 from zoo.config import TrainConfig
 from zoo.engine import checkpoint, rng
 from zoo.engine.evaluate import evaluate
-from zoo.engine.feed import Prefetcher, make_loader, to_device
+from zoo.engine.feed import BadItems, Prefetcher, make_loader, to_device
 from zoo.engine.hooks import HookCaller, RunContext
 from zoo.engine.precision import Precision, resolve_device
 from zoo.engine.rundir import MetricsLog, versions, write_json
@@ -33,6 +33,7 @@ from zoo.errors import PluginError, RunError, UsageError, ZooError
 from zoo.registry import Registry
 
 DEFAULT_EPOCHS = 10
+STATE_KEYS = frozenset({"model", "step", "epoch", "position", "train_size", "optimizers", "schedulers", "rng"})
 SAMPLE_COUNT = 64
 
 
@@ -91,6 +92,8 @@ class Trainer:
         self.last_eval: dict[str, float] = {}
         self._last_eval_step = self._last_save_step = self._last_log_step = -1
         self._stop_signal: int | None = None
+        self.bad_items = BadItems(config.skip_bad_files)
+        self.skipped_nonfinite = 0
         self._reset_window()
         if resume:
             self._resume()
@@ -167,8 +170,7 @@ class Trainer:
         if not steps:
             _echo(f"zoo: {self.run_dir} has no checkpoint yet; starting over with its saved config.")
             return
-        step, folder = steps[-1]
-        model_state, state = checkpoint.load(folder)
+        model_state, state, folder = self._newest_whole_checkpoint(steps)
         if state.get("model") != self.plan.model.qualified_name:
             raise UsageError(f"checkpoint {folder} is of model '{state.get('model')}', not "
                              f"'{self.plan.model.qualified_name}'; resume it with its own model.")
@@ -184,9 +186,31 @@ class Trainer:
             self.precision.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
         self.best = state.get("best")
+        self.skipped_nonfinite = state.get("skipped_nonfinite", 0)
         self._last_save_step = self.step
         rng.restore(state["rng"])
         _echo(f"zoo: resuming {self.run_dir} from step {self.step} (epoch {self.epoch + 1}).")
+
+    def _newest_whole_checkpoint(self, steps: list[tuple[int, Path]]) -> tuple[dict, dict, Path]:
+        """Load the newest checkpoint that is whole; damaged newer ones are set aside with a notice."""
+        damaged: list[tuple[Path, str]] = []
+        for _, folder in reversed(steps):
+            try:
+                model_state, state = checkpoint.load(folder)
+                missing = sorted(STATE_KEYS - set(state))
+                if missing:
+                    raise checkpoint.CheckpointError(f"checkpoint {folder} lacks {', '.join(missing)}.")
+            except checkpoint.CheckpointError as exc:
+                damaged.append((folder, str(exc).split(folder.name, 1)[-1].strip(" .:")))
+                continue
+            for bad, reason in damaged:
+                aside = bad.with_name(f"damaged-{bad.name}")
+                _echo(f"zoo: skipping damaged checkpoint {bad.name} ({reason}); moved to {aside.name}.")
+                bad.rename(aside)
+            return model_state, state, folder
+        listed = "; ".join(f"{bad.name} {reason}" for bad, reason in damaged)
+        raise RunError(f"no whole checkpoint in {self.run_dir / 'checkpoints'} ({listed}); "
+                       f"start the run again with --overwrite.")
 
     def _load_weights(self, model_state: dict[str, torch.Tensor], folder: Path) -> None:
         own = self.recipe.state_dict()
@@ -219,7 +243,12 @@ class Trainer:
                 if feed is None:
                     feed, bar = self._open_epoch()
                 started = time.perf_counter()
-                batches = [next(feed) for _ in range(self.config.accumulate)]
+                batches = []
+                for _ in range(self.config.accumulate):
+                    batch, bad = next(feed)
+                    self.bad_items.check(bad)
+                    if batch is not None:
+                        batches.append(batch)
                 fed = time.perf_counter()
                 self._train_step(batches)
                 self.step += 1
@@ -247,6 +276,10 @@ class Trainer:
             saved = self.save() if self._last_save_step != self.step else checkpoint.checkpoint_dir(
                 self.run_dir, self.step)
             status = "interrupted" if (self._stop_signal or self.context.stop_reason) else "done"
+        except torch.OutOfMemoryError:
+            raise RunError(f"out of device memory at step {self.step + 1} (batch size {self.config.batch_size}); "
+                           f"use a smaller --batch-size, --accumulate 2 with half the batch, "
+                           f"or --precision bf16.") from None
         finally:
             if feed is not None:
                 feed.close()
@@ -259,6 +292,11 @@ class Trainer:
             code = 128 + int(self._stop_signal)
             raise Interrupted(f"zoo: stopped by {signal.Signals(self._stop_signal).name} at step {self.step}; "
                               f"checkpoint saved. Resume with: zoo train --resume {self.run_dir}", code)
+        for line in (self.bad_items.summary(),
+                     f"zoo: skipped {self.skipped_nonfinite} step(s) with a non-finite loss"
+                     if self.skipped_nonfinite else None):
+            if line:
+                _echo(line)
         if self.context.stop_reason:
             _echo(f"zoo: stopped early at step {self.step}: {self.context.stop_reason}")
         _echo(f"zoo: done at step {self.step}; checkpoint {saved}")
@@ -291,6 +329,12 @@ class Trainer:
                 if name not in self.optimizers:
                     raise PluginError(f"model '{self.plan.model.name}' yielded a loss for optimizer '{name}' "
                                       f"but configured only {', '.join(self.optimizers)}.")
+                if self.config.skip_nonfinite and not bool(torch.isfinite(loss.detach())):  # one sync
+                    self.skipped_nonfinite += 1
+                    for opt in self.optimizers.values():
+                        opt.zero_grad(set_to_none=True)
+                    pairs.close()
+                    return
                 scaled = loss / len(batches) if len(batches) > 1 else loss
                 scaler.scale(scaled).backward(inputs=self.params[name])
                 self._add_to_window(name, scaled.detach())
@@ -378,7 +422,7 @@ class Trainer:
                    dynamic_ncols=True, mininterval=0.5)
         try:
             metrics = evaluate(self.recipe, self.loss_fn, self.test_loader, self.device,
-                               self.precision.autocast, self.config.seed, progress=bar)
+                               self.precision.autocast, self.config.seed, self.bad_items, progress=bar)
         finally:
             bar.close()
         self.last_eval = metrics
@@ -419,10 +463,18 @@ class Trainer:
             "scaler": self.precision.scaler.state_dict(),
             "rng": rng.capture(),
             "best": self.best,
+            "skipped_nonfinite": self.skipped_nonfinite,
         }
         if self.best is not None and self.best["step"] == self.step:
             self.best["saved"] = True
-        folder = checkpoint.save(self.run_dir, self.step, self.recipe.state_dict(), state)
+        try:
+            folder = checkpoint.save(self.run_dir, self.step, self.recipe.state_dict(), state)
+        except Exception as exc:  # a full disk, a file-size limit, a vanished folder...
+            steps = checkpoint.list_steps(self.run_dir)
+            kept = f"{steps[-1][1].name} is intact" if steps else "no earlier checkpoint exists"
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+            raise RunError(f"could not write checkpoint step-{self.step} in {self.run_dir} ({reason}); {kept}. "
+                           f"Free some disk space, then: zoo train --resume {self.run_dir}") from exc
         self._last_save_step = self.step
         protect = (self.best["step"],) if self.best and self.best.get("saved") else ()
         checkpoint.prune(self.run_dir, self.config.keep, protect)
@@ -462,6 +514,8 @@ class Trainer:
         try:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, handle)
+            # Past a file-size limit, writes fail with an error we report instead of killing us.
+            previous[signal.SIGXFSZ] = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         except ValueError:  # not the main thread: leave signals alone
             return {}
         return previous

@@ -1,0 +1,210 @@
+"""``zoo sample`` and ``zoo predict``: use what a run trained (through :func:`zoo.api.load_run`)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import click
+
+from zoo.errors import RunError, UsageError
+
+PREDICT_BATCH = 32
+TASK_WORDS = {"generation": "a generative model", "classification": "a classifier",
+              "image_to_image": "an image-to-image model"}
+
+
+def _saved_task(run_dir: Path) -> str | None:
+    """The task recorded in a run's config.json (read before loading any weights), if any."""
+    from zoo.engine.rundir import read_config
+    resolved = read_config(run_dir).get("resolved") or {}
+    task = resolved.get("task") if isinstance(resolved, dict) else None
+    return task if isinstance(task, str) else None
+
+
+def _refuse_sample(run_dir: Path, task: str | None) -> None:
+    if task is not None and task != "generation":
+        raise UsageError(f"run {run_dir} is {TASK_WORDS.get(task, task)}, which does not generate images; "
+                         f"use 'zoo predict --run {run_dir} IMAGE...' instead.")
+
+
+def _refuse_predict(run_dir: Path, task: str | None) -> None:
+    if task == "generation":
+        raise UsageError(f"run {run_dir} is a generative model, which takes no input images; "
+                         f"use 'zoo sample --run {run_dir}' instead.")
+
+
+def _check_image_path(path: Path, what: str) -> None:
+    """Refuse an output path PIL cannot write (by its extension)."""
+    from PIL import Image
+    if path.suffix.lower() not in Image.registered_extensions():
+        raise UsageError(f"{what} {path} has no image extension PIL can write; use a name ending in .png.")
+
+
+def _save(image: Any, path: Path) -> None:
+    """Write a PIL image, turning an OS failure into a one-line error naming the file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise RunError(f"cannot write {path}: {exc}; check the folder and the file name.") from None
+
+
+def _slerp(a: Any, b: Any, steps: int) -> Any:
+    """``steps`` points from ``a`` to ``b`` (same shape) along the great circle (lerp when parallel)."""
+    import torch
+    flat_a, flat_b = a.flatten().double(), b.flatten().double()
+    t = torch.linspace(0, 1, steps, dtype=torch.float64, device=a.device)[:, None]
+    cos = torch.dot(flat_a / flat_a.norm(), flat_b / flat_b.norm()).clamp(-1, 1)
+    omega = torch.arccos(cos)
+    if omega.abs() < 1e-4 or (math.pi - omega).abs() < 1e-4:
+        walk = (1 - t) * flat_a + t * flat_b
+    else:
+        walk = (torch.sin((1 - t) * omega) * flat_a + torch.sin(t * omega) * flat_b) / torch.sin(omega)
+    return walk.to(a.dtype).reshape(steps, *a.shape)
+
+
+@click.command("sample")
+@click.option("--run", "run_dir", required=True, type=click.Path(), help="A run folder of a generative model.")
+@click.option("-n", "--count", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Images to generate (points on the walk with --interpolate).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the noise; same seed, same images.")
+@click.option("--out", type=click.Path(dir_okay=False),
+              help="PNG grid to write (default RUN/samples/sample-seed<S>.png, or interpolate-seed<S>.png).")
+@click.option("--each", type=click.Path(file_okay=False),
+              help="Also write every image alone as DIR/0000.png, 0001.png, ... (the grid only with --out).")
+@click.option("--interpolate", is_flag=True, help="Walk (slerp) between two random latent points instead.")
+@click.option("--step", type=click.IntRange(min=0), help="Use checkpoints/step-N (default: the newest).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.pass_obj
+def sample_command(ctx, run_dir: str, count: int, seed: int, out: str | None, each: str | None,
+                   interpolate: bool, step: int | None, device: str) -> None:
+    """Generate images with a generative run (e.g. dcgan): a PNG grid, or single files with --each."""
+    run_path = Path(run_dir)
+    _refuse_sample(run_path, _saved_task(run_path))
+    grid_path = Path(out) if out else None
+    if grid_path is not None:
+        _check_image_path(grid_path, "--out")
+    if interpolate and count < 2:
+        raise UsageError("--interpolate needs -n 2 or more (the points of the walk, ends included).")
+    import torch
+    from torchvision.utils import make_grid
+
+    from zoo.api import load_run, to_image
+
+    run = load_run(run_path, step=step, device=device, registry=ctx.registry())
+    _refuse_sample(run_path, run.task)
+    model = run.plan.model.name
+    generator = torch.Generator(device=run.device)
+    generator.manual_seed(seed)
+    with torch.no_grad():
+        if interpolate:
+            ends = run.recipe.sample_inputs(2, generator)
+            generate = getattr(run.recipe, "generate", None)
+            if ends is None or not callable(generate):
+                raise UsageError(f"model '{model}' cannot interpolate: its recipe defines no "
+                                 f"sample_inputs()/generate(inputs); use 'zoo sample' without --interpolate.")
+            images = generate(_slerp(ends[0], ends[1], count))
+            if images is None:
+                raise UsageError(f"model '{model}' cannot interpolate: its generate(inputs) returned nothing; "
+                                 f"use 'zoo sample' without --interpolate.")
+        else:
+            images = run.recipe.sample(count, generator)
+            if images is None:
+                raise UsageError(f"model '{model}' does not implement sample(); it cannot generate images.")
+    images = images.detach().float().cpu()
+    if each:
+        folder = Path(each)
+        width = max(4, len(str(count - 1)))
+        for index, image in enumerate(images):
+            _save(to_image(image), folder / f"{index:0{width}d}.png")
+        click.echo(f"wrote {len(images)} images to {folder}/ ({0:0{width}d}.png ... {len(images) - 1:0{width}d}.png)")
+    if grid_path is None and not each:
+        name = "interpolate" if interpolate else "sample"
+        grid_path = run_path / "samples" / f"{name}-seed{seed}.png"
+    if grid_path is not None:
+        nrow = max(1, math.ceil(math.sqrt(len(images))))
+        grid = make_grid(((images + 1) / 2).clamp(0, 1), nrow=nrow, padding=2)
+        _save(to_image(grid * 2 - 1), grid_path)
+        click.echo(str(grid_path))
+
+
+@click.command("predict")
+@click.option("--run", "run_dir", required=True, type=click.Path(), help="A run folder of a classifier or an "
+              "image-to-image model.")
+@click.argument("images", nargs=-1, required=True, metavar="IMAGES...")
+@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Classes to show per image (classifiers).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Folder for restored images, named like the inputs (image-to-image; default RUN/predictions).")
+@click.option("--step", type=click.IntRange(min=0), help="Use checkpoints/step-N (default: the newest).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.pass_obj
+def predict_command(ctx, run_dir: str, images: tuple[str, ...], top_k: int, as_json: bool, out: str | None,
+                    step: int | None, device: str) -> None:
+    """Classify images (top-k classes) or restore them (image-to-image), with the run's own preprocessing."""
+    run_path = Path(run_dir)
+    task = _saved_task(run_path)
+    _refuse_predict(run_path, task)
+    paths = [Path(p) for p in images]
+    for path in paths:  # fail on a typo before loading any weights
+        if not path.is_file():
+            reason = "does not exist" if not path.exists() else "is not a file"
+            raise UsageError(f"image {path} {reason}; pass image files (png, jpg, ...).")
+    if out and task == "classification":
+        raise UsageError("--out is for image-to-image runs; a classifier prints its predictions "
+                         "(add --json to save them).")
+    import torch
+
+    from zoo.api import load_run, read_image, to_image
+
+    run = load_run(run_path, step=step, device=device, registry=ctx.registry())
+    _refuse_predict(run_path, run.task)
+    if run.task == "image_to_image":
+        folder = Path(out) if out else run_path / "predictions"
+        names = [p.name for p in paths]
+        duplicate = next((n for n in names if names.count(n) > 1), None)
+        if duplicate:
+            raise UsageError(f"two inputs are named {duplicate}; outputs keep the input names in one folder, "
+                             f"so rename one of them.")
+        clash = next((p for p in paths if (folder / p.name).resolve() == p.resolve()), None)
+        if clash is not None:
+            raise UsageError(f"writing to {folder} would overwrite the input {clash}; pass another --out DIR.")
+    elif out:
+        raise UsageError("--out is for image-to-image runs; a classifier prints its predictions "
+                         "(add --json to save them).")
+    results: list[dict[str, Any]] = []
+    for start in range(0, len(paths), PREDICT_BATCH):
+        chunk = paths[start:start + PREDICT_BATCH]
+        batch = torch.stack([run.preprocess(read_image(p)) for p in chunk])
+        outputs = run.predict(batch).float().cpu()
+        if run.task == "image_to_image":
+            for path, image in zip(chunk, outputs):
+                target = folder / path.name
+                _save(to_image(image), target)
+                results.append({"image": str(path), "output": str(target)})
+        else:
+            probabilities = torch.softmax(outputs.flatten(1), dim=1)
+            k = min(top_k, probabilities.shape[1])
+            values, indices = probabilities.topk(k, dim=1)
+            for path, row_p, row_i in zip(chunk, values.tolist(), indices.tolist()):
+                top = [{"class": run.classes[i] if run.classes and i < len(run.classes) else str(i),
+                        "index": i, "probability": p} for p, i in zip(row_p, row_i)]
+                results.append({"image": str(path), "top_k": top})
+    if as_json:
+        click.echo(json.dumps({"checkpoint": str(run.checkpoint), "step": run.step, "task": run.task,
+                               "predictions": results}, indent=2))
+        return
+    if run.task == "image_to_image":
+        for record in results:
+            click.echo(f"{record['image']} -> {record['output']}")
+        return
+    width = max(len(r["image"]) for r in results)
+    label_width = max(len(t["class"]) for r in results for t in r["top_k"])
+    for record in results:
+        for rank, entry in enumerate(record["top_k"]):
+            name = record["image"] if rank == 0 else ""
+            click.echo(f"{name:<{width}}  {entry['class']:<{label_width}}  {entry['probability']:.4f}")

@@ -1,0 +1,366 @@
+"""The Python API: list and build what is installed, and use what you trained.
+
+Everything here is also reachable from the top-level package (``zoo.load_run``,
+``zoo.create_model``...); importing :mod:`zoo` stays cheap because this module
+is imported on first use, and it imports torch only inside the functions that
+build something (listing never does).
+
+A trained run gives a working model in three lines::
+
+    import zoo
+    from PIL import Image
+
+    run = zoo.load_run("runs/mnist_net-cross_entropy-20250101-120000")
+    logits = run.recipe.net(run.preprocess(Image.open("digit.png"))[None])
+    print(run.classes[logits.argmax(1).item()])
+
+``run.recipe`` is the model in eval mode on the requested device with the
+weights of the newest checkpoint (or ``step=N``), ``run.networks`` its networks
+by name (the prefixes of the keys in ``model.safetensors``), and
+``run.preprocess`` turns a PIL image (or a path) into the model's input the
+way the run's dataset prepares its test split. ``run.predict(batch)`` runs a
+batch through the model without gradients. Building without a run::
+
+    zoo.list_models("tv_resnet*")          # ['tv_resnet18', 'tv_resnet34', ...]
+    model = zoo.create_model("dcgan", ngf=32, nz=64)
+    loss = zoo.create_loss("perceptual", weights="random")
+    data = zoo.create_dataset("shapes", "test", test_count=16)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from zoo.errors import UsageError
+from zoo.registry import Registry, get_registry
+
+if TYPE_CHECKING:  # only for annotations: importing this module must not import torch
+    import torch
+    from PIL import Image as PILImage
+    from torch import nn
+
+    from zoo.build import Plan
+    from zoo.config import TrainConfig
+    from zoo.data import ZooDataset
+    from zoo.recipe import Recipe
+
+__all__ = [
+    "LoadedRun",
+    "create_dataset",
+    "create_loss",
+    "create_model",
+    "list_datasets",
+    "list_losses",
+    "list_models",
+    "load_run",
+    "preprocess_image",
+    "read_image",
+    "to_image",
+]
+
+# --------------------------------------------------------------------------- listing
+def _list(kind: str, pattern: str | Sequence[str] | None, registry: Registry | None) -> list[str]:
+    """Names of one kind matching ``pattern``; ``plugin:name`` where two plugins offer a name."""
+    registry = registry or get_registry()
+    patterns = [pattern] if isinstance(pattern, str) else list(pattern or [])
+    counts = Counter(entry.name for entry in registry.entries(kind))
+    return [entry.name if counts[entry.name] == 1 else entry.qualified_name
+            for entry in registry.entries(kind, patterns)]
+
+
+def list_models(pattern: str | Sequence[str] | None = None, *, registry: Registry | None = None) -> list[str]:
+    """Installed model names matching a shell wildcard (or any of several), naturally sorted.
+
+    Like ``timm.list_models``: ``list_models("tv_resnet*")`` gives
+    ``['tv_resnet18', 'tv_resnet34', 'tv_resnet50', ...]``. A name two plugins
+    offer is listed once per plugin as ``plugin:name``, the spelling
+    :func:`create_model` needs for it. Imports no plugin code and no torch.
+    """
+    return _list("model", pattern, registry)
+
+
+def list_losses(pattern: str | Sequence[str] | None = None, *, registry: Registry | None = None) -> list[str]:
+    """Installed loss names matching a shell wildcard, naturally sorted (see :func:`list_models`)."""
+    return _list("loss", pattern, registry)
+
+
+def list_datasets(pattern: str | Sequence[str] | None = None, *, registry: Registry | None = None) -> list[str]:
+    """Installed dataset names matching a shell wildcard, naturally sorted (see :func:`list_models`)."""
+    return _list("dataset", pattern, registry)
+
+
+# --------------------------------------------------------------------------- building
+def create_model(name: str, *, registry: Registry | None = None, **options: Any) -> Recipe:
+    """Build a model (a ``zoo.Recipe``, untrained, in train mode) from its name and options.
+
+    ``options`` are checked against the model's signature exactly as
+    ``--model-opt`` is: an unknown option or a value of the wrong type is a
+    :class:`zoo.UsageError` with a did-you-mean. Values may be typed (``ngf=32``)
+    or strings (``ngf="32"``). No data is needed: shape options the model does
+    not get keep their defaults.
+    """
+    from zoo.build import build_recipe
+    entry = (registry or get_registry()).resolve("model", name)
+    recipe, _, _ = build_recipe(entry, options)
+    return recipe
+
+
+def create_loss(name: str, *, registry: Registry | None = None, **options: Any) -> nn.Module:
+    """Build a loss module from its name and options (checked like ``--loss-opt``)."""
+    from zoo.build import build_loss
+    entry = (registry or get_registry()).resolve("loss", name)
+    return build_loss(entry, options)
+
+
+def create_dataset(name: str, split: str = "train", *, task: str | None = None, data: str | None = None,
+                   image_size: int | None = None, channels: int | None = None,
+                   registry: Registry | None = None, **options: Any) -> ZooDataset:
+    """Build one split (``"train"`` or ``"test"``) of a dataset.
+
+    ``task`` is the task of the model it would feed (``generation``,
+    ``classification`` or ``image_to_image``); it defaults to the first the
+    dataset lists. ``data`` is what ``--data`` would be; ``image_size`` and
+    ``channels`` ask for resized / converted images; other ``options`` are
+    checked like ``--dataset-opt``. Items are ``(input, target)`` pairs of
+    ``(C, H, W)`` float images in ``[-1, 1]`` (see :mod:`zoo.data`).
+    """
+    from zoo.build import build_dataset, load_dataset_class
+    if split not in ("train", "test"):
+        raise UsageError(f"split must be 'train' or 'test', not {split!r}.")
+    entry = (registry or get_registry()).resolve("dataset", name)
+    cls = load_dataset_class(entry)
+    task = task or cls.tasks[0]
+    if task not in cls.tasks:
+        raise UsageError(f"dataset '{entry.name}' cannot feed task '{task}'; it feeds "
+                         f"{', '.join(cls.tasks)}.")
+    return build_dataset(entry, split, task=task, data=data, options=options, image_size=image_size,
+                         channels=channels)
+
+
+# --------------------------------------------------------------------------- images
+def read_image(path: str | Path) -> PILImage.Image:
+    """Decode an image file; a missing or unreadable file is a one-line usage error naming it."""
+    from PIL import Image
+    file = Path(path)
+    if not file.exists():
+        raise UsageError(f"image {path} does not exist; pass an image file (png, jpg, ...).")
+    if not file.is_file():
+        raise UsageError(f"image {path} is not a file; pass an image file (png, jpg, ...).")
+    try:
+        with Image.open(file) as image:
+            image.load()
+            return image
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UsageError(f"cannot read image {path}: {reason}; pass an image file (png, jpg, ...).") from None
+
+
+def preprocess_image(image: PILImage.Image, input_shape: Sequence[int]) -> torch.Tensor:
+    """Turn a PIL image into a model input of ``input_shape`` ``(C, H, W)``, in ``[-1, 1]``.
+
+    The same steps the file-based datasets take for their test split: 16-bit
+    grey keeps its top 8 bits, the image becomes grey (``C == 1``) or RGB, its
+    shorter side is resized to the input size (antialiased) and the centre
+    cropped to it, and pixels map from ``0..255`` to ``[-1, 1]``. Returns a
+    float32 ``(C, H, W)`` tensor on the CPU.
+    """
+    import torch
+    import torchvision.transforms.v2.functional as TF
+    channels, height, width = (int(v) for v in input_shape)
+    if channels not in (1, 3):
+        raise UsageError(f"input shape {tuple(input_shape)} has {channels} channels; images give 1 or 3.")
+    if image.mode in ("I", "I;16"):  # 16-bit grey: keep the top 8 bits, as the datasets do
+        image = image.point(lambda value: value * (1 / 256)).convert("L")
+    image = image.convert("L" if channels == 1 else "RGB")
+    if height == width:
+        image = TF.resize(image, [height], antialias=True)
+    else:  # cover the wanted rectangle, then crop it
+        scale = max(height / image.height, width / image.width)
+        image = TF.resize(image, [max(height, round(image.height * scale)), max(width, round(image.width * scale))],
+                          antialias=True)
+    image = TF.center_crop(image, [height, width])
+    tensor = TF.pil_to_tensor(image).to(torch.float32) / 255.0
+    return tensor * 2.0 - 1.0
+
+
+def to_image(tensor: torch.Tensor) -> PILImage.Image:
+    """Turn a ``(C, H, W)`` image in ``[-1, 1]`` (C 1 or 3) into a PIL image (grey or RGB)."""
+    import torch
+    from PIL import Image
+    image = tensor.detach().float().cpu()
+    if image.dim() != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(f"expected a (1|3, H, W) image, got shape {tuple(image.shape)}")
+    pixels = ((image + 1) / 2 * 255 + 0.5).clamp(0, 255).to(torch.uint8)
+    array = pixels.permute(1, 2, 0).numpy()
+    return Image.fromarray(array[:, :, 0] if image.shape[0] == 1 else array)  # uint8: "L" or "RGB"
+
+
+# --------------------------------------------------------------------------- runs
+@dataclasses.dataclass
+class LoadedRun:
+    """A trained run, ready to use: its model with a checkpoint's weights, config and data.
+
+    ``test_set`` is built on first use (it may need the run's ``--data``), so a
+    run loads even where its training data is gone.
+    """
+
+    run_dir: Path
+    recipe: Recipe
+    networks: dict[str, nn.Module]
+    config: TrainConfig
+    resolved: dict[str, Any]
+    checkpoint: Path
+    step: int | None
+    classes: list[str] | None
+    device: torch.device
+    input_shape: tuple[int, int, int]
+    plan: Plan = dataclasses.field(repr=False)
+    _test_set: Any = dataclasses.field(default=None, repr=False)
+
+    @property
+    def task(self) -> str:
+        """The model's task: ``generation``, ``classification`` or ``image_to_image``."""
+        return self.recipe.task
+
+    @property
+    def test_set(self) -> ZooDataset:
+        """The test split of the run's dataset, built with the run's input shape and options."""
+        if self._test_set is None:
+            from zoo.build import build_dataset
+            channels, size = self.input_shape[0], self.input_shape[1]
+            self._test_set = build_dataset(self.plan.dataset, "test", task=self.recipe.task,
+                                           data=self.config.data, options=self.config.dataset_opt,
+                                           image_size=size, channels=channels)
+        return self._test_set
+
+    def preprocess(self, image: PILImage.Image | str | Path) -> torch.Tensor:
+        """A PIL image (or an image file) as the model's ``(C, H, W)`` input, on the run's device.
+
+        Resized and centre-cropped to the run's input size, converted to its
+        channels and mapped to ``[-1, 1]``, as the dataset does for its test
+        split (see :func:`preprocess_image`). Add the batch axis with ``[None]``.
+        """
+        if isinstance(image, (str, Path)):
+            image = read_image(image)
+        return preprocess_image(image, self.input_shape).to(self.device)
+
+    def predict(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Run a batch through the model in eval mode without gradients.
+
+        Calls the recipe's ``predict(inputs)`` if it defines one, else its only
+        network. Classifiers return logits, image-to-image models images in
+        ``[-1, 1]``.
+        """
+        import torch
+        method = getattr(self.recipe, "predict", None)
+        if not callable(method) and len(self.networks) != 1:
+            raise UsageError(f"model '{self.plan.model.name}' has networks {', '.join(self.networks)} and no "
+                             f"predict(inputs) method, so zoo cannot tell which to run; call one of run.networks.")
+        self.recipe.eval()
+        with torch.no_grad():
+            inputs = inputs.to(self.device)
+            return method(inputs) if callable(method) else next(iter(self.networks.values()))(inputs)
+
+    def build_loss(self) -> nn.Module | None:
+        """The run's loss module with its saved options, on the run's device (``None`` if it has none)."""
+        from zoo.build import build_loss
+        loss = build_loss(self.plan.loss, self.config.loss_opt)
+        return loss.to(self.device) if loss is not None else None
+
+
+def _steps_text(steps: list[tuple[int, Path]]) -> str:
+    shown = [str(s) for s, _ in steps]
+    return ", ".join(shown) if len(shown) <= 8 else ", ".join(shown[:3] + ["..."] + shown[-4:])
+
+
+def choose_checkpoint(run_dir: Path, step: int | None = None, folder: str | Path | None = None) -> Path:
+    """The checkpoint folder of a run: ``folder`` if given, else ``step-<step>``, else the newest."""
+    from zoo.engine import checkpoint as ckpt
+    run_dir = Path(run_dir)
+    if folder is not None and step is not None:
+        raise UsageError("give a checkpoint step or a checkpoint folder, not both.")
+    if folder is not None:
+        chosen = Path(folder)
+        if not (chosen / "model.safetensors").is_file():
+            raise UsageError(f"{folder} is not a checkpoint folder (no model.safetensors); "
+                             f"pass one of {run_dir}/checkpoints/step-*.")
+        return chosen
+    steps = ckpt.list_steps(run_dir)
+    if not steps:
+        raise UsageError(f"{run_dir} has no checkpoint yet; train it first (zoo train --resume {run_dir}).")
+    if step is None:
+        return steps[-1][1]
+    for number, path in steps:
+        if number == step:
+            return path
+    raise UsageError(f"{run_dir} has no checkpoint of step {step}; its checkpoints are of steps "
+                     f"{_steps_text(steps)}.")
+
+
+def _load_weights(recipe: Any, folder: Path, model_name: str) -> None:
+    """Load ``model.safetensors`` into the recipe, refusing a checkpoint of another shape."""
+    from zoo.engine import checkpoint as ckpt
+    weights = ckpt.load_weights(folder)
+    own = recipe.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    if missing or unexpected:
+        raise UsageError(f"checkpoint {folder} does not fit model '{model_name}': missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}; was the run's config.json changed?")
+    for key, value in own.items():
+        if tuple(value.shape) != tuple(weights[key].shape):
+            raise UsageError(f"checkpoint {folder} does not fit model '{model_name}': {key} has shape "
+                             f"{tuple(weights[key].shape)}, the model {tuple(value.shape)}.")
+    recipe.load_state_dict(weights)
+
+
+def load_run(run_dir: str | Path, step: int | None = None, device: str | Any = "cpu", *,
+             checkpoint: str | Path | None = None, registry: Registry | None = None) -> LoadedRun:
+    """Load a run made by ``zoo train``: its model with trained weights, in eval mode, on ``device``.
+
+    ``step`` picks ``checkpoints/step-<step>`` (default: the newest);
+    ``checkpoint`` names a checkpoint folder instead. ``device`` is ``cpu``,
+    ``auto``, ``cuda``, ``cuda:N``, ``mps`` or a ``torch.device``. The model is
+    rebuilt from the options saved in ``config.json`` (no data is read); a
+    missing run, a run without checkpoints or an unknown step is a one-line
+    :class:`zoo.UsageError`.
+    """
+    import torch
+
+    from zoo import build
+    from zoo.config import TrainConfig
+    from zoo.engine.precision import resolve_device
+    from zoo.engine.rundir import read_config
+
+    run_dir = Path(run_dir)
+    saved = read_config(run_dir)
+    if not isinstance(saved.get("config"), dict) or not saved["config"].get("model"):
+        raise UsageError(f"{run_dir}/config.json names no model; pass a folder made by 'zoo train'.")
+    config = TrainConfig.from_dict(saved["config"], f"{run_dir}/config.json")
+    folder = choose_checkpoint(run_dir, step, checkpoint)
+    torch_device = device if isinstance(device, torch.device) else resolve_device(str(device))
+    registry = registry or get_registry()
+    resolved = dict(saved.get("resolved") or {})
+    plan = build.plan_run(registry, config.model or "", config.loss, config.dataset, [], [])
+    test_set = None
+    if "model_options" in resolved and resolved.get("input_shape"):
+        input_shape = tuple(int(v) for v in resolved["input_shape"])
+        recipe, _, _ = build.build_recipe(plan.model, dict(resolved["model_options"]))
+        classes = resolved.get("classes")
+    else:  # an older or hand-written config.json: rebuild from the data, as training did
+        parts = build.build_parts(registry, config, need_train=False)
+        recipe, test_set = parts.recipe, parts.test_set
+        input_shape = tuple(int(v) for v in test_set.image_shape)
+        classes = getattr(test_set, "classes", None)
+    _load_weights(recipe, folder, plan.model.name)
+    recipe.to(torch_device)
+    recipe.eval()
+    number = int(folder.name.split("-")[-1]) if folder.name.startswith("step-") and \
+        folder.name.split("-")[-1].isdigit() else None
+    return LoadedRun(run_dir=run_dir, recipe=recipe, networks=dict(recipe.named_children()), config=config,
+                     resolved=resolved, checkpoint=folder, step=number, classes=list(classes) if classes else None,
+                     device=torch_device, input_shape=input_shape,  # type: ignore[arg-type]
+                     plan=plan, _test_set=test_set)
