@@ -8,20 +8,19 @@ from __future__ import annotations
 
 import os
 import sys
-import urllib.parse
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from plugins import hub
 from zoo.errors import RunError, UsageError
 
 # Layer ranges of ``vgg19().features`` ending at relu2_1, relu4_1 and relu5_1.
 VGG19_SLICES = ((0, 7), (7, 21), (21, 30))
 RANDOM_SEED = 0
 _WEIGHT_MODES = ("auto", "imagenet", "random")
-_WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")
 _STD_EPS = 1e-8
 
 
@@ -89,8 +88,7 @@ def vgg19_weights_url() -> str:
 
 def vgg19_cache_path() -> str:
     """Return where torch's hub cache keeps the ImageNet VGG19 weights file."""
-    filename = os.path.basename(urllib.parse.urlparse(vgg19_weights_url()).path)
-    return os.path.join(torch.hub.get_dir(), "checkpoints", filename)
+    return hub.cache_path(vgg19_weights_url())
 
 
 def download_vgg19_weights() -> dict[str, torch.Tensor]:
@@ -98,25 +96,7 @@ def download_vgg19_weights() -> dict[str, torch.Tensor]:
 
     A module-level function so tests (and offline setups) can replace it.
     """
-    return torch.hub.load_state_dict_from_url(vgg19_weights_url(), weights_only=True,
-                                              progress=sys.stderr.isatty())
-
-
-def _read_state_dict(path: str) -> dict[str, Any]:
-    """Read a state dict from a ``.safetensors`` or ``.pth``/``.pt`` file without running code."""
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-        return load_file(path, device="cpu")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise TypeError(f"expected a state dict, found {type(state).__name__}")
-    return state
-
-
-def _first_line(exc: BaseException) -> str:
-    """Return ``Type: first line of message`` of an exception, for one-line errors."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    return hub.download(vgg19_weights_url())
 
 
 class Vgg19Slices(nn.Module):
@@ -219,40 +199,18 @@ class PerceptualLoss(ImageLoss):
         if weights == "random":
             return None, f"random(seed={RANDOM_SEED})"
         if weights in ("auto", "imagenet"):
-            path = vgg19_cache_path()
-            if os.path.isfile(path):
-                try:
-                    return _read_state_dict(path), f"imagenet:{path}"
-                except Exception as exc:  # any unreadable file: name it and the fix
-                    raise RunError(f"cached VGG19 weights {path} could not be read "
-                                   f"({_first_line(exc)}); delete it or pass weights=PATH "
-                                   f"or weights=random") from None
-            try:
-                state = download_vgg19_weights()
-            except Exception:  # offline, proxy, HTTP or hash errors all mean "not available"
-                state = None
+            state, source = hub.pretrained_state(vgg19_weights_url(), "VGG19 ImageNet",
+                                                 strict=weights == "imagenet",
+                                                 downloader=lambda: download_vgg19_weights())
             if state is not None:
-                return state, f"imagenet:{path}"
-            if weights == "imagenet":
-                raise RunError(
-                    f"VGG19 ImageNet weights unavailable offline: place "
-                    f"{os.path.basename(path)} (from {vgg19_weights_url()}) in "
-                    f"{os.path.dirname(path)}, or pass weights=PATH to a VGG19 state dict")
-            print(f"zoo: VGG19 ImageNet weights not in {path} and no network; perceptual loss "
+                return state, source
+            print(f"zoo: VGG19 ImageNet weights not in {vgg19_cache_path()} and no network; perceptual loss "
                   f"uses seeded random weights (recorded in config.json)", file=sys.stderr)
             return None, f"random(seed={RANDOM_SEED}, offline fallback)"
-        accepted = ("perceptual weights must be auto, imagenet, random or the path of a VGG19 "
-                    "state dict (.safetensors, .pth or .pt)")
         if not isinstance(weights, str) or not os.path.isfile(weights):
-            raise UsageError(f"{accepted}; {weights!r} is none of these (no such file)")
-        if not weights.endswith(_WEIGHT_SUFFIXES):
-            raise UsageError(f"{accepted}; {weights!r} has an unsupported file type")
-        try:
-            state = _read_state_dict(weights)
-        except Exception as exc:  # torch/safetensors raise many types for a bad file
-            raise UsageError(f"could not load VGG19 weights from {weights}: "
-                             f"{_first_line(exc)}") from None
-        return state, f"file:{weights}"
+            raise UsageError("perceptual weights must be auto, imagenet, random or the path of a VGG19 "
+                             f"state dict (.safetensors, .pth or .pt); {weights!r} is none of these (no such file)")
+        return hub.state_from_path(weights, "VGG19"), f"file:{weights}"
 
     def train(self, mode: bool = True) -> PerceptualLoss:
         """Set training mode for this module but keep the frozen VGG in eval mode."""

@@ -137,3 +137,38 @@ def test_unknown_arch_suggests_a_close_name():
 def test_unusable_shapes_are_usage_errors(options):
     with pytest.raises(UsageError, match="resnet18"):
         TorchvisionClassifier("resnet18", num_classes=5, **options)
+
+
+def test_imagenet_weights_come_from_the_hub_cache_and_a_new_head_is_kept(tmp_path, monkeypatch, capsys):
+    """weights=imagenet reads torch's hub cache (weights_only) and keeps a fresh head for other class counts."""
+    import torchvision
+    from plugins.models.torchvision_classifier import TorchvisionClassifier
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    url = torchvision.models.get_model_weights("resnet18").DEFAULT.url
+    reference = torchvision.models.resnet18(weights=None)
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(reference.state_dict(), cache / url.rsplit("/", 1)[-1])
+    model = TorchvisionClassifier("resnet18", num_classes=5, weights="imagenet")
+    assert torch.equal(model.net.conv1.weight, reference.conv1.weight)
+    assert model.net.fc.weight.shape == (5, 512)
+    assert "fc.weight" in capsys.readouterr().err
+    assert model.weights_source.startswith("imagenet:")
+
+
+def test_imagenet_weights_offline_fail_naming_the_file_and_folder(tmp_path, monkeypatch):
+    from plugins import hub
+    from plugins.models.torchvision_classifier import TorchvisionClassifier
+    from zoo.errors import RunError
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(url):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(hub, "download", offline)
+    with pytest.raises(RunError) as failed:
+        TorchvisionClassifier("resnet18", num_classes=5, weights="imagenet")
+    message = str(failed.value)
+    assert "resnet18-" in message and str(tmp_path / "hub" / "checkpoints") in message

@@ -35,6 +35,12 @@ from zoo.options import split_assignments, split_hook_assignments
               help="Skip samples that cannot be read (counted at the end) instead of stopping.")
 @click.option("--skip-nonfinite", is_flag=True, default=None,
               help="Check every step's loss (one device sync a step) and skip non-finite steps.")
+@click.option("--init-from", metavar="RUN_DIR|FILE.safetensors",
+              help="Start from these weights (a run's newest checkpoint, a checkpoint folder or a file).")
+@click.option("--no-strict", is_flag=True, default=None,
+              help="With --init-from: load what fits and list the missing and unexpected keys.")
+@click.option("--freeze", multiple=True, metavar="PATTERN",
+              help="Freeze parameters whose names match (fnmatch, e.g. 'net.features.*'; repeatable).")
 @click.option("--run-dir", type=click.Path(file_okay=False), help="Run folder (default runs/<model>-<loss>-<time>).")
 @click.option("--resume", type=click.Path(), help="Continue the run in this folder from its newest checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace the run already in --run-dir.")
@@ -57,6 +63,7 @@ def train_command(ctx, resume: str | None, overwrite: bool, config_file: str | N
     given = {key: value for key, value in options.items()}
     given["hooks"] = list(given["hooks"])
     given["no_hooks"] = list(given["no_hooks"])
+    given["freeze"] = list(given["freeze"])
     for table in ("model_opt", "loss_opt", "dataset_opt"):
         given[table] = split_assignments(given[table], "--" + table.replace("_", "-"))
     given["hook_opt"] = split_hook_assignments(given["hook_opt"])

@@ -45,6 +45,9 @@ class TrainConfig:
     keep: int = 3
     log_every: int = 20
     skip_bad_files: bool = False
+    init_from: str | None = None
+    no_strict: bool = False
+    freeze: list[str] = dataclasses.field(default_factory=list)
     skip_nonfinite: bool = False
     run_dir: str | None = None
     hooks: list[str] = dataclasses.field(default_factory=list)

@@ -75,7 +75,7 @@ class PluginInfo:
     distribution: str
     version: str
     module: str
-    status: str = "ok"  # ok, disabled, broken
+    status: str = "ok"  # ok, disabled, broken, incompatible
     error: str = ""
     counts: dict[str, int] = dataclasses.field(default_factory=dict)
 
@@ -127,6 +127,13 @@ def natural_key(text: str) -> list[Any]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
+def validation_detail(exc: pluggy.PluginValidationError) -> str:
+    """pluggy's reason for refusing a hookimpl, in one line (its first line only names the hook)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    detail = "; ".join(line.removeprefix("hookimpl definition: ") for line in lines[1:])
+    return detail or _first_line(exc)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
@@ -162,8 +169,8 @@ class Registry:
         return sorted({e.name for e in self.entries(kind)}, key=natural_key)
 
     def broken(self) -> list[PluginInfo]:
-        """Plugins that failed to load or register."""
-        return [p for p in self.plugins.values() if p.status == "broken"]
+        """Plugins skipped for a problem: failed to load or register, or made for another zoo."""
+        return [p for p in self.plugins.values() if p.status in ("broken", "incompatible")]
 
     def resolve(self, kind: str, name: str) -> Entry:
         """Find one entry by ``name`` or ``plugin:name``; a usage error says what to type instead."""
@@ -257,8 +264,35 @@ def discover(disabled: Iterable[str] = ()) -> Registry:
             info.status, info.error = "disabled", "ZOO_DISABLE_PLUGIN_AUTOLOAD is set"
             registry.add_plugin(info)
             continue
+        problem = _incompatibility(dist)
+        if problem:
+            info.status, info.error = "incompatible", problem
+            registry.add_plugin(info)
+            continue
         registry.add_plugin(info, _load_plugin(manager, ep, info))
     return registry
+
+
+def _incompatibility(dist: importlib.metadata.Distribution | None) -> str:
+    """Why a plugin's own requirement on ``zoo`` excludes this zoo, or ``""``."""
+    if dist is None or dist.metadata["Name"].lower() == BUILTIN_DISTRIBUTION:
+        return ""
+    wanted = [r for r in (dist.requires or []) if re.match(rf"^{BUILTIN_DISTRIBUTION}\b(?![-_.\w])", r.strip(), re.I)]
+    if not wanted:
+        return ""
+    from packaging.requirements import InvalidRequirement, Requirement
+    from zoo import __version__
+    for text in wanted:
+        try:
+            requirement = Requirement(text)
+        except InvalidRequirement:
+            return f"its requirement {text!r} on zoo cannot be read"
+        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+            continue
+        if requirement.specifier and not requirement.specifier.contains(__version__, prereleases=True):
+            return (f"needs zoo{requirement.specifier}, this is zoo {__version__}; "
+                    f"install a version of {dist.metadata['Name']} made for zoo {__version__}")
+    return ""
 
 
 def _load_plugin(manager: pluggy.PluginManager, ep: importlib.metadata.EntryPoint,
@@ -268,10 +302,7 @@ def _load_plugin(manager: pluggy.PluginManager, ep: importlib.metadata.EntryPoin
         module = ep.load()
         manager.register(module, name=info.name)
     except pluggy.PluginValidationError as exc:
-        # pluggy's first line only names the plugin and hook; the reason is on the next lines
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        detail = "; ".join(line.removeprefix("hookimpl definition: ") for line in lines[1:])
-        info.status, info.error = "broken", f"hook signature mismatch: {detail or _first_line(exc)}"
+        info.status, info.error = "broken", f"hook signature mismatch: {validation_detail(exc)}"
         return []
     except BaseException as exc:  # noqa: BLE001 - a plugin may raise anything, even SystemExit
         if isinstance(exc, KeyboardInterrupt):

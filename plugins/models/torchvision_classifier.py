@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import sys
 from typing import Any, ClassVar, Iterator
 
 import torch
@@ -16,6 +17,7 @@ import torchvision
 from torch import nn
 from torch.nn import functional as F
 
+from plugins import hub
 from zoo.errors import UsageError
 from zoo.recipe import Recipe
 
@@ -104,7 +106,8 @@ class TorchvisionClassifier(Recipe):
     metric: ClassVar[tuple[str, str] | None] = ("accuracy", "max")
     default_lr: ClassVar[float] = 1e-3
 
-    def __init__(self, arch: str, num_classes: int = 1000, channels: int = 3, image_size: int = 224) -> None:
+    def __init__(self, arch: str, num_classes: int = 1000, channels: int = 3, image_size: int = 224,
+                 weights: str = "none") -> None:
         super().__init__()
         check_arch(arch)
         if channels != 3:
@@ -118,6 +121,29 @@ class TorchvisionClassifier(Recipe):
         self.image_size = image_size
         self.net = torchvision.models.get_model(arch, weights=None, num_classes=num_classes,
                                                 **_NO_AUX.get(arch, {}))
+        self.weights_source = "none"
+        if weights != "none":
+            self._load_pretrained(weights)
+
+    def _load_pretrained(self, weights: str) -> None:
+        """ImageNet weights (hub cache, strict offline) or a state-dict file; a new head stays as initialised."""
+        if weights == "imagenet":
+            url = torchvision.models.get_model_weights(self.arch).DEFAULT.url
+            state, self.weights_source = hub.pretrained_state(url, f"torchvision {self.arch} ImageNet",
+                                                              strict=True, downloader=lambda: hub.download(url))
+        else:
+            state, self.weights_source = hub.state_from_path(weights, f"torchvision {self.arch}"), f"file:{weights}"
+        own = self.net.state_dict()
+        unknown = sorted(set(state) - set(own))
+        if unknown or not set(own) & set(state):
+            raise UsageError(f"weights {weights} do not fit torchvision {self.arch}: unexpected keys "
+                             f"{unknown[:3]}; pass weights for this architecture.")
+        fitting = {k: v for k, v in state.items() if own[k].shape == v.shape}
+        self.net.load_state_dict(fitting, strict=False)
+        replaced = sorted(set(own) - set(fitting))
+        if replaced:
+            print(f"zoo: {self.arch}: pretrained weights loaded except {', '.join(replaced)} "
+                  f"(new head for {self.num_classes} classes).", file=sys.stderr)
 
     @classmethod
     def adapt_to_data(cls, shape: tuple[int, int, int], num_classes: int | None,

@@ -10,7 +10,7 @@ import torch
 
 from zoo import hookspecs
 from zoo.errors import PluginError, RunError
-from zoo.registry import Entry
+from zoo.registry import Entry, validation_detail
 
 
 class RunContext:
@@ -86,7 +86,7 @@ class HookCaller:
                 self.manager.register(obj, name=entry.qualified_name)
             except pluggy.PluginValidationError as exc:
                 raise PluginError(f"hook '{entry.qualified_name}' does not match zoo's hookspecs: "
-                                  f"{str(exc).splitlines()[0]}") from None
+                                  f"{validation_detail(exc)}; fix or disable plugin '{entry.plugin}'.") from None
         self.names = [entry.qualified_name for entry, _ in hooks]
 
     def call(self, hook_name: str, **kwargs: Any) -> None:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from zoo import build
 from zoo.config import TrainConfig
-from zoo.engine import checkpoint, rng
+from zoo.engine import checkpoint, finetune, rng
 from zoo.engine.evaluate import evaluate
 from zoo.engine.feed import BadItems, Prefetcher, make_loader, to_device
 from zoo.engine.hooks import HookCaller, RunContext
@@ -77,6 +77,7 @@ class Trainer:
         self.loss_fn = build.build_loss(self.plan.loss, config.loss_opt)
         if self.loss_fn is not None:
             self.loss_fn.to(self.device)
+        self.init_report = self._fine_tune(resume)
         self.optimizers = self.recipe.configure_optimizers(config.lr)
         if not self.optimizers:
             raise PluginError(f"model '{self.plan.model.qualified_name}' configured no optimizer.")
@@ -120,6 +121,20 @@ class Trainer:
         self.test_loader, _ = make_loader(self.test_set, config.batch_size, config.seed, config.workers,
                                           shuffle=False, drop_last=False, pin_memory=pin)
 
+    def _fine_tune(self, resume: bool) -> dict[str, Any] | None:
+        """Start from --init-from weights (new runs only) and apply --freeze (always)."""
+        report = None
+        if self.config.init_from and not resume:
+            weights, source = finetune.initial_weights(self.config.init_from)
+            fit = finetune.apply_initial_weights(self.recipe, weights, not self.config.no_strict, source)
+            for line in finetune.describe_fit(fit):
+                _echo(line)
+            report = {"source": source, **fit}
+        if self.config.freeze:
+            frozen = finetune.freeze(self.recipe, self.config.freeze)
+            _echo(f"zoo: froze {len(frozen)} parameter tensor(s) matching {', '.join(self.config.freeze)}")
+        return report
+
     @property
     def total_steps(self) -> int:
         """The step at which the run ends: --max-steps or --epochs, whichever comes first."""
@@ -140,6 +155,8 @@ class Trainer:
         else:
             document["command_line"] = command_line
         plugins = self.plan
+        if self.init_report is not None:
+            document["init_from"] = self.init_report
         document.update({
             "config": self.config.to_dict(),
             "resolved": {
@@ -155,6 +172,7 @@ class Trainer:
                 "device": str(self.device),
                 "steps_per_epoch": self.steps_per_epoch,
                 "parameters": sum(p.numel() for p in self.recipe.parameters()),
+                "trainable_parameters": sum(p.numel() for p in self.recipe.parameters() if p.requires_grad),
             },
             "versions": versions(),
         })
