@@ -133,7 +133,9 @@ def test_resume_after_sigterm_at_a_random_step_is_bitwise_equal(registry, tmp_pa
     assert stopped.value.exit_code == 143
     assert "--resume" in str(stopped.value)
     assert checkpoint.list_steps(tmp_path / "resumed")[-1][0] == stop_at
-    resumed = train(registry, config, resume=True)
+    resumed = Trainer(config, registry, tmp_path / "resumed", resume=True)
+    assert (resumed.context.step, resumed.step) == (stop_at, stop_at)  # hooks see where the run is
+    resumed.fit()
     assert resumed.step == straight.step == 13
     assert_bitwise_equal(newest_weights(tmp_path / "straight"), newest_weights(tmp_path / "resumed"))
 

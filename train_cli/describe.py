@@ -73,6 +73,10 @@ def describe(registry: Registry, entry: Entry) -> str:
     else:
         cls = entry.load()
         hooks = [name for name in dir(cls) if name.startswith("on_") and callable(getattr(cls, name))]
-        lines += [f"  on by default: {'yes (turn off with --no-hook ' + entry.name + ')' if entry.default else 'no (turn on with --hook ' + entry.name + ')'}",
-                  f"  implements: {', '.join(hooks) or 'nothing'}"]
+        switch = (f"yes (turn off with --no-hook {entry.name})" if entry.default
+                  else f"no (turn on with --hook {entry.name})")
+        lines += [f"  on by default: {switch}", f"  implements: {', '.join(hooks) or 'nothing'}"]
+        lines += _options_block(cls, bound)
+        if option_specs(cls):
+            lines.append(f"  set with: --hook-opt {entry.name}.KEY=VALUE")
     return "\n".join(line for line in lines if line)

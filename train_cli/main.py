@@ -53,6 +53,8 @@ def cli(ctx: click.Context, debug: bool, disabled: tuple[str, ...]) -> None:
       zoo info dcgan                              options, losses and datasets of a model
       zoo train --model dcgan --loss perceptual   train on the embedded default dataset
       zoo test --run runs/<run>                   metrics of a run on its test split
+      zoo sample --run runs/<run>                 a PNG grid from a generative run
+      zoo predict --run runs/<run> IMAGE...       classes or restored images
     """
     ctx.obj = Context(debug, disabled)
 

@@ -74,7 +74,7 @@ def _slerp(a: Any, b: Any, steps: int) -> Any:
 @click.option("--out", type=click.Path(dir_okay=False),
               help="PNG grid to write (default RUN/samples/sample-seed<S>.png, or interpolate-seed<S>.png).")
 @click.option("--each", type=click.Path(file_okay=False),
-              help="Also write every image alone as DIR/0000.png, 0001.png, ... (the grid only with --out).")
+              help="Write every image alone as DIR/0000.png, 0001.png, ...; the grid then only with --out.")
 @click.option("--interpolate", is_flag=True, help="Walk (slerp) between two random latent points instead.")
 @click.option("--step", type=click.IntRange(min=0), help="Use checkpoints/step-N (default: the newest).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")

@@ -164,8 +164,5 @@ def resume_config(saved: dict[str, Any], overrides: dict[str, Any]) -> TrainConf
             f"start a new run instead, or drop it. Allowed with --resume: "
             f"{', '.join(_flag(k) for k in RESUME_OVERRIDABLE)}."
         )
-    values = {k: v for k, v in saved.items()}
-    for key in RESUME_OVERRIDABLE:
-        if overrides.get(key) not in (None, [], {}):
-            values[key] = overrides[key]
+    values = merge(saved, {key: overrides.get(key) for key in RESUME_OVERRIDABLE})
     return TrainConfig.from_dict(values, "saved config")

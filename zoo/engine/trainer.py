@@ -203,6 +203,7 @@ class Trainer:
         if state.get("scaler"):
             self.precision.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
+        self.context.step, self.context.epoch = self.step, self.epoch
         self.best = state.get("best")
         self.skipped_nonfinite = state.get("skipped_nonfinite", 0)
         self._last_save_step = self.step
