@@ -25,6 +25,10 @@ from zoo.options import split_assignments, split_hook_assignments
 @click.option("--device", help="auto, cpu, cuda, cuda:N or mps (default auto).")
 @click.option("--workers", type=int, help="DataLoader worker processes (default 0).")
 @click.option("--precision", type=click.Choice(["32", "bf16", "16-mixed"]), help="Numeric precision (default 32).")
+@click.option("--channels-last", is_flag=True, default=None, help="Channels-last memory layout (fast on CUDA).")
+@click.option("--compile", is_flag=True, default=None, help="torch.compile the networks (falls back if not possible).")
+@click.option("--fast", is_flag=True, default=None,
+              help="On CUDA: bf16, channels-last and torch.compile together (on the CPU: no change).")
 @click.option("--accumulate", type=int, help="Batches per optimizer step (virtual batch; default 1).")
 @click.option("--clip-grad", type=float, help="Clip each optimizer's gradient norm to this value.")
 @click.option("--eval-every", type=int, help="Evaluate every N steps; 0 = never (default: each epoch's end).")

@@ -19,7 +19,8 @@ PRECISIONS = ("32", "bf16", "16-mixed")
 OPTION_TABLES = ("model_opt", "loss_opt", "dataset_opt", "hook_opt")
 # Options that only extend or observe a run: allowed beside --resume.
 RESUME_OVERRIDABLE = ("max_steps", "epochs", "hooks", "no_hooks", "hook_opt", "device", "workers",
-                      "log_every", "eval_every", "save_every", "keep", "skip_bad_files", "skip_nonfinite")
+                      "log_every", "eval_every", "save_every", "keep", "skip_bad_files", "skip_nonfinite",
+                      "channels_last", "compile")
 
 
 @dataclasses.dataclass
@@ -38,6 +39,9 @@ class TrainConfig:
     device: str = "auto"
     workers: int = 0
     precision: str = "32"
+    channels_last: bool = False
+    compile: bool = False
+    fast: bool = False
     accumulate: int = 1
     clip_grad: float | None = None
     eval_every: int | None = None

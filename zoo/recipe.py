@@ -38,6 +38,7 @@ class Recipe(nn.Module):
     loss_role: ClassVar[str] = "the training objective"
     metric: ClassVar[tuple[str, str] | None] = None
     default_lr: ClassVar[float] = 1e-3
+    compilable: ClassVar[bool] = True  # False when torch.compile cannot take the networks
 
     @classmethod
     def adapt_to_data(cls, shape: tuple[int, int, int], num_classes: int | None,

@@ -138,15 +138,81 @@ def make_loader(dataset: Dataset, batch_size: int, seed: int, workers: int, shuf
     return loader, order
 
 
-def to_device(batch: Any, device: torch.device, non_blocking: bool) -> Any:
-    """Copy a (nested) batch to the device."""
+def to_device(batch: Any, device: torch.device, non_blocking: bool, channels_last: bool = False) -> Any:
+    """Copy a (nested) batch to the device; image batches optionally in channels-last layout."""
     if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=non_blocking)
+        moved = batch.to(device, non_blocking=non_blocking)
+        if channels_last and moved.dim() == 4 and moved.is_floating_point():
+            moved = moved.contiguous(memory_format=torch.channels_last)
+        return moved
     if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(item, device, non_blocking) for item in batch)
+        return type(batch)(to_device(item, device, non_blocking, channels_last) for item in batch)
     if isinstance(batch, dict):
-        return {key: to_device(value, device, non_blocking) for key, value in batch.items()}
+        return {key: to_device(value, device, non_blocking, channels_last) for key, value in batch.items()}
     return batch
+
+
+def _record(batch: Any, stream: Any) -> None:
+    """Tell the caching allocator a side-stream copy is used on the current stream."""
+    if isinstance(batch, torch.Tensor):
+        batch.record_stream(stream)
+    elif isinstance(batch, (list, tuple)):
+        for item in batch:
+            _record(item, stream)
+    elif isinstance(batch, dict):
+        for item in batch.values():
+            _record(item, stream)
+
+
+class DeviceFeed:
+    """Yields ``(device_batch, bad_items)``; on CUDA the next batch is copied on a side stream.
+
+    While the current step computes, the following batch already travels to the
+    GPU, so the copy never stalls the step (pinned host memory makes it async).
+    """
+
+    def __init__(self, source: Prefetcher, device: torch.device, channels_last: bool = False) -> None:
+        self.source = source
+        self.device = device
+        self.channels_last = channels_last
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self._next: Any = None
+        if self.stream is not None:
+            self._preload()
+
+    def _copy(self, item: tuple[Any, list[BadItem]]) -> tuple[Any, list[BadItem]]:
+        batch, bad = item
+        if batch is None:
+            return None, bad
+        return to_device(batch, self.device, True, self.channels_last), bad
+
+    def _preload(self) -> None:
+        try:
+            item = next(self.source)
+        except StopIteration:
+            self._next = StopIteration
+            return
+        with torch.cuda.stream(self.stream):
+            self._next = self._copy(item)
+
+    def __iter__(self) -> "DeviceFeed":
+        return self
+
+    def __next__(self) -> tuple[Any, list[BadItem]]:
+        if self.stream is None:
+            return self._copy(next(self.source))
+        current = torch.cuda.current_stream(self.device)
+        current.wait_stream(self.stream)
+        item = self._next
+        if item is StopIteration:
+            raise StopIteration
+        _record(item[0], current)
+        self._preload()
+        return item
+
+    def close(self) -> None:
+        """Release the prefetch thread and the loader's workers."""
+        self.source.close()
 
 
 class Prefetcher(BackgroundGenerator):

@@ -23,9 +23,9 @@ from tqdm import tqdm
 
 from zoo import build
 from zoo.config import TrainConfig
-from zoo.engine import checkpoint, finetune, rng
+from zoo.engine import checkpoint, finetune, rng, speed
 from zoo.engine.evaluate import evaluate
-from zoo.engine.feed import BadItems, Prefetcher, make_loader, to_device
+from zoo.engine.feed import BadItems, DeviceFeed, Prefetcher, make_loader, to_device
 from zoo.engine.hooks import HookCaller, RunContext
 from zoo.engine.precision import Precision, resolve_device
 from zoo.engine.rundir import MetricsLog, versions, write_json
@@ -69,7 +69,8 @@ class Trainer:
         self.registry = registry
         self.run_dir = Path(run_dir)
         self.device = resolve_device(config.device)
-        self.precision = Precision(config.precision, self.device)
+        self.speed = speed.resolve(config, self.device, _echo)
+        self.precision = Precision(self.speed.precision, self.device)
         rng.seed_everything(config.seed)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
@@ -78,6 +79,7 @@ class Trainer:
         if self.loss_fn is not None:
             self.loss_fn.to(self.device)
         self.init_report = self._fine_tune(resume)
+        speed.apply(self.recipe, self.speed, _echo)
         self.optimizers = self.recipe.configure_optimizers(config.lr)
         if not self.optimizers:
             raise PluginError(f"model '{self.plan.model.qualified_name}' configured no optimizer.")
@@ -170,6 +172,7 @@ class Trainer:
                 "task": self.recipe.task,
                 "loss_weights": getattr(self.loss_fn, "weights_source", None),
                 "device": str(self.device),
+                "speed": self.speed.describe(),
                 "steps_per_epoch": self.steps_per_epoch,
                 "parameters": sum(p.numel() for p in self.recipe.parameters()),
                 "trainable_parameters": sum(p.numel() for p in self.recipe.parameters() if p.requires_grad),
@@ -321,9 +324,10 @@ class Trainer:
         _echo(f"zoo: done at step {self.step}; checkpoint {saved}")
         return TrainResult(self.run_dir, self.step, self.epoch, saved, self.last_eval)
 
-    def _open_epoch(self) -> tuple[Prefetcher, tqdm]:
+    def _open_epoch(self) -> tuple[DeviceFeed, tqdm]:
         self.order.set_epoch(self.epoch, start=self.position * self.config.batch_size)
-        feed = Prefetcher(self.loader, max_prefetch=max(2, 2 * self.config.accumulate))
+        feed = DeviceFeed(Prefetcher(self.loader, max_prefetch=max(2, 2 * self.config.accumulate)),
+                          self.device, self.speed.channels_last)
         bar = tqdm(total=self.steps_per_epoch, initial=self.position // self.config.accumulate,
                    desc=f"epoch {self.epoch + 1}", unit="step", dynamic_ncols=True, leave=True,
                    file=sys.stderr, mininterval=0.5)
@@ -337,7 +341,7 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
         last = len(batches) - 1
         for index, batch in enumerate(batches):
-            batch = to_device(batch, self.device, non_blocking=True)
+            batch = to_device(batch, self.device, True, self.speed.channels_last)  # no-op once fed
             pairs = self.recipe.training_step(batch, self.loss_fn)
             while True:
                 with self.precision.autocast():
@@ -401,6 +405,8 @@ class Trainer:
         scalars["samples_per_sec"] = self._window_samples / elapsed
         for name, opt in self.optimizers.items():
             scalars[f"lr/{name}"] = opt.param_groups[0]["lr"]
+        if self.device.type == "cuda":
+            scalars["peak_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         self.metrics_log.write({"kind": "train", "step": self.step, "epoch": self._epochs_done(), **scalars})
         self.hooks.call("on_step_end", run=self.context, step=self.step, scalars=scalars)
         if bar is not None:

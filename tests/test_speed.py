@@ -1,0 +1,105 @@
+"""The speed switches: channels-last, --fast, torch.compile fallbacks, the side-stream device feed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from train_cli.main import main
+from zoo.engine import checkpoint
+from zoo.engine.feed import DeviceFeed
+
+TINY = ["--model", "dcgan", "--loss", "mse", "--model-opt", "ngf=8", "--model-opt", "ndf=8",
+        "--model-opt", "nz=16", "--dataset-opt", "train_count=32", "--dataset-opt", "test_count=8",
+        "--batch-size", "8", "--log-every", "1", "--max-steps", "3"]
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def zoo(capsys, *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exited:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return exited.value.code, out, err
+
+
+def weights(run):
+    return checkpoint.load_weights(checkpoint.list_steps(run)[-1][1])
+
+
+def test_channels_last_trains_to_the_same_weights_within_float_tolerance(capsys, tmp_path):
+    assert zoo(capsys, "train", *TINY, "--device", "cpu", "--run-dir", str(tmp_path / "a"))[0] == 0
+    code, _, err = zoo(capsys, "train", *TINY, "--device", "cpu", "--channels-last", "--run-dir", str(tmp_path / "b"))
+    assert code == 0, err
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert all(torch.allclose(a[k], b[k], atol=1e-4, rtol=1e-3) for k in a)
+    speed = json.loads((tmp_path / "b" / "config.json").read_text())["resolved"]["speed"]
+    assert speed == {"precision": "32", "channels_last": True, "compile": False}
+
+
+def test_fast_on_the_cpu_says_it_changes_nothing(capsys, tmp_path):
+    code, _, err = zoo(capsys, "train", *TINY, "--device", "cpu", "--fast", "--run-dir", str(tmp_path / "run"))
+    assert code == 0, err
+    assert "--fast speeds up CUDA runs; on cpu it changes nothing" in err
+    speed = json.loads((tmp_path / "run" / "config.json").read_text())["resolved"]["speed"]
+    assert speed == {"precision": "32", "channels_last": False, "compile": False}
+
+
+def test_a_model_that_cannot_be_compiled_falls_back_in_one_line(capsys, tmp_path, monkeypatch):
+    from plugins.models.dcgan import DCGAN
+    monkeypatch.setattr(DCGAN, "compilable", False)
+    code, _, err = zoo(capsys, "train", *TINY, "--device", "cpu", "--compile", "--run-dir", str(tmp_path / "run"))
+    assert code == 0, err
+    assert "DCGAN cannot be compiled; running it eagerly" in err
+
+
+def test_device_feed_on_the_cpu_passes_batches_through():
+    items = [((torch.ones(2, 3, 4, 4), torch.zeros(2)), []), (None, ["bad"])]
+
+    class Source:
+        def __init__(self):
+            self.items, self.closed = iter(items), False
+
+        def __next__(self):
+            return next(self.items)
+
+        def close(self):
+            self.closed = True
+
+    source = Source()
+    feed = DeviceFeed(source, torch.device("cpu"), channels_last=True)
+    batch, bad = next(feed)
+    assert bad == [] and batch[0].is_contiguous(memory_format=torch.channels_last)
+    assert next(feed) == (None, ["bad"])
+    with pytest.raises(StopIteration):
+        next(feed)
+    feed.close()
+    assert source.closed
+
+
+@needs_cuda
+def test_device_feed_copies_on_a_side_stream_and_keeps_order():
+    host = [((torch.full((2, 3, 4, 4), float(i)).pin_memory(), torch.tensor([i, i])), []) for i in range(4)]
+
+    class Source:
+        def __init__(self):
+            self.items = iter(host)
+
+        def __next__(self):
+            return next(self.items)
+
+        def close(self):
+            pass
+
+    feed = DeviceFeed(Source(), torch.device("cuda"))
+    seen = [int(batch[1][0]) for batch, _ in feed]
+    assert seen == [0, 1, 2, 3]
+
+
+@needs_cuda
+def test_fast_on_cuda_trains_and_records_peak_memory(capsys, tmp_path):
+    code, _, err = zoo(capsys, "train", *TINY, "--device", "cuda", "--fast", "--run-dir", str(tmp_path / "run"))
+    assert code == 0, err
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["peak_memory_gib"] > 0 for r in records if r["kind"] == "train")
