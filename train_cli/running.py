@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -29,6 +30,9 @@ from zoo.options import split_assignments, split_hook_assignments
 @click.option("--compile", is_flag=True, default=None, help="torch.compile the networks (falls back if not possible).")
 @click.option("--fast", is_flag=True, default=None,
               help="On CUDA: bf16, channels-last and torch.compile together (on the CPU: no change).")
+@click.option("--nproc-per-node", type=int,
+              help="Train in N processes through torchrun (DDP-style data parallel; NCCL on GPUs, gloo on CPU).")
+@click.option("--sync-bn", is_flag=True, default=None, help="With several processes: synchronise BatchNorm statistics.")
 @click.option("--accumulate", type=int, help="Batches per optimizer step (virtual batch; default 1).")
 @click.option("--clip-grad", type=float, help="Clip each optimizer's gradient norm to this value.")
 @click.option("--eval-every", type=int, help="Evaluate every N steps; 0 = never (default: each epoch's end).")
@@ -60,8 +64,7 @@ from zoo.options import split_assignments, split_hook_assignments
 @click.pass_obj
 def train_command(ctx, resume: str | None, overwrite: bool, config_file: str | None, **options) -> None:
     """Train a model; Ctrl-C or SIGTERM saves a checkpoint first (exit 130 / 143)."""
-    from zoo.engine.lock import RunLock
-    from zoo.engine.rundir import default_run_dir, prepare_new, read_config
+    from zoo.engine.rundir import default_run_dir, read_config
 
     registry = ctx.registry()
     given = {key: value for key, value in options.items()}
@@ -71,6 +74,7 @@ def train_command(ctx, resume: str | None, overwrite: bool, config_file: str | N
     for table in ("model_opt", "loss_opt", "dataset_opt"):
         given[table] = split_assignments(given[table], "--" + table.replace("_", "-"))
     given["hook_opt"] = split_hook_assignments(given["hook_opt"])
+    nproc = given.pop("nproc_per_node")
     if resume:
         if config_file:
             raise UsageError("--config cannot be combined with --resume; the run keeps its saved config.")
@@ -82,17 +86,70 @@ def train_command(ctx, resume: str | None, overwrite: bool, config_file: str | N
         config = TrainConfig.from_dict(merge(file_values, given), config_file or "options")
         if not config.model:
             raise UsageError("--model is required; 'zoo list models' shows the choices.")
-        run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config.model, config.loss)
-        config.run_dir = str(run_dir)
         registry.resolve("model", config.model)  # a typo fails before any folder is made
-        run_dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(run_dir):
-        if not resume:
-            prepare_new(run_dir, overwrite)
+        run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config.model, config.loss)
+    from zoo.engine.distributed import broadcast_object, launched_by_torchrun, teardown  # imports torch
+    from zoo.engine.distributed import setup as distributed_setup
+
+    if nproc is not None and not launched_by_torchrun():
+        _launch(nproc, run_dir, given_run_dir=bool(resume or config.run_dir))
+        return
+    dist_context = distributed_setup(config.device)
+    try:
+        if dist_context.enabled and not resume and not config.run_dir:
+            run_dir = Path(broadcast_object(str(run_dir), dist_context))  # one folder for every process
+        config.run_dir = str(run_dir)
+        _train(registry, config, run_dir, bool(resume), overwrite, dist_context)
+    finally:
+        teardown(dist_context)
+
+
+def _train(registry, config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, dist_context) -> None:
+    """Take the run folder (rank 0), prepare it and train."""
+    from zoo.engine.distributed import barrier
+    from zoo.engine.lock import RunLock
+    from zoo.engine.rundir import prepare_new
+
+    lock = RunLock(run_dir) if dist_context.is_main else None
+    try:
+        if lock is not None:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+            if not resume:
+                prepare_new(run_dir, overwrite)
+        barrier(dist_context)
         from zoo.engine.trainer import Trainer  # imports torch: after the cheap checks above
 
-        trainer = Trainer(config, registry, run_dir, resume=bool(resume), command_line=["zoo", *sys.argv[1:]])
+        trainer = Trainer(config, registry, run_dir, resume=resume, command_line=["zoo", *sys.argv[1:]],
+                          dist_context=dist_context)
         trainer.fit()
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _launch(nproc: int, run_dir: Path, given_run_dir: bool) -> None:
+    """Run this same command in ``nproc`` processes through torch's own launcher (torchrun)."""
+    if nproc < 1:
+        raise UsageError(f"--nproc-per-node must be at least 1, got {nproc}.")
+    argv, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if arg == "--nproc-per-node":
+            skip = True
+            continue
+        if arg.startswith("--nproc-per-node="):
+            continue
+        argv.append(arg)
+    if not given_run_dir:
+        argv += ["--run-dir", str(run_dir)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+               f"--nproc-per-node={nproc}", "-m", "train_cli", *argv]
+    code = subprocess.call(command)
+    if code:
+        raise click.exceptions.Exit(code)
 
 
 @click.command("test")

@@ -42,6 +42,7 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     fast: bool = False
+    sync_bn: bool = False
     accumulate: int = 1
     clip_grad: float | None = None
     eval_every: int | None = None

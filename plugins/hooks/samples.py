@@ -18,6 +18,8 @@ class SampleGridHook:
             self._save(run)
 
     def _save(self, run) -> None:
+        if run.rank != 0:  # rank 0 alone writes files
+            return
         grid = run.sample_grid()
         if grid is None:
             return

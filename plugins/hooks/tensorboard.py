@@ -15,16 +15,22 @@ class TensorboardHook:
 
     @hookimpl
     def on_train_start(self, run):
+        if run.rank != 0:  # one writer per run: rank 0 of a distributed run
+            return
         from tensorboardX import SummaryWriter
         self.writer = SummaryWriter(logdir=str(run.run_dir / "tensorboard"), flush_secs=30)
 
     @hookimpl
     def on_step_end(self, run, step, scalars):
+        if self.writer is None:
+            return
         for name, value in scalars.items():
             self.writer.add_scalar(f"train/{name}", value, step)
 
     @hookimpl
     def on_eval_end(self, run, step, metrics):
+        if self.writer is None:
+            return
         for name, value in metrics.items():
             self.writer.add_scalar(f"eval/{name}", value, step)
 
@@ -39,7 +45,8 @@ class TensorboardHook:
 
     @hookimpl
     def on_epoch_end(self, run, epoch):
-        self._add_grid(run)
+        if self.writer is not None:
+            self._add_grid(run)
 
     @hookimpl
     def on_train_end(self, run, status):

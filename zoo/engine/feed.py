@@ -27,10 +27,11 @@ from zoo.errors import RunError, ZooError
 class EpochOrder(Sampler):
     """Yields ``(index, item_seed)`` keys for one epoch, starting at a given position."""
 
-    def __init__(self, size: int, seed: int, shuffle: bool) -> None:
+    def __init__(self, size: int, seed: int, shuffle: bool, shard: tuple[int, int] = (0, 1)) -> None:
         self.size = size
         self.seed = seed
         self.shuffle = shuffle
+        self.rank, self.world_size = shard
         self.epoch = 0
         self.start = 0
 
@@ -39,19 +40,21 @@ class EpochOrder(Sampler):
         self.epoch, self.start = epoch, start
 
     def order(self) -> list[int]:
-        """The full index order of the current epoch."""
+        """This process's share of the epoch's index order (every ``world_size``-th, from ``rank``)."""
         if not self.shuffle:
-            return list(range(self.size))
-        generator = torch.Generator()
-        generator.manual_seed(derive_seed(self.seed, "order", self.epoch))
-        return torch.randperm(self.size, generator=generator).tolist()
+            full = list(range(self.size))
+        else:
+            generator = torch.Generator()
+            generator.manual_seed(derive_seed(self.seed, "order", self.epoch))
+            full = torch.randperm(self.size, generator=generator).tolist()
+        return full[self.rank::self.world_size]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         for index in self.order()[self.start:]:
             yield index, derive_seed(self.seed, "item", self.epoch, index)
 
     def __len__(self) -> int:
-        return self.size - self.start
+        return len(range(self.rank, self.size, self.world_size)) - self.start
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,9 +127,9 @@ def _ignore_sigint(_worker_id: int) -> None:
 
 
 def make_loader(dataset: Dataset, batch_size: int, seed: int, workers: int, shuffle: bool,
-                drop_last: bool, pin_memory: bool) -> tuple[DataLoader, EpochOrder]:
+                drop_last: bool, pin_memory: bool, shard: tuple[int, int] = (0, 1)) -> tuple[DataLoader, EpochOrder]:
     """A DataLoader over seeded items, with its resumable order; it yields ``(batch, bad_items)``."""
-    order = EpochOrder(len(dataset), seed, shuffle)  # type: ignore[arg-type]
+    order = EpochOrder(len(dataset), seed, shuffle, shard)  # type: ignore[arg-type]
     generator = torch.Generator()  # keeps the loader from drawing on the global RNG
     generator.manual_seed(derive_seed(seed, "loader"))
     loader = DataLoader(

@@ -55,8 +55,11 @@ class RunContext:
         """Add a scalar or an image ``(C, H, W)`` in ``[0, 1]`` to the run's log at this step.
 
         Scalars go to ``metrics.jsonl``; images to ``samples/<name>-step-<N>.png``;
-        both reach every hook implementing ``on_log`` (tensorboard).
+        both reach every hook implementing ``on_log`` (tensorboard). Only rank 0
+        of a distributed run writes; elsewhere this does nothing.
         """
+        if self.rank != 0:
+            return
         if isinstance(value, torch.Tensor) and value.dim() == 3:
             image = value.detach().float().clamp(0, 1).cpu()
             from torchvision.utils import save_image

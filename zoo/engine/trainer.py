@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from zoo import build
 from zoo.config import TrainConfig
-from zoo.engine import checkpoint, finetune, rng, speed
+from zoo.engine import checkpoint, distributed, finetune, rng, speed
 from zoo.engine.evaluate import evaluate
 from zoo.engine.feed import BadItems, DeviceFeed, Prefetcher, make_loader, to_device
 from zoo.engine.hooks import HookCaller, RunContext
@@ -56,22 +56,31 @@ class TrainResult:
     metrics: dict[str, float]
 
 
+_QUIET = {"on": False}  # processes other than rank 0 stay silent
+
+
 def _echo(message: str) -> None:
-    tqdm.write(message, file=sys.stderr)
+    if not _QUIET["on"]:
+        tqdm.write(message, file=sys.stderr)
 
 
 class Trainer:
     """One training run: built from a config, resumable from a run folder."""
 
     def __init__(self, config: TrainConfig, registry: Registry, run_dir: Path, *,
-                 resume: bool = False, command_line: list[str] | None = None) -> None:
+                 resume: bool = False, command_line: list[str] | None = None,
+                 dist_context: distributed.DistContext | None = None) -> None:
         self.config = config
         self.registry = registry
         self.run_dir = Path(run_dir)
+        self.dist = dist_context or distributed.DistContext()
+        _QUIET["on"] = not self.dist.is_main
         self.device = resolve_device(config.device)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
         self.speed = speed.resolve(config, self.device, _echo)
         self.precision = Precision(self.speed.precision, self.device)
-        rng.seed_everything(config.seed)
+        rng.seed_everything(config.seed)  # the same initial weights on every process
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
         self._build_data_and_model()
@@ -79,6 +88,8 @@ class Trainer:
         if self.loss_fn is not None:
             self.loss_fn.to(self.device)
         self.init_report = self._fine_tune(resume)
+        if self.dist.enabled and config.sync_bn:
+            self.recipe = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.recipe)
         speed.apply(self.recipe, self.speed, _echo)
         self.optimizers = self.recipe.configure_optimizers(config.lr)
         if not self.optimizers:
@@ -98,9 +109,13 @@ class Trainer:
         self.bad_items = BadItems(config.skip_bad_files)
         self.skipped_nonfinite = 0
         self._reset_window()
+        if self.dist.enabled:
+            rng.seed_everything(rng.derive_seed(config.seed, "rank", self.dist.rank))  # own noise per process
+        self.context.rank = self.dist.rank
         if resume:
             self._resume()
-        self._write_config(command_line or [], resume)
+        if self.dist.is_main:
+            self._write_config(command_line or [], resume)
 
     # ----------------------------------------------------------------- setup
     def _build_data_and_model(self) -> None:
@@ -109,17 +124,18 @@ class Trainer:
         self.plan, self.recipe, self.model_options = parts.plan, parts.recipe, parts.model_options
         self.train_set, self.test_set = parts.train_set, parts.test_set
         self.recipe.to(self.device)
-        per_step = config.batch_size * config.accumulate
+        per_step = config.batch_size * config.accumulate * self.dist.world_size
         if len(self.train_set) < per_step:
             raise UsageError(
                 f"a step needs {per_step} samples (--batch-size {config.batch_size} x --accumulate "
-                f"{config.accumulate}) but the training split of '{self.plan.dataset.name}' has {len(self.train_set)}; "
-                f"lower --batch-size.")
+                f"{config.accumulate} x {self.dist.world_size} process(es)) but the training split of "
+                f"'{self.plan.dataset.name}' has {len(self.train_set)}; lower --batch-size.")
         self.steps_per_epoch = len(self.train_set) // per_step
         self.batches_per_epoch = self.steps_per_epoch * config.accumulate
         pin = self.device.type == "cuda"
         self.loader, self.order = make_loader(self.train_set, config.batch_size, config.seed, config.workers,
-                                              shuffle=True, drop_last=True, pin_memory=pin)
+                                              shuffle=True, drop_last=True, pin_memory=pin,
+                                              shard=(self.dist.rank, self.dist.world_size))
         self.test_loader, _ = make_loader(self.test_set, config.batch_size, config.seed, config.workers,
                                           shuffle=False, drop_last=False, pin_memory=pin)
 
@@ -210,7 +226,11 @@ class Trainer:
         self.best = state.get("best")
         self.skipped_nonfinite = state.get("skipped_nonfinite", 0)
         self._last_save_step = self.step
-        rng.restore(state["rng"])
+        saved_world = state.get("world_size", 1)
+        if saved_world != self.dist.world_size:
+            raise UsageError(f"{folder} was made by {saved_world} process(es), this run has "
+                             f"{self.dist.world_size}; resume with --nproc-per-node {saved_world}.")
+        rng.restore(state["rng_by_rank"][self.dist.rank] if self.dist.enabled else state["rng"])
         _echo(f"zoo: resuming {self.run_dir} from step {self.step} (epoch {self.epoch + 1}).")
 
     def _newest_whole_checkpoint(self, steps: list[tuple[int, Path]]) -> tuple[dict, dict, Path]:
@@ -252,6 +272,10 @@ class Trainer:
         """Train until the run's length; save at the end. Raises Interrupted on a signal."""
         previous = self._install_signal_handlers()
         params = sum(p.numel() for p in self.recipe.parameters())
+        if self.dist.enabled:
+            _echo(f"zoo: {self.dist.world_size} processes; global batch {self.config.batch_size} x "
+                  f"{self.dist.world_size} x accumulate {self.config.accumulate} = "
+                  f"{self.config.batch_size * self.dist.world_size * self.config.accumulate}")
         _echo(f"zoo: {self.plan.model.qualified_name} + {self.plan.loss.qualified_name if self.plan.loss else 'no loss'}"
               f" on {self.plan.dataset.qualified_name} {tuple(self.train_set.image_shape)} "
               f"({len(self.train_set)} train / {len(self.test_set)} test), {params:,} parameters, "
@@ -261,7 +285,7 @@ class Trainer:
         self.recipe.train()
         try:
             self.hooks.call("on_train_start", run=self.context)
-            while self.step < self.total_steps and self._stop_signal is None and not self.context.stop_reason:
+            while self.step < self.total_steps and not self._should_stop():
                 if feed is None:
                     feed, bar = self._open_epoch()
                 started = time.perf_counter()
@@ -324,13 +348,26 @@ class Trainer:
         _echo(f"zoo: done at step {self.step}; checkpoint {saved}")
         return TrainResult(self.run_dir, self.step, self.epoch, saved, self.last_eval)
 
+    def _should_stop(self) -> bool:
+        """A signal or a hook's stop request here, or (when distributed) on any process."""
+        local = self._stop_signal or (1 if self.context.stop_reason else 0)
+        if self.dist.enabled:
+            agreed = distributed.max_flag(local, self.dist)
+            if agreed and not local:
+                if agreed > 1:
+                    self._stop_signal = agreed
+                else:
+                    self.context.stop_reason = "another process asked the run to stop"
+            local = agreed
+        return bool(local)
+
     def _open_epoch(self) -> tuple[DeviceFeed, tqdm]:
         self.order.set_epoch(self.epoch, start=self.position * self.config.batch_size)
         feed = DeviceFeed(Prefetcher(self.loader, max_prefetch=max(2, 2 * self.config.accumulate)),
                           self.device, self.speed.channels_last)
         bar = tqdm(total=self.steps_per_epoch, initial=self.position // self.config.accumulate,
                    desc=f"epoch {self.epoch + 1}", unit="step", dynamic_ncols=True, leave=True,
-                   file=sys.stderr, mininterval=0.5)
+                   file=sys.stderr, mininterval=0.5, disable=not self.dist.is_main)
         self._window_start = time.perf_counter()
         return feed, bar
 
@@ -362,6 +399,8 @@ class Trainer:
                 scaler.scale(scaled).backward(inputs=self.params[name])
                 self._add_to_window(name, scaled.detach())
                 if index == last:
+                    if self.dist.enabled:
+                        distributed.average_gradients(self.params[name], self.dist)
                     if self.config.clip_grad is not None:
                         scaler.unscale_(self.optimizers[name])
                         clip_grad_norm_(self.params[name], self.config.clip_grad)
@@ -392,7 +431,10 @@ class Trainer:
         if not self._window_steps:
             return
         keys = list(self._window)
-        values = torch.stack([self._window[k] for k in keys]).tolist() if keys else []
+        stacked = torch.stack([self._window[k] for k in keys]) if keys else torch.zeros(0)
+        if self.dist.enabled and keys:
+            stacked = distributed.average_tensor(stacked, self.dist)  # the same figures on every process
+        values = stacked.tolist()
         losses = {self._loss_names(k): v / self._window_steps for k, v in zip(keys, values)}
         for name, value in losses.items():
             if not math.isfinite(value):
@@ -407,7 +449,8 @@ class Trainer:
             scalars[f"lr/{name}"] = opt.param_groups[0]["lr"]
         if self.device.type == "cuda":
             scalars["peak_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
-        self.metrics_log.write({"kind": "train", "step": self.step, "epoch": self._epochs_done(), **scalars})
+        if self.dist.is_main:
+            self.metrics_log.write({"kind": "train", "step": self.step, "epoch": self._epochs_done(), **scalars})
         self.hooks.call("on_step_end", run=self.context, step=self.step, scalars=scalars)
         if bar is not None:
             shown = {k: f"{v:.4g}" for k, v in losses.items()}
@@ -444,14 +487,15 @@ class Trainer:
     def _evaluate(self) -> dict[str, float]:
         self._last_eval_step = self.step
         bar = tqdm(total=len(self.test_loader), desc="eval", unit="batch", leave=False, file=sys.stderr,
-                   dynamic_ncols=True, mininterval=0.5)
+                   dynamic_ncols=True, mininterval=0.5, disable=not self.dist.is_main)
         try:
             metrics = evaluate(self.recipe, self.loss_fn, self.test_loader, self.device,
                                self.precision.autocast, self.config.seed, self.bad_items, progress=bar)
         finally:
             bar.close()
         self.last_eval = metrics
-        self.metrics_log.write({"kind": "eval", "step": self.step, "epoch": self._epochs_done(), **metrics})
+        if self.dist.is_main:
+            self.metrics_log.write({"kind": "eval", "step": self.step, "epoch": self._epochs_done(), **metrics})
         self.hooks.call("on_eval_end", run=self.context, step=self.step, metrics=metrics)
         metric = self.recipe.metric
         if metric and metric[0] in metrics:
@@ -487,11 +531,20 @@ class Trainer:
             "schedulers": {name: s.state_dict() for name, s in self.schedulers.items()},
             "scaler": self.precision.scaler.state_dict(),
             "rng": rng.capture(),
+            "world_size": self.dist.world_size,
             "best": self.best,
             "skipped_nonfinite": self.skipped_nonfinite,
         }
+        if self.dist.enabled:
+            state["rng_by_rank"] = distributed.gather_objects(state["rng"], self.dist)
         if self.best is not None and self.best["step"] == self.step:
             self.best["saved"] = True
+        if not self.dist.is_main:
+            self._last_save_step = self.step
+            folder = checkpoint.checkpoint_dir(self.run_dir, self.step)
+            distributed.barrier(self.dist)  # rank 0 has written it when this returns
+            self.hooks.call("on_checkpoint_saved", run=self.context, step=self.step, path=folder)
+            return folder
         try:
             folder = checkpoint.save(self.run_dir, self.step, self.recipe.state_dict(), state)
         except Exception as exc:  # a full disk, a file-size limit, a vanished folder...
@@ -503,6 +556,7 @@ class Trainer:
         self._last_save_step = self.step
         protect = (self.best["step"],) if self.best and self.best.get("saved") else ()
         checkpoint.prune(self.run_dir, self.config.keep, protect)
+        distributed.barrier(self.dist)
         self.hooks.call("on_checkpoint_saved", run=self.context, step=self.step, path=folder)
         return folder
 

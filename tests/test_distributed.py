@@ -1,0 +1,85 @@
+"""Data-parallel training with torch.distributed (gloo, 2 CPU processes through torchrun)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from zoo.config import TrainConfig
+from zoo.engine import checkpoint
+from zoo.engine.rundir import prepare_new
+from zoo.engine.trainer import Trainer
+from zoo.registry import discover
+
+# BatchNorm-free, dropout-free: instance-normalised ResNet blocks.
+MODEL = ["--model", "resnet_i2i", "--loss", "l1", "--model-opt", "ngf=8", "--model-opt", "blocks=1",
+         "--dataset-opt", "train_count=64", "--dataset-opt", "test_count=8", "--device", "cpu",
+         "--log-every", "1", "--eval-every", "0"]
+
+
+def zoo(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "train_cli", *args], capture_output=True, text=True,
+                          timeout=300, **kwargs)
+
+
+def newest(run: Path) -> dict[str, torch.Tensor]:
+    return checkpoint.load_weights(checkpoint.list_steps(run)[-1][1])
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    done = zoo("train", *MODEL, "--batch-size", "4", "--max-steps", "6", "--nproc-per-node", "2",
+               "--run-dir", str(tmp_path / "ddp"))
+    assert done.returncode == 0, done.stderr
+    assert "global batch 4 x 2 x accumulate 1 = 8" in done.stderr
+    assert sorted(p.name for p in (tmp_path / "ddp" / "checkpoints").iterdir()) == ["step-6"]  # one set
+    assert len(list((tmp_path / "ddp" / "tensorboard").glob("events.*"))) == 1  # rank 0 alone writes
+    records = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]  # one line per step, not one per process
+
+    config = TrainConfig(model="resnet_i2i", loss="l1", model_opt={"ngf": "8", "blocks": "1"},
+                         dataset_opt={"train_count": "64", "test_count": "8"}, device="cpu", batch_size=8,
+                         max_steps=6, eval_every=0, run_dir=str(tmp_path / "single"))
+    prepare_new(tmp_path / "single", overwrite=False)
+    Trainer(config, discover(), tmp_path / "single").fit()
+    one, two = newest(tmp_path / "single"), newest(tmp_path / "ddp")
+    assert one.keys() == two.keys()
+    for key in one:
+        assert torch.allclose(one[key], two[key], atol=1e-5, rtol=1e-4), key
+
+
+def test_sigterm_under_ddp_saves_once_and_resumes(tmp_path):
+    common = ["--batch-size", "4", "--max-steps", "40", "--nproc-per-node", "2", "--save-every", "0"]
+    straight = zoo("train", *MODEL, *common, "--run-dir", str(tmp_path / "straight"))
+    assert straight.returncode == 0, straight.stderr
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "train_cli", "train", *MODEL, *common, "--run-dir", str(run)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)  # every process of the job, as a scheduler would
+    _, stderr = proc.communicate(timeout=120)
+    steps = [s for s, _ in checkpoint.list_steps(run)]
+    assert len(steps) == 1 and 3 <= steps[0] < 40, stderr
+    assert "Resume with: zoo train --resume" in stderr
+
+    refused = zoo("train", "--resume", str(run))  # one process cannot continue a two-process run
+    assert refused.returncode == 2 and "--nproc-per-node 2" in refused.stderr
+
+    resumed = zoo("train", "--resume", str(run), "--nproc-per-node", "2")
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = newest(tmp_path / "straight"), newest(run)
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key
