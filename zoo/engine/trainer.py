@@ -89,7 +89,11 @@ class Trainer:
             self.loss_fn.to(self.device)
         self.init_report = self._fine_tune(resume)
         if self.dist.enabled and config.sync_bn:
-            self.recipe = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.recipe)
+            if self.device.type == "cuda":
+                self.recipe = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.recipe)
+            else:
+                _echo(f"zoo: --sync-bn needs CUDA devices; on {self.device.type} BatchNorm statistics "
+                      f"stay per process.")
         speed.apply(self.recipe, self.speed, _echo)
         self.optimizers = self.recipe.configure_optimizers(config.lr)
         if not self.optimizers:
