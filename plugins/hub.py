@@ -6,6 +6,7 @@ Nothing is ever unpickled: ``.pth`` files are read with ``torch.load(weights_onl
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import sys
 import urllib.parse
@@ -35,7 +36,7 @@ def read_state_dict(path: str) -> dict[str, Any]:
 
 def download(url: str) -> dict[str, Any]:
     """Download ``url`` into the hub cache and read it (torch's own path, ``weights_only=True``)."""
-    with contextlib.redirect_stdout(sys.stderr):  # torch prints "Downloading: ..." on stdout
+    with contextlib.redirect_stdout(io.StringIO()):  # torch prints "Downloading: ..." even when offline
         return torch.hub.load_state_dict_from_url(url, weights_only=True, progress=sys.stderr.isatty())
 
 

@@ -110,7 +110,7 @@ def test_run_folder_has_config_checkpoint_metrics_events_and_samples(registry, t
     train_steps = [r["step"] for r in records if r["kind"] == "train"]
     assert train_steps == [4, 8, 10]  # every --log-every steps, and the final step
     assert all(0.0 <= r["compute_efficiency"] <= 1.0 for r in records if r["kind"] == "train")
-    assert any(r["kind"] == "eval" and "d_loss" in r for r in records)
+    assert any(r["kind"] == "eval" and "discriminator" in r and "generator" in r for r in records)
     png = run_dir / "samples" / "latest.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     events = read_events(run_dir / "tensorboard")
@@ -244,7 +244,7 @@ def test_image_to_image_run_reports_psnr_that_improves(registry, tmp_path):
 def test_zoo_test_of_a_gan_writes_losses_and_a_grid(registry, tmp_path):
     train(registry, tiny_config(tmp_path / "run", max_steps=3))
     result = evaluate_run(registry, tmp_path / "run", device="cpu")
-    assert {"d_loss", "g_loss"} <= set(result["metrics"])
+    assert {"discriminator", "generator"} <= set(result["metrics"])
     assert Path(result["sample_grid"]).read_bytes()[:4] == b"\x89PNG"
 
 

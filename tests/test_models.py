@@ -195,15 +195,15 @@ def test_dcgan_evaluation_step():
         again = model.evaluation_step(batch, None, torch.Generator().manual_seed(0))
         extra = model.evaluation_step(batch, MSELoss(), torch.Generator().manual_seed(0))
     assert torch.equal(torch.get_rng_state(), state)  # evaluation never touches training RNG
-    assert set(out) == {"d_loss", "g_loss", "count"}
+    assert set(out) == {"discriminator", "generator", "count"}
     assert out["count"] == BATCH
-    assert torch.equal(out["d_loss"], again["d_loss"]) and torch.equal(out["g_loss"],
-                                                                       again["g_loss"])
-    assert out["d_loss"] > 0 and out["g_loss"] > 0
-    assert torch.allclose(extra["d_loss"], out["d_loss"])
-    assert extra["g_loss"] > out["g_loss"]  # the extra term adds to the generator loss
+    assert torch.equal(out["discriminator"], again["discriminator"]) and torch.equal(out["generator"],
+                                                                       again["generator"])
+    assert out["discriminator"] > 0 and out["generator"] > 0
+    assert torch.allclose(extra["discriminator"], out["discriminator"])
+    assert extra["generator"] > out["generator"]  # the extra term adds to the generator loss
     # Sums, not means: the mean D loss of a near-chance discriminator is about 2 ln 2.
-    assert 0.5 * BATCH < out["d_loss"] / 2 < 2 * BATCH
+    assert 0.5 * BATCH < out["discriminator"] / 2 < 2 * BATCH
 
 
 def test_dcgan_sample_and_sample_inputs():

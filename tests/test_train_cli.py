@@ -35,7 +35,7 @@ def test_train_writes_a_run_and_test_reads_it(capsys, tmp_path):
     assert "done at step 3" in err
     code, out, err = zoo(capsys, "test", "--run", str(run))
     assert code == 0, err
-    assert "d_loss" in out and "g_loss" in out
+    assert "discriminator" in out and "generator" in out
     assert json.loads((run / "test-metrics.json").read_text())["step"] == 3
 
 
@@ -146,3 +146,36 @@ def test_zoo_test_without_a_checkpoint(capsys, tmp_path):
     (run / "config.json").write_text(json.dumps({"config": {"model": "dcgan"}}))
     code, _, err = zoo(capsys, "test", "--run", str(run))
     assert code == 2 and "no checkpoint" in err
+
+
+def test_a_run_that_never_started_leaves_no_folder(capsys, tmp_path):
+    run = tmp_path / "run"
+    code, _, err = zoo(capsys, "train", *TINY, "--loss", "perceptual", "--model", "mnist_net", "--run-dir", str(run))
+    assert code == 2 and "losses that fit" in err
+    assert not run.exists()
+
+
+def test_a_failed_run_without_checkpoints_can_be_run_again(capsys, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"config": {"model": "dcgan"}}))  # failed before its first save
+    code, _, err = zoo(capsys, "train", *TINY, "--max-steps", "1", "--run-dir", str(run))
+    assert code == 0, err
+    assert "never saved a checkpoint" in err
+
+
+def test_resume_refuses_another_run_dir_and_says_when_a_run_is_complete(capsys, tmp_path):
+    run = tmp_path / "run"
+    assert zoo(capsys, "train", *TINY, "--max-steps", "2", "--run-dir", str(run))[0] == 0
+    code, _, err = zoo(capsys, "train", "--resume", str(run), "--run-dir", str(tmp_path / "elsewhere"))
+    assert code == 2 and "--run-dir cannot change when resuming" in err
+    code, _, err = zoo(capsys, "train", "--resume", str(run))
+    assert code == 0 and "already complete at step 2" in err
+
+
+def test_the_default_run_folder_names_the_default_loss(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = zoo(capsys, "train", "--model", "mnist_net", "--dataset-opt", "train_count=32",
+                       "--dataset-opt", "test_count=8", "--batch-size", "8", "--max-steps", "1", "--device", "cpu")
+    assert code == 0, err
+    assert [p.name.rsplit("-", 2)[0] for p in (tmp_path / "runs").iterdir()] == ["mnist_net-cross_entropy"]

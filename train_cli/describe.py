@@ -45,7 +45,7 @@ def describe(registry: Registry, entry: Entry) -> str:
         accepted = ", ".join(cls.losses) if cls.losses else "any installed loss"
         lines += [
             f"  task: {cls.task.replace('_', '-')}",
-            f"  --loss: {cls.loss_role}",
+            f"  --loss: {cls.loss_role.removeprefix('--loss is ').removeprefix('--loss ')}",
             f"  losses that fit: {accepted} (default: {cls.default_loss or 'none'})",
             "  datasets that fit: " + (", ".join(e.name + (" (default)" if e.default else "") for e in datasets)
                                        or "none installed"),

@@ -76,6 +76,16 @@ def _debug_requested(argv: list[str]) -> bool:
     return "--debug" in argv or os.environ.get("ZOO_DEBUG", "").strip().lower() in {"1", "true", "yes"}
 
 
+def _caused_by_interrupt(exc: BaseException) -> bool:
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app and turn errors into one line and an exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -89,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"zoo: error: {exc.format_message()} (see '{command} --help')", err=True)
         code = 2
     except click.exceptions.Abort:
-        click.echo("zoo: aborted.", err=True)
+        click.echo("zoo: aborted; nothing more was saved (earlier checkpoints remain for --resume).", err=True)
         code = 130
     except ZooError as exc:
         if debug:
@@ -105,6 +115,9 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:
         code = 0
     except Exception as exc:  # a bug: say so in one line unless debugging
+        if _caused_by_interrupt(exc):  # Ctrl-C while a module was importing surfaces wrapped
+            click.echo("zoo: aborted; nothing more was saved (earlier checkpoints remain for --resume).", err=True)
+            sys.exit(130)
         if debug:
             traceback.print_exc()
         click.echo(f"zoo: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -86,8 +87,9 @@ def train_command(ctx, resume: str | None, overwrite: bool, config_file: str | N
         config = TrainConfig.from_dict(merge(file_values, given), config_file or "options")
         if not config.model:
             raise UsageError("--model is required; 'zoo list models' shows the choices.")
-        registry.resolve("model", config.model)  # a typo fails before any folder is made
-        run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config.model, config.loss)
+        model_entry = registry.resolve("model", config.model)  # a typo fails before any folder is made
+        run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(
+            config.model, config.loss or _default_loss(model_entry))
     from zoo.engine.distributed import broadcast_object, launched_by_torchrun, teardown  # imports torch
     from zoo.engine.distributed import setup as distributed_setup
 
@@ -104,6 +106,12 @@ def train_command(ctx, resume: str | None, overwrite: bool, config_file: str | N
         teardown(dist_context)
 
 
+def _default_loss(entry) -> str | None:
+    """The loss a model trains with when --loss is not given (for the run folder's name)."""
+    from zoo.build import load_recipe_class
+    return load_recipe_class(entry).default_loss
+
+
 def _train(registry, config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, dist_context) -> None:
     """Take the run folder (rank 0), prepare it and train."""
     from zoo.engine.distributed import barrier
@@ -111,6 +119,8 @@ def _train(registry, config: TrainConfig, run_dir: Path, resume: bool, overwrite
     from zoo.engine.rundir import prepare_new
 
     lock = RunLock(run_dir) if dist_context.is_main else None
+    created = not run_dir.exists()
+    finished = False
     try:
         if lock is not None:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -122,10 +132,13 @@ def _train(registry, config: TrainConfig, run_dir: Path, resume: bool, overwrite
 
         trainer = Trainer(config, registry, run_dir, resume=resume, command_line=["zoo", *sys.argv[1:]],
                           dist_context=dist_context)
+        finished = True  # built: from here on the folder is a run, whatever happens
         trainer.fit()
     finally:
         if lock is not None:
             lock.release()
+            if created and not finished and not resume:
+                shutil.rmtree(run_dir, ignore_errors=True)  # a run that never started leaves nothing
 
 
 def _launch(nproc: int, run_dir: Path, given_run_dir: bool) -> None:

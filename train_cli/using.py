@@ -125,10 +125,25 @@ def sample_command(ctx, run_dir: str, count: int, seed: int, out: str | None, ea
         name = "interpolate" if interpolate else "sample"
         grid_path = run_path / "samples" / f"{name}-seed{seed}.png"
     if grid_path is not None:
-        nrow = max(1, math.ceil(math.sqrt(len(images))))
+        nrow = len(images) if interpolate else max(1, math.ceil(math.sqrt(len(images))))
         grid = make_grid(((images + 1) / 2).clamp(0, 1), nrow=nrow, padding=2)
         _save(to_image(grid * 2 - 1), grid_path)
         click.echo(str(grid_path))
+
+
+def _expand_images(images: tuple[str, ...]) -> list[Path]:
+    """Image paths, with each folder replaced by the image files directly inside it."""
+    found: list[Path] = []
+    for given in map(Path, images):
+        if given.is_dir():
+            inside = sorted(p for p in given.iterdir()
+                            if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
+            if not inside:
+                raise UsageError(f"folder {given} holds no images (png, jpg, ...).")
+            found += inside
+        else:
+            found.append(given)
+    return found
 
 
 @click.command("predict")
@@ -149,7 +164,7 @@ def predict_command(ctx, run_dir: str, images: tuple[str, ...], top_k: int, as_j
     run_path = Path(run_dir)
     task = _saved_task(run_path)
     _refuse_predict(run_path, task)
-    paths = [Path(p) for p in images]
+    paths = _expand_images(images)
     for path in paths:  # fail on a typo before loading any weights
         if not path.is_file():
             reason = "does not exist" if not path.exists() else "is not a file"

@@ -104,6 +104,7 @@ class TrainConfig:
 
 
 def _flag(name: str) -> str:
+    name = {"hooks": "hook", "no_hooks": "no_hook"}.get(name, name)
     return "--" + name.replace("_", "-")
 
 
@@ -160,14 +161,11 @@ def merge(file_values: dict[str, Any], cli_values: dict[str, Any]) -> dict[str, 
 def resume_config(saved: dict[str, Any], overrides: dict[str, Any]) -> TrainConfig:
     """The saved config of a run, with only the options that extend or observe it replaced."""
     refused = [key for key, value in overrides.items()
-               if value not in (None, [], {}) and key not in RESUME_OVERRIDABLE and key != "run_dir"
-               and saved.get(key) != value]
+               if value not in (None, [], {}) and key not in RESUME_OVERRIDABLE and saved.get(key) != value]
     if refused:
         flags = ", ".join(_flag(k) for k in refused)
         raise UsageError(
-            f"{flags} cannot change when resuming (it would change the model or data); "
-            f"start a new run instead, or drop it. Allowed with --resume: "
-            f"{', '.join(_flag(k) for k in RESUME_OVERRIDABLE)}."
-        )
+            f"{flags} cannot change when resuming: the run keeps its model, data and folder. Drop it, "
+            f"or start a new run (--init-from RUN_DIR starts from its weights).")
     values = merge(saved, {key: overrides.get(key) for key in RESUME_OVERRIDABLE})
     return TrainConfig.from_dict(values, "saved config")

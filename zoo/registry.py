@@ -188,7 +188,8 @@ class Registry:
     def _unknown_message(self, kind: str, name: str) -> str:
         pool = {e.name for e in self._entries if e.kind == kind}
         pool |= {e.qualified_name for e in self._entries if e.kind == kind}
-        close = difflib.get_close_matches(name, sorted(pool), n=3, cutoff=0.6)
+        close = difflib.get_close_matches(name, sorted(pool), n=4, cutoff=0.6)
+        close = [c for c in close if ":" not in c or c.rpartition(":")[2] not in close][:3]
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         broken = [p.name for p in self.broken()]
         note = f" (broken plugins: {', '.join(broken)})" if broken else ""

@@ -103,7 +103,7 @@ class MnistDataset(ZooDataset):
                    for n in FILES):
                 hint = f" (they are in {self.root} itself: move them into MNIST/raw/ below it)"
             raise UsageError(f"MNIST files missing in {raw_dir}: {', '.join(missing)} (.gz allowed){hint}; "
-                             f"expected {', '.join(FILES)} there, or add --dataset-opt download=true")
+                             f"place them there, or add --dataset-opt download=true when online")
         prefix = "train" if split == "train" else "t10k"
         images = os.path.join(raw_dir, f"{prefix}-images-idx3-ubyte")
         labels = os.path.join(raw_dir, f"{prefix}-labels-idx1-ubyte")

@@ -163,7 +163,8 @@ class DCGAN(Recipe):
         g_loss = _bce(fake_logits, True)
         if loss_fn is not None:
             g_loss = g_loss + self.extra_weight * self._extra(loss_fn, fake, real)
-        return {"d_loss": d_loss * count, "g_loss": g_loss * count, "count": count}
+        # named like the training losses (by optimizer), so train and eval figures line up
+        return {"discriminator": d_loss * count, "generator": g_loss * count, "count": count}
 
     def sample_inputs(self, count: int, generator: torch.Generator) -> torch.Tensor:
         """Fixed noise ``(count, nz, 1, 1)`` drawn from ``generator`` on the generator's device."""

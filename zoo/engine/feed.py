@@ -102,6 +102,7 @@ class BadItems:
     def __init__(self, skip: bool) -> None:
         self.skip = skip
         self.count = 0
+        self.distinct: set[int] = set()
         self.first: str | None = None
 
     def check(self, bad: list[BadItem]) -> None:
@@ -109,16 +110,18 @@ class BadItems:
         if not bad:
             return
         if not self.skip:
-            raise RunError(f"{bad[0].message.rstrip('.')}. Fix or remove the file, or pass --skip-bad-files "
-                           f"to skip unreadable samples and count them.")
+            raise RunError(f"{bad[0].message.rstrip('.')}; or pass --skip-bad-files to skip unreadable "
+                           f"samples and count them.")
         self.count += len(bad)
+        self.distinct.update(item.index for item in bad)
         self.first = self.first or bad[0].message
 
     def summary(self) -> str | None:
         """One line on what was skipped, or ``None``."""
         if not self.count:
             return None
-        return f"zoo: skipped {self.count} unreadable sample(s) (first: {self.first})"
+        times = f", {self.count} times in all" if self.count != len(self.distinct) else ""
+        return f"zoo: skipped {len(self.distinct)} unreadable sample(s){times} (first: {self.first})"
 
 
 def _ignore_sigint(_worker_id: int) -> None:

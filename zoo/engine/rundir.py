@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,11 @@ def read_config(run_dir: Path) -> dict[str, Any]:
 def prepare_new(run_dir: Path, overwrite: bool) -> None:
     """Create a fresh run folder, refusing to mix two runs in one."""
     run_dir = Path(run_dir)
+    never_saved = not any((run_dir / "checkpoints").glob("step-*"))
     if (run_dir / "config.json").exists():
+        if never_saved and not overwrite:
+            print(f"zoo: replacing the run in {run_dir}, which never saved a checkpoint.", file=sys.stderr)
+            overwrite = True
         if not overwrite:
             raise UsageError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                              f"or replace it with --overwrite.")

@@ -274,6 +274,11 @@ class Trainer:
     # ------------------------------------------------------------ the loop
     def fit(self) -> TrainResult:
         """Train until the run's length; save at the end. Raises Interrupted on a signal."""
+        if self._last_save_step == self.step and self.step >= self.total_steps:
+            _echo(f"zoo: {self.run_dir} is already complete at step {self.step}; extend it with "
+                  f"--max-steps or --epochs beyond that.")
+            return TrainResult(self.run_dir, self.step, self.epoch,
+                               checkpoint.checkpoint_dir(self.run_dir, self.step), self.last_eval)
         previous = self._install_signal_handlers()
         params = sum(p.numel() for p in self.recipe.parameters())
         if self.dist.enabled:
@@ -591,8 +596,8 @@ class Trainer:
             if self._stop_signal is not None and signum == signal.SIGINT:
                 raise KeyboardInterrupt
             self._stop_signal = signum
-            _echo(f"zoo: {signal.Signals(signum).name} received; saving after this step "
-                  f"(press Ctrl-C again to abort without saving).")
+            again = " (press Ctrl-C again to abort without saving)" if signum == signal.SIGINT else ""
+            _echo(f"zoo: {signal.Signals(signum).name} received; saving after this step{again}.")
 
         try:
             for sig in (signal.SIGINT, signal.SIGTERM):
