@@ -184,8 +184,9 @@ def test_command(ctx, run_dir: str, checkpoint: str | None, device: str, batch_s
         click.echo(json.dumps(result, indent=2))
         return
     click.echo(f"checkpoint {result['checkpoint']} on {result['samples']} test samples:")
+    width = max([len(key) for key in result["metrics"]] + [len("samples")])
     for key, value in result["metrics"].items():
-        click.echo(f"  {key:<12} {value:.4f}")
+        click.echo(f"  {key:<{width}}  {value:.4f}")
     if "sample_grid" in result:
-        click.echo(f"  samples      {result['sample_grid']}")
+        click.echo(f"  {'samples':<{width}}  {result['sample_grid']}")
     click.echo(f"saved {Path(run_dir) / 'test-metrics.json'}")

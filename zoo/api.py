@@ -303,18 +303,7 @@ def choose_checkpoint(run_dir: Path, step: int | None = None, folder: str | Path
 def _load_weights(recipe: Any, folder: Path, model_name: str) -> None:
     """Load ``model.safetensors`` into the recipe, refusing a checkpoint of another shape."""
     from zoo.engine import checkpoint as ckpt
-    weights = ckpt.load_weights(folder)
-    own = recipe.state_dict()
-    missing = sorted(set(own) - set(weights))
-    unexpected = sorted(set(weights) - set(own))
-    if missing or unexpected:
-        raise UsageError(f"checkpoint {folder} does not fit model '{model_name}': missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]}; was the run's config.json changed?")
-    for key, value in own.items():
-        if tuple(value.shape) != tuple(weights[key].shape):
-            raise UsageError(f"checkpoint {folder} does not fit model '{model_name}': {key} has shape "
-                             f"{tuple(weights[key].shape)}, the model {tuple(value.shape)}.")
-    recipe.load_state_dict(weights)
+    ckpt.load_into(recipe, ckpt.load_weights(folder), folder, model_name, "was the run's config.json changed?")
 
 
 def load_run(run_dir: str | Path, step: int | None = None, device: str | Any = "cpu", *,

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from zoo.errors import RunError
+from zoo.errors import RunError, UsageError
 
 FORMAT_VERSION = 1
 _STEP_RE = re.compile(r"^step-(\d+)$")
@@ -172,6 +172,22 @@ def load_weights(folder: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"checkpoint {folder} has no model.safetensors.") from None
     except Exception as exc:
         raise CheckpointError(f"checkpoint {folder} is damaged ({type(exc).__name__}: {exc}).") from None
+
+
+def load_into(model: torch.nn.Module, weights: dict[str, torch.Tensor], folder: Path, model_name: str,
+              hint: str) -> None:
+    """Load weights that must fit exactly; a usage error names the first key or shape that differs."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    if missing or unexpected:
+        raise UsageError(f"checkpoint {folder} does not fit model '{model_name}': missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}; {hint}.")
+    for key, value in own.items():
+        if tuple(value.shape) != tuple(weights[key].shape):
+            raise UsageError(f"checkpoint {folder} does not fit model '{model_name}': {key} has shape "
+                             f"{tuple(weights[key].shape)}, the model {tuple(value.shape)}; {hint}.")
+    model.load_state_dict(weights)
 
 
 def prune(run_dir: Path, keep: int, protect: tuple[int, ...] = ()) -> list[int]:

@@ -218,7 +218,7 @@ class Trainer:
         if state.get("train_size") != len(self.train_set):
             raise UsageError(f"the training split now has {len(self.train_set)} samples but {folder} was made "
                              f"with {state.get('train_size')}; resume with the same data.")
-        self._load_weights(model_state, folder)
+        checkpoint.load_into(self.recipe, model_state, folder, self.plan.model.name, "resume with the same model")
         for name, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
         for name, scheduler in self.schedulers.items():
@@ -257,19 +257,6 @@ class Trainer:
         listed = "; ".join(f"{bad.name} {reason}" for bad, reason in damaged)
         raise RunError(f"no whole checkpoint in {self.run_dir / 'checkpoints'} ({listed}); "
                        f"start the run again with --overwrite.")
-
-    def _load_weights(self, model_state: dict[str, torch.Tensor], folder: Path) -> None:
-        own = self.recipe.state_dict()
-        missing = sorted(set(own) - set(model_state))
-        unexpected = sorted(set(model_state) - set(own))
-        if missing or unexpected:
-            raise UsageError(f"checkpoint {folder} does not fit model '{self.plan.model.name}': "
-                             f"missing {missing[:3]}, unexpected {unexpected[:3]}; resume with the same model.")
-        for key, value in own.items():
-            if tuple(value.shape) != tuple(model_state[key].shape):
-                raise UsageError(f"checkpoint {folder} does not fit model '{self.plan.model.name}': {key} has "
-                                 f"shape {tuple(model_state[key].shape)}, the model {tuple(value.shape)}.")
-        self.recipe.load_state_dict(model_state)
 
     # ------------------------------------------------------------ the loop
     def fit(self) -> TrainResult:
