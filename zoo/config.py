@@ -20,7 +20,7 @@ OPTION_TABLES = ("model_opt", "loss_opt", "dataset_opt", "hook_opt")
 # Options that only extend or observe a run: allowed beside --resume.
 RESUME_OVERRIDABLE = ("max_steps", "epochs", "hooks", "no_hooks", "hook_opt", "device", "workers",
                       "log_every", "eval_every", "save_every", "keep", "skip_bad_files", "skip_nonfinite",
-                      "channels_last", "compile")
+                      "channels_last", "compile", "cache_decoded")
 
 
 @dataclasses.dataclass
@@ -43,6 +43,7 @@ class TrainConfig:
     compile: bool = False
     fast: bool = False
     sync_bn: bool = False
+    cache_decoded: bool = False
     accumulate: int = 1
     clip_grad: float | None = None
     eval_every: int | None = None

@@ -97,10 +97,24 @@ class ImageFolderDataset(ZooDataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor | int]:
-        path, label = self.files[index]
+        return self.finish(self.decode(index), index)
+
+    def cache_key(self) -> list:
+        """What the decoded images depend on: files (path, size, mtime), size and channels."""
+        stats = [(path, os.stat(path).st_size, os.stat(path).st_mtime_ns) for path, _ in self.files]
+        return ["imagefolder", 1, self.image_shape, stats]
+
+    def decode(self, index: int) -> torch.Tensor:
+        """The deterministic part of an item: the file decoded, resized and cropped, as uint8 ``(C, H, W)``."""
+        path, _ = self.files[index]
         image = ops.load_image(path, self.image_shape[0])
         image = TF.center_crop(TF.resize(image, [self.size], antialias=True), [self.size, self.size])
-        clean = ops.image_to_tensor(image)
+        return TF.pil_to_tensor(image)
+
+    def finish(self, decoded: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor | int]:
+        """The rest of an item from its decoded image: range, random flip, degradation, label."""
+        _, label = self.files[index]
+        clean = ops.from_unit_range(decoded.to(torch.float32) / 255.0)
         if self.split == "train" and torch.rand((), generator=item_rng()).item() < 0.5:
             clean = TF.hflip(clean)
         if self.task == "image_to_image":

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from zoo import build
 from zoo.config import TrainConfig
-from zoo.engine import checkpoint, distributed, finetune, rng, speed
+from zoo.engine import cache, checkpoint, distributed, finetune, rng, speed
 from zoo.engine.evaluate import evaluate
 from zoo.engine.feed import BadItems, DeviceFeed, Prefetcher, make_loader, to_device
 from zoo.engine.hooks import HookCaller, RunContext
@@ -127,6 +127,14 @@ class Trainer:
         parts = build.build_parts(self.registry, config)
         self.plan, self.recipe, self.model_options = parts.plan, parts.recipe, parts.model_options
         self.train_set, self.test_set = parts.train_set, parts.test_set
+        if config.cache_decoded:
+            if cache.supports_cache(self.train_set):
+                root = cache.default_root()
+                self.train_set = cache.DecodedCache(self.train_set, root)
+                self.test_set = cache.DecodedCache(self.test_set, root)
+            else:
+                _echo(f"zoo: dataset '{self.plan.dataset.name}' has no decoded form to cache; "
+                      f"--cache-decoded changes nothing.")
         self.recipe.to(self.device)
         per_step = config.batch_size * config.accumulate * self.dist.world_size
         if len(self.train_set) < per_step:
