@@ -75,3 +75,17 @@ def test_a_dataset_without_a_decoded_form_says_so(capsys, tmp_path):
                        "--cache-decoded", "--run-dir", str(tmp_path / "run"))
     assert code == 0, err
     assert "has no decoded form to cache" in err
+
+
+def test_a_corrupt_file_in_the_cache_is_reported_or_skipped_like_without_it(capsys, tmp_path, monkeypatch):
+    write_folder(tmp_path / "data")
+    broken = tmp_path / "data" / "train" / "red" / "03.png"
+    broken.write_bytes(broken.read_bytes()[:40])
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
+    common = ["train", "--model", "mnist_net", "--dataset", "imagefolder", "--data", str(tmp_path / "data"),
+              "--batch-size", "4", "--max-steps", "6", "--device", "cpu", "--cache-decoded"]
+    code, _, err = zoo(capsys, *common, "--run-dir", str(tmp_path / "a"))
+    assert code == 1 and "03.png" in err and "--skip-bad-files" in err
+    code, _, err = zoo(capsys, *common, "--skip-bad-files", "--run-dir", str(tmp_path / "b"))
+    assert code == 0, err
+    assert "skipped 1 unreadable sample(s)" in err and "03.png" in err

@@ -360,3 +360,18 @@ def test_a_hook_logs_scalars_and_images_through_run_log(registry, tmp_path, monk
     assert (run_dir / "samples" / "checker-step-2.png").read_bytes()[:4] == b"\x89PNG"
     tags = {v.tag for e in read_events(run_dir / "tensorboard") for v in e.summary.value}
     assert {"log/double_step", "log/checker"} <= tags
+
+
+def test_early_stopping_keeps_its_patience_across_a_resume(registry, tmp_path):
+    options = dict(model="mnist_net", loss=None, model_opt={}, lr=1e-9, max_steps=None, epochs=50, eval_every=1,
+                   save_every=1, log_every=5, hooks=["early_stopping"],
+                   hook_opt={"early_stopping": {"patience": "3", "metric": "loss", "min_delta": "0.5"}})
+    straight = train(registry, tiny_config(tmp_path / "a", **options))
+    config = tiny_config(tmp_path / "b", **options)
+    prepare_new(tmp_path / "b", overwrite=True)
+    first = Trainer(config, registry, tmp_path / "b")
+    interrupt_at(first, 2)
+    with pytest.raises(Interrupted):
+        first.fit()
+    resumed = train(registry, config, resume=True)
+    assert resumed.step == straight.step == 4  # best at step 1, then three evaluations without improvement

@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             traceback.print_exc()
         message = str(exc)
-        click.echo(message if message.startswith("zoo:") else f"zoo: error: {message}", err=True)
+        if not exc.quiet:
+            click.echo(message if message.startswith("zoo:") else f"zoo: error: {message}", err=True)
         code = exc.exit_code
     except KeyboardInterrupt:
         if debug:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import click
 
 from zoo.config import TrainConfig, load_toml, merge, resume_config
-from zoo.errors import UsageError
+from zoo.errors import UsageError, ZooError
 from zoo.options import split_assignments, split_hook_assignments
 
 @click.command("train")
@@ -135,7 +136,11 @@ def _train(registry, config: TrainConfig, run_dir: Path, resume: bool, overwrite
         trainer = Trainer(config, registry, run_dir, resume=resume, command_line=["zoo", *sys.argv[1:]],
                           dist_context=dist_context)
         finished = True  # built: from here on the folder is a run, whatever happens
-        trainer.fit()
+        try:
+            trainer.fit()
+        except ZooError as exc:
+            exc.quiet = not dist_context.is_main  # one message per job, from rank 0
+            raise
     finally:
         if lock is not None:
             lock.release()
@@ -162,7 +167,21 @@ def _launch(nproc: int, run_dir: Path, given_run_dir: bool) -> None:
         argv += ["--run-dir", str(run_dir)]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
                f"--nproc-per-node={nproc}", "-m", "train_cli", *argv]
-    code = subprocess.call(command)
+    process = subprocess.Popen(command)
+    received: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:  # the launcher stops its workers cleanly
+        received.append(signum)
+        process.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = process.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:
+        raise click.exceptions.Exit(128 + received[0])  # the workers saved before stopping
     if code:
         raise click.exceptions.Exit(code)
 

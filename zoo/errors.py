@@ -7,6 +7,7 @@ class ZooError(Exception):
     """Base of every error zoo reports to a user without a traceback."""
 
     exit_code = 1
+    quiet = False  # set on processes other than rank 0, so a job prints each message once
 
 
 class UsageError(ZooError):

@@ -12,7 +12,16 @@ Two groups share the ``zoo`` project marker:
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import pluggy
+
+if TYPE_CHECKING:  # annotations only: importing these would pull in torch
+    from torch import Tensor
+
+    from zoo.engine.hooks import RunContext
+    from zoo.registry import Registrar
 
 hookspec = pluggy.HookspecMarker("zoo")
 hookimpl = pluggy.HookimplMarker("zoo")
@@ -22,7 +31,7 @@ class RegistrySpecs:
     """Hooks a plugin module implements to offer models, losses, datasets and hooks."""
 
     @hookspec
-    def zoo_register(self, registry):
+    def zoo_register(self, registry: Registrar) -> None:
         """Register this plugin's entries; called once per plugin at discovery.
 
         ``registry`` offers ``model``, ``loss``, ``dataset`` and ``hook``, each
@@ -38,11 +47,11 @@ class LifecycleSpecs:
     """Hooks a training hook object implements; the engine calls them in order."""
 
     @hookspec
-    def on_train_start(self, run):
+    def on_train_start(self, run: RunContext) -> None:
         """Called once before the first step (also after a resume), with the live ``run``."""
 
     @hookspec
-    def on_step_end(self, run, step, scalars):
+    def on_step_end(self, run: RunContext, step: int, scalars: dict[str, float]) -> None:
         """Called at every logging step (``--log-every``) and at the run's last step.
 
         ``scalars`` maps names to floats: the losses averaged since the last
@@ -50,19 +59,19 @@ class LifecycleSpecs:
         """
 
     @hookspec
-    def on_epoch_end(self, run, epoch):
+    def on_epoch_end(self, run: RunContext, epoch: int) -> None:
         """Called after each full pass over the training data (epoch counts from 1)."""
 
     @hookspec
-    def on_eval_end(self, run, step, metrics):
+    def on_eval_end(self, run: RunContext, step: int, metrics: dict[str, float]) -> None:
         """Called after an evaluation on the test split with a dict of float metrics."""
 
     @hookspec
-    def on_checkpoint_saved(self, run, step, path):
+    def on_checkpoint_saved(self, run: RunContext, step: int, path: Path) -> None:
         """Called after a checkpoint folder was written and renamed into place."""
 
     @hookspec
-    def on_log(self, run, step, name, value):
+    def on_log(self, run: RunContext, step: int, name: str, value: float | Tensor) -> None:
         """Called when something asks the run to log: ``value`` is a float or an image.
 
         Images are float tensors ``(C, H, W)`` in ``[0, 1]``. Sources are the
@@ -71,5 +80,5 @@ class LifecycleSpecs:
         """
 
     @hookspec
-    def on_train_end(self, run, status):
+    def on_train_end(self, run: RunContext, status: str) -> None:
         """Called once when training stops; ``status`` is "done", "interrupted" or "failed"."""

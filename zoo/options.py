@@ -59,7 +59,13 @@ def option_specs(factory: Callable[..., Any], exclude: Iterable[str] = ()) -> li
     for param in inspect.signature(target).parameters.values():
         if param.name in skip or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
-        specs.append(OptionSpec(param.name, hints.get(param.name, param.annotation), param.default))
+        annotation = hints.get(param.name, param.annotation)
+        if isinstance(annotation, str):  # one unresolvable hint spoils get_type_hints: resolve this one alone
+            try:
+                annotation = eval(annotation, getattr(target, "__globals__", {}))  # noqa: S307 - plugin code
+            except Exception:
+                annotation = _MISSING  # fall back to the default's type
+        specs.append(OptionSpec(param.name, annotation, param.default))
     return specs
 
 

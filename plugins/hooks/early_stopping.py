@@ -25,6 +25,14 @@ class EarlyStoppingHook:
         self.best: float | None = None
         self.bad_evals = 0
 
+    def state_dict(self) -> dict:
+        """What a resumed run needs to stop exactly where a straight run would."""
+        return {"best": self.best, "bad_evals": self.bad_evals}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` after ``--resume``."""
+        self.best, self.bad_evals = state["best"], state["bad_evals"]
+
     @hookimpl
     def on_eval_end(self, run, step, metrics):
         name, mode = self.metric, self.mode

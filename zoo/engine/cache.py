@@ -21,6 +21,8 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from zoo.errors import RunError, ZooError
+
 
 def default_root() -> Path:
     """``$ZOO_CACHE_DIR``, else ``~/.cache/zoo/decoded``."""
@@ -40,26 +42,41 @@ class DecodedCache(Dataset):
         key = hashlib.sha256(json.dumps(dataset.cache_key(), default=str).encode()).hexdigest()[:24]
         self.shape = (len(dataset), *dataset.image_shape)
         self.path = Path(root) / f"{key}-{'x'.join(map(str, self.shape))}.u8"
+        self.bad_path = self.path.with_name(self.path.name + ".bad.json")
         self._array: np.memmap | None = None
         if not self.path.exists():
             self._build()
+        self.bad = {int(k): v for k, v in json.loads(self.bad_path.read_text()).items()} \
+            if self.bad_path.exists() else {}
 
     def _build(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-        array = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=self.shape)
+        bad: dict[int, str] = {}
         try:
+            array = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=self.shape)
             for index in tqdm(range(self.shape[0]), desc=f"decoding {self.dataset.split} once", unit="img",
                               file=sys.stderr, mininterval=0.5, leave=False):
-                array[index] = self.dataset.decode(index).numpy()
+                try:
+                    array[index] = self.dataset.decode(index).numpy()
+                except ZooError as exc:  # reported when the sample is used (or skipped: --skip-bad-files)
+                    bad[index] = str(exc).splitlines()[0]
             array.flush()
             del array
+            if bad:
+                self.bad_path.write_text(json.dumps(bad))
             os.replace(tmp, self.path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise RunError(f"could not write the decoded cache {self.path} ({exc.strerror or exc}); free some "
+                           f"space, set ZOO_CACHE_DIR to another folder, or drop --cache-decoded.") from None
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
 
     def __getitem__(self, index: int) -> Any:
+        if index in self.bad:
+            raise RunError(self.bad[index])
         if self._array is None:  # opened lazily: each loader worker maps the file itself
             self._array = np.memmap(self.path, dtype=np.uint8, mode="r", shape=self.shape)
         return self.dataset.finish(torch.from_numpy(np.array(self._array[index])), index)

@@ -91,6 +91,18 @@ class HookCaller:
                 raise PluginError(f"hook '{entry.qualified_name}' does not match zoo's hookspecs: "
                                   f"{validation_detail(exc)}; fix or disable plugin '{entry.plugin}'.") from None
         self.names = [entry.qualified_name for entry, _ in hooks]
+        self.objects = {entry.qualified_name: obj for entry, obj in hooks}
+
+    def state(self) -> dict[str, Any]:
+        """The saved state of every hook that keeps one (``state_dict()``), for checkpoints."""
+        return {name: obj.state_dict() for name, obj in self.objects.items() if hasattr(obj, "state_dict")}
+
+    def restore(self, states: dict[str, Any]) -> None:
+        """Give each hook back its saved state (``load_state_dict(state)``)."""
+        for name, state in states.items():
+            obj = self.objects.get(name)
+            if obj is not None and hasattr(obj, "load_state_dict"):
+                obj.load_state_dict(state)
 
     def call(self, hook_name: str, **kwargs: Any) -> None:
         """Call ``hook_name`` on every hook implementing it, in the order they were selected."""

@@ -61,23 +61,43 @@ class RunLock:
         self.held = False
 
     def acquire(self) -> None:
-        """Take the lock, or raise a usage error naming the process that holds it."""
-        if self.path.exists():
+        """Take the lock, or raise a usage error naming the process that holds it.
+
+        The lock file is created with O_EXCL, so of two processes starting at
+        once only one wins; a stale lock is first renamed away (atomic too).
+        """
+        for _ in range(3):
             try:
-                owner = json.loads(self.path.read_text())
-            except (OSError, ValueError):
-                owner = {}
-            if owner and _owner_running(owner):
-                raise UsageError(
-                    f"{self.path.parent} is in use by another zoo train (pid {owner.get('pid')} on "
-                    f"{owner.get('host')}, since {owner.get('since')}); wait for it or stop it "
-                    f"(delete {self.path} only if you are sure it is gone).")
-            print(f"zoo: taking over a stale lock of {self.path.parent} (pid {owner.get('pid', '?')} "
-                  f"is no longer running).", file=sys.stderr)
-        tmp = self.path.with_name(f".{LOCK_NAME}.{os.getpid()}")
-        tmp.write_text(json.dumps(self.owner))
-        os.replace(tmp, self.path)
-        self.held = True
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                self._take_over_if_stale()
+                continue
+            with os.fdopen(fd, "w") as handle:
+                handle.write(json.dumps(self.owner))
+            self.held = True
+            return
+        raise UsageError(f"could not take the lock {self.path}; another zoo train is starting there.")
+
+    def _take_over_if_stale(self) -> None:
+        try:
+            owner = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return  # released meanwhile: try again
+        except (OSError, ValueError):
+            owner = {}
+        if owner and _owner_running(owner):
+            raise UsageError(
+                f"{self.path.parent} is in use by another zoo train (pid {owner.get('pid')} on "
+                f"{owner.get('host')}, since {owner.get('since')}); wait for it or stop it "
+                f"(delete {self.path} only if you are sure it is gone).")
+        stale = self.path.with_name(f".{LOCK_NAME}.stale-{os.getpid()}")
+        try:
+            os.rename(self.path, stale)  # only one process can move the stale lock away
+        except FileNotFoundError:
+            return
+        stale.unlink(missing_ok=True)
+        print(f"zoo: taking over a stale lock of {self.path.parent} (pid {owner.get('pid', '?')} "
+              f"is no longer running).", file=sys.stderr)
 
     def release(self) -> None:
         """Remove the lock if it is still ours."""

@@ -130,8 +130,12 @@ class Trainer:
         if config.cache_decoded:
             if cache.supports_cache(self.train_set):
                 root = cache.default_root()
+                if not self.dist.is_main:
+                    distributed.barrier(self.dist)  # rank 0 builds the cache once
                 self.train_set = cache.DecodedCache(self.train_set, root)
                 self.test_set = cache.DecodedCache(self.test_set, root)
+                if self.dist.is_main:
+                    distributed.barrier(self.dist)
             else:
                 _echo(f"zoo: dataset '{self.plan.dataset.name}' has no decoded form to cache; "
                       f"--cache-decoded changes nothing.")
@@ -219,7 +223,21 @@ class Trainer:
         if not steps:
             _echo(f"zoo: {self.run_dir} has no checkpoint yet; starting over with its saved config.")
             return
-        model_state, state, folder = self._newest_whole_checkpoint(steps)
+        if not self.dist.enabled:
+            model_state, state, folder = self._newest_whole_checkpoint(steps)
+        elif self.dist.is_main:
+            try:
+                model_state, state, folder = self._newest_whole_checkpoint(steps)
+            except BaseException:
+                distributed.broadcast_object(None, self.dist)
+                raise
+            distributed.broadcast_object(str(folder), self.dist)
+        else:  # rank 0 chose (and set damaged ones aside); load the same one
+            chosen = distributed.broadcast_object(None, self.dist)
+            if chosen is None:
+                raise RunError(f"no whole checkpoint to resume in {self.run_dir}.")
+            folder = Path(chosen)
+            model_state, state = checkpoint.load(folder)
         if state.get("model") != self.plan.model.qualified_name:
             raise UsageError(f"checkpoint {folder} is of model '{state.get('model')}', not "
                              f"'{self.plan.model.qualified_name}'; resume it with its own model.")
@@ -237,6 +255,7 @@ class Trainer:
         self.context.step, self.context.epoch = self.step, self.epoch
         self.best = state.get("best")
         self.skipped_nonfinite = state.get("skipped_nonfinite", 0)
+        self.hooks.restore(state.get("hooks", {}))
         self._last_save_step = self.step
         saved_world = state.get("world_size", 1)
         if saved_world != self.dist.world_size:
@@ -352,6 +371,11 @@ class Trainer:
         _echo(f"zoo: done at step {self.step}; checkpoint {saved}")
         return TrainResult(self.run_dir, self.step, self.epoch, saved, self.last_eval)
 
+    def _nonfinite_anywhere(self, loss: torch.Tensor) -> bool:
+        """True when this loss is not finite here or, when distributed, on any process."""
+        bad = not bool(torch.isfinite(loss.detach()))
+        return bool(distributed.max_flag(int(bad), self.dist)) if self.dist.enabled else bad
+
     def _should_stop(self) -> bool:
         """A signal or a hook's stop request here, or (when distributed) on any process."""
         local = self._stop_signal or (1 if self.context.stop_reason else 0)
@@ -376,8 +400,19 @@ class Trainer:
         return feed, bar
 
     def _train_step(self, batches: list[Any]) -> None:
-        """One step: every micro-batch through the recipe, backward per optimizer, then step."""
+        """One step: every micro-batch through the recipe, backward per optimizer, then step.
+
+        With --skip-nonfinite, a non-finite loss skips its own update and the rest of the
+        step (updates yielded before it, e.g. a GAN's discriminator, have already happened).
+        """
         scaler = self.precision.scaler
+        stepped = False
+        if not batches:  # every sample of the step was unreadable (--skip-bad-files)
+            if self.dist.enabled:
+                raise RunError(f"every sample of step {self.step + 1} on process {self.dist.rank} was "
+                               f"unreadable; remove the bad files (--skip-bad-files cannot skip a whole "
+                               f"step when several processes train together).")
+            return
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
         last = len(batches) - 1
@@ -393,11 +428,14 @@ class Trainer:
                 if name not in self.optimizers:
                     raise PluginError(f"model '{self.plan.model.name}' yielded a loss for optimizer '{name}' "
                                       f"but configured only {', '.join(self.optimizers)}.")
-                if self.config.skip_nonfinite and not bool(torch.isfinite(loss.detach())):  # one sync
+                if self.config.skip_nonfinite and self._nonfinite_anywhere(loss):  # one sync
                     self.skipped_nonfinite += 1
                     for opt in self.optimizers.values():
                         opt.zero_grad(set_to_none=True)
                     pairs.close()
+                    self.recipe.pop_logs()
+                    if stepped:
+                        scaler.update()  # the scaler saw the updates already made this step
                     return
                 scaled = loss / len(batches) if len(batches) > 1 else loss
                 scaler.scale(scaled).backward(inputs=self.params[name])
@@ -409,6 +447,7 @@ class Trainer:
                         scaler.unscale_(self.optimizers[name])
                         clip_grad_norm_(self.params[name], self.config.clip_grad)
                     scaler.step(self.optimizers[name])
+                    stepped = True
             for key, value in self.recipe.pop_logs().items():
                 self._add_to_window(key, value / len(batches))
         scaler.update()
@@ -538,6 +577,7 @@ class Trainer:
             "world_size": self.dist.world_size,
             "best": self.best,
             "skipped_nonfinite": self.skipped_nonfinite,
+            "hooks": self.hooks.state(),
         }
         if self.dist.enabled:
             state["rng_by_rank"] = distributed.gather_objects(state["rng"], self.dist)
