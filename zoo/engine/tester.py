@@ -11,6 +11,7 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 from zoo.api import choose_checkpoint, load_run
+from zoo.engine import speed
 from zoo.engine.evaluate import evaluate
 from zoo.engine.feed import BadItems, make_loader
 from zoo.engine.precision import Precision
@@ -33,7 +34,8 @@ def evaluate_run(registry: Registry, run_dir: Path, *, chosen: str | None = None
     loss_fn = run.build_loss()
     loader, _ = make_loader(run.test_set, batch_size or config.batch_size, config.seed, workers,
                             shuffle=False, drop_last=False, pin_memory=torch_device.type == "cuda")
-    precision = Precision(config.precision, torch_device)
+    settings = speed.resolve(config, torch_device, lambda _message: None)  # --fast picks the precision
+    precision = Precision(settings.precision, torch_device)
     bad_items = BadItems(config.skip_bad_files)
     metrics = evaluate(recipe, loss_fn, loader, torch_device, precision.autocast, config.seed, bad_items)
     if bad_items.summary():

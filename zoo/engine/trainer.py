@@ -256,6 +256,10 @@ class Trainer:
         self.best = state.get("best")
         self.skipped_nonfinite = state.get("skipped_nonfinite", 0)
         self.hooks.restore(state.get("hooks", {}))
+        bad = state.get("bad_samples") or {}
+        self.bad_items.count = bad.get("count", 0)
+        self.bad_items.distinct = set(bad.get("distinct", []))
+        self.bad_items.first = bad.get("first")
         self._last_save_step = self.step
         saved_world = state.get("world_size", 1)
         if saved_world != self.dist.world_size:
@@ -577,6 +581,8 @@ class Trainer:
             "world_size": self.dist.world_size,
             "best": self.best,
             "skipped_nonfinite": self.skipped_nonfinite,
+            "bad_samples": {"count": self.bad_items.count, "distinct": sorted(self.bad_items.distinct),
+                            "first": self.bad_items.first},
             "hooks": self.hooks.state(),
         }
         if self.dist.enabled:
