@@ -54,3 +54,17 @@ def _run_zoo(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
 def run_zoo():
     """The ``run_zoo(*args, env=None)`` helper; returns a CompletedProcess (text, captured)."""
     return _run_zoo
+
+
+@pytest.fixture
+def zoo_cli(capsys):
+    """``zoo_cli(*args)`` runs the zoo command in-process; returns (exit code, stdout, stderr)."""
+    from train_cli.main import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as exited:
+            main(list(args))
+        out, err = capsys.readouterr()
+        return exited.value.code, out, err
+
+    return run

@@ -9,7 +9,6 @@ import torch
 from PIL import Image
 
 from plugins.datasets.imagefolder import ImageFolderDataset
-from train_cli.main import main
 from zoo.data import seeded_item
 from zoo.engine import checkpoint
 from zoo.engine.cache import DecodedCache
@@ -48,20 +47,14 @@ def test_cached_items_equal_decoded_items_and_a_change_rebuilds(tmp_path):
     assert again.path != first
 
 
-def zoo(capsys, *args):
-    with pytest.raises(SystemExit) as exited:
-        main(list(args))
-    return exited.value.code, *capsys.readouterr()
-
-
-def test_training_from_the_cache_gives_the_same_weights(capsys, tmp_path, monkeypatch):
+def test_training_from_the_cache_gives_the_same_weights(zoo_cli, tmp_path, monkeypatch):
     write_folder(tmp_path / "data")
     monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
     common = ["train", "--model", "mnist_net", "--dataset", "imagefolder", "--data", str(tmp_path / "data"),
               "--batch-size", "4", "--max-steps", "8", "--device", "cpu", "--workers", "2"]
-    code, _, err = zoo(capsys, *common, "--run-dir", str(tmp_path / "plain"))
+    code, _, err = zoo_cli(*common, "--run-dir", str(tmp_path / "plain"))
     assert code == 0, err
-    code, _, err = zoo(capsys, *common, "--cache-decoded", "--run-dir", str(tmp_path / "cached"))
+    code, _, err = zoo_cli(*common, "--cache-decoded", "--run-dir", str(tmp_path / "cached"))
     assert code == 0, err
     assert len(list((tmp_path / "cache").glob("*.u8"))) == 2  # train and test splits
     a = checkpoint.load_weights(checkpoint.list_steps(tmp_path / "plain")[-1][1])
@@ -69,23 +62,23 @@ def test_training_from_the_cache_gives_the_same_weights(capsys, tmp_path, monkey
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_a_dataset_without_a_decoded_form_says_so(capsys, tmp_path):
-    code, _, err = zoo(capsys, "train", "--model", "mnist_net", "--dataset-opt", "train_count=16",
+def test_a_dataset_without_a_decoded_form_says_so(zoo_cli, tmp_path):
+    code, _, err = zoo_cli("train", "--model", "mnist_net", "--dataset-opt", "train_count=16",
                        "--dataset-opt", "test_count=4", "--batch-size", "8", "--max-steps", "1", "--device", "cpu",
                        "--cache-decoded", "--run-dir", str(tmp_path / "run"))
     assert code == 0, err
     assert "has no decoded form to cache" in err
 
 
-def test_a_corrupt_file_in_the_cache_is_reported_or_skipped_like_without_it(capsys, tmp_path, monkeypatch):
+def test_a_corrupt_file_in_the_cache_is_reported_or_skipped_like_without_it(zoo_cli, tmp_path, monkeypatch):
     write_folder(tmp_path / "data")
     broken = tmp_path / "data" / "train" / "red" / "03.png"
     broken.write_bytes(broken.read_bytes()[:40])
     monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
     common = ["train", "--model", "mnist_net", "--dataset", "imagefolder", "--data", str(tmp_path / "data"),
               "--batch-size", "4", "--max-steps", "6", "--device", "cpu", "--cache-decoded"]
-    code, _, err = zoo(capsys, *common, "--run-dir", str(tmp_path / "a"))
+    code, _, err = zoo_cli(*common, "--run-dir", str(tmp_path / "a"))
     assert code == 1 and "03.png" in err and "--skip-bad-files" in err
-    code, _, err = zoo(capsys, *common, "--skip-bad-files", "--run-dir", str(tmp_path / "b"))
+    code, _, err = zoo_cli(*common, "--skip-bad-files", "--run-dir", str(tmp_path / "b"))
     assert code == 0, err
     assert "skipped 1 unreadable sample(s)" in err and "03.png" in err

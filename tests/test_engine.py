@@ -71,6 +71,15 @@ def interrupt_at(trainer: Trainer, step: int, signum: int = signal.SIGTERM) -> N
     trainer._train_step = step_then_signal
 
 
+def registry_with_hook(tmp_path: Path, monkeypatch, module: str, cls: str, name: str):
+    """The installed plugins plus a hook from a module the test wrote into ``tmp_path``."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    local = discover()
+    local.add_plugin(PluginInfo("testhooks", "testhooks", "1.0", module),
+                     [Entry("hook", name, f"{module}:{cls}", "a test hook", "testhooks")])
+    return local
+
+
 def read_events(folder: Path) -> list:
     """Parse tensorboardX event files (TFRecord framing) back into Event protos."""
     from tensorboardX.proto import event_pb2
@@ -265,10 +274,7 @@ def test_a_hook_that_raises_stops_the_run_naming_it(registry, tmp_path, monkeypa
                 if step == 2:
                     raise ValueError("boom")
     """))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    local = discover()
-    local.add_plugin(PluginInfo("testhooks", "testhooks", "1.0", "failing_hook_module"),
-                     [Entry("hook", "exploding", "failing_hook_module:Exploding", "raises", "testhooks")])
+    local = registry_with_hook(tmp_path, monkeypatch, "failing_hook_module", "Exploding", "exploding")
     with pytest.raises(RunError, match="testhooks:exploding.*on_step_end.*boom"):
         train(local, tiny_config(tmp_path / "run", hooks=["exploding"]))
 
@@ -348,10 +354,7 @@ def test_a_hook_logs_scalars_and_images_through_run_log(registry, tmp_path, monk
                 if step == 2:
                     run.log("checker", torch.ones(3, 4, 4) * 0.5)
     """))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    local = discover()
-    local.add_plugin(PluginInfo("testhooks", "testhooks", "1.0", "logging_hook_module"),
-                     [Entry("hook", "logger", "logging_hook_module:Logger", "logs", "testhooks")])
+    local = registry_with_hook(tmp_path, monkeypatch, "logging_hook_module", "Logger", "logger")
     train(local, tiny_config(tmp_path / "run", hooks=["logger"], max_steps=3))
     run_dir = tmp_path / "run"
     logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()

@@ -8,18 +8,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from train_cli.main import main
 from zoo.engine import checkpoint
 
 CLASSIFIER = ["--model", "mnist_net", "--dataset-opt", "train_count=64", "--dataset-opt", "test_count=16",
               "--batch-size", "16", "--device", "cpu", "--log-every", "2"]
-
-
-def zoo(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exited:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return exited.value.code, out, err
 
 
 def newest(run) -> tuple[dict, dict]:
@@ -27,17 +19,17 @@ def newest(run) -> tuple[dict, dict]:
 
 
 @pytest.fixture
-def base_run(capsys, tmp_path):
+def base_run(zoo_cli, tmp_path):
     run = tmp_path / "base"
-    code, _, err = zoo(capsys, "train", *CLASSIFIER, "--max-steps", "4", "--run-dir", str(run))
+    code, _, err = zoo_cli("train", *CLASSIFIER, "--max-steps", "4", "--run-dir", str(run))
     assert code == 0, err
     return run
 
 
-def test_init_from_a_run_with_frozen_layers_trains_and_resumes(capsys, tmp_path, base_run):
+def test_init_from_a_run_with_frozen_layers_trains_and_resumes(zoo_cli, tmp_path, base_run):
     base_weights, _ = newest(base_run)
     run = tmp_path / "tuned"
-    code, _, err = zoo(capsys, "train", *CLASSIFIER, "--max-steps", "3", "--init-from", str(base_run),
+    code, _, err = zoo_cli("train", *CLASSIFIER, "--max-steps", "3", "--init-from", str(base_run),
                        "--freeze", "net.conv*", "--run-dir", str(run))
     assert code == 0, err
     assert "froze 4 parameter tensor(s)" in err
@@ -49,34 +41,34 @@ def test_init_from_a_run_with_frozen_layers_trains_and_resumes(capsys, tmp_path,
     assert len(state["optimizers"]["model"]["state"]) == 4
     saved = json.loads((run / "config.json").read_text())
     assert saved["init_from"]["source"].endswith("step-4")
-    code, _, err = zoo(capsys, "train", "--resume", str(run), "--max-steps", "5")
+    code, _, err = zoo_cli("train", "--resume", str(run), "--max-steps", "5")
     assert code == 0, err
     resumed, _ = newest(run)
     assert torch.equal(resumed["net.conv1.weight"], base_weights["net.conv1.weight"])
     assert checkpoint.list_steps(run)[-1][0] == 5
 
 
-def test_init_from_is_strict_unless_told_otherwise(capsys, tmp_path, base_run):
-    code, _, err = zoo(capsys, "train", *CLASSIFIER, "--model-opt", "num_classes=7", "--max-steps", "1",
+def test_init_from_is_strict_unless_told_otherwise(zoo_cli, tmp_path, base_run):
+    code, _, err = zoo_cli("train", *CLASSIFIER, "--model-opt", "num_classes=7", "--max-steps", "1",
                        "--init-from", str(base_run), "--run-dir", str(tmp_path / "strict"))
     assert code == 2
     assert "does not fit the model" in err and "net.fc2" in err and "--no-strict" in err
-    code, _, err = zoo(capsys, "train", *CLASSIFIER, "--model-opt", "num_classes=7", "--max-steps", "1",
+    code, _, err = zoo_cli("train", *CLASSIFIER, "--model-opt", "num_classes=7", "--max-steps", "1",
                        "--init-from", str(base_run), "--no-strict", "--run-dir", str(tmp_path / "loose"))
     assert code == 0, err
     assert "other shapes (kept as initialised): net.fc2.bias, net.fc2.weight" in err
 
 
-def test_init_from_a_safetensors_file_and_bad_sources(capsys, tmp_path, base_run):
+def test_init_from_a_safetensors_file_and_bad_sources(zoo_cli, tmp_path, base_run):
     weights, _ = newest(base_run)
     file = tmp_path / "weights.safetensors"
     save_file(weights, str(file))
-    code, _, err = zoo(capsys, "train", *CLASSIFIER, "--max-steps", "1", "--init-from", str(file),
+    code, _, err = zoo_cli("train", *CLASSIFIER, "--max-steps", "1", "--init-from", str(file),
                        "--run-dir", str(tmp_path / "from-file"))
     assert code == 0, err
     pickled = tmp_path / "weights.pth"
     torch.save(weights, pickled)
-    code, _, err = zoo(capsys, "train", *CLASSIFIER, "--init-from", str(pickled), "--run-dir", str(tmp_path / "x"))
+    code, _, err = zoo_cli("train", *CLASSIFIER, "--init-from", str(pickled), "--run-dir", str(tmp_path / "x"))
     assert code == 2 and "no pickled .pth" in err
-    code, _, err = zoo(capsys, "train", *CLASSIFIER, "--freeze", "net.nothing*", "--run-dir", str(tmp_path / "y"))
+    code, _, err = zoo_cli("train", *CLASSIFIER, "--freeze", "net.nothing*", "--run-dir", str(tmp_path / "y"))
     assert code == 2 and "matches no parameter" in err

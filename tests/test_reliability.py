@@ -41,20 +41,12 @@ import pytest
 import torch
 from PIL import Image
 
-from train_cli.main import main
 from zoo.engine import checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--model", "dcgan", "--loss", "mse", "--model-opt", "ngf=8", "--model-opt", "ndf=8",
         "--model-opt", "nz=16", "--batch-size", "8", "--device", "cpu", "--log-every", "1"]
 TINY_SHAPES = ["--dataset-opt", "train_count=32", "--dataset-opt", "test_count=8"]
-
-
-def zoo(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exited:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return exited.value.code, out, err
 
 
 def zoo_process(*args: str, **kwargs) -> subprocess.Popen:
@@ -100,36 +92,36 @@ def test_kill_9_at_random_moments_then_resume_finishes(tmp_path):
     assert checkpoint.list_steps(run)[-1][0] == 60
 
 
-def test_resume_skips_a_damaged_newest_checkpoint_and_names_it(capsys, tmp_path):
+def test_resume_skips_a_damaged_newest_checkpoint_and_names_it(zoo_cli, tmp_path):
     run = tmp_path / "run"
-    assert zoo(capsys, "train", *TINY, *TINY_SHAPES, "--max-steps", "4", "--save-every", "2",
+    assert zoo_cli("train", *TINY, *TINY_SHAPES, "--max-steps", "4", "--save-every", "2",
                "--run-dir", str(run))[0] == 0
     newest = run / "checkpoints" / "step-4" / "model.safetensors"
     newest.write_bytes(newest.read_bytes()[:100])  # truncated
-    code, _, err = zoo(capsys, "train", "--resume", str(run), "--max-steps", "6")
+    code, _, err = zoo_cli("train", "--resume", str(run), "--max-steps", "6")
     assert code == 0, err
     assert "skipping damaged checkpoint step-4" in err and "resuming" in err and "from step 2" in err
     assert (run / "checkpoints" / "damaged-step-4").is_dir()
     assert checkpoint.list_steps(run)[-1][0] == 6
 
 
-def test_resume_refuses_when_no_checkpoint_is_whole(capsys, tmp_path):
+def test_resume_refuses_when_no_checkpoint_is_whole(zoo_cli, tmp_path):
     run = tmp_path / "run"
-    assert zoo(capsys, "train", *TINY, *TINY_SHAPES, "--max-steps", "2", "--run-dir", str(run))[0] == 0
+    assert zoo_cli("train", *TINY, *TINY_SHAPES, "--max-steps", "2", "--run-dir", str(run))[0] == 0
     (run / "checkpoints" / "step-2" / "state.json").unlink()
-    code, _, err = zoo(capsys, "train", "--resume", str(run))
+    code, _, err = zoo_cli("train", "--resume", str(run))
     assert code == 1
     line = one_error_line(err)
     assert "no whole checkpoint" in line and "step-2" in line and "state.json" in line
     assert (run / "checkpoints" / "step-2").is_dir()  # nothing renamed or deleted
 
 
-def test_resume_before_any_checkpoint_starts_over(capsys, tmp_path):
+def test_resume_before_any_checkpoint_starts_over(zoo_cli, tmp_path):
     run = tmp_path / "run"
-    assert zoo(capsys, "train", *TINY, *TINY_SHAPES, "--max-steps", "2", "--run-dir", str(run))[0] == 0
+    assert zoo_cli("train", *TINY, *TINY_SHAPES, "--max-steps", "2", "--run-dir", str(run))[0] == 0
     for _, folder in checkpoint.list_steps(run):
         os.rename(folder, run / f"gone-{folder.name}")  # as if killed before its first save
-    code, _, err = zoo(capsys, "train", "--resume", str(run))
+    code, _, err = zoo_cli("train", "--resume", str(run))
     assert code == 0, err
     assert "no checkpoint yet; starting over" in err
     assert checkpoint.list_steps(run)[-1][0] == 2
@@ -157,14 +149,14 @@ def test_full_disk_while_saving_fails_in_one_line_and_keeps_the_previous_checkpo
 
 
 # ---------------------------------------------------------------- one run per run dir
-def test_a_run_dir_in_use_is_refused(capsys, tmp_path):
+def test_a_run_dir_in_use_is_refused(zoo_cli, tmp_path):
     run = tmp_path / "run"
-    assert zoo(capsys, "train", *TINY, *TINY_SHAPES, "--max-steps", "1", "--run-dir", str(run))[0] == 0
+    assert zoo_cli("train", *TINY, *TINY_SHAPES, "--max-steps", "1", "--run-dir", str(run))[0] == 0
     from zoo.engine.lock import RunLock
     holder = RunLock(run)
     holder.acquire()  # this very process holds it, alive
     try:
-        code, _, err = zoo(capsys, "train", "--resume", str(run), "--max-steps", "2")
+        code, _, err = zoo_cli("train", "--resume", str(run), "--max-steps", "2")
     finally:
         holder.release()
     assert code == 2
@@ -172,13 +164,13 @@ def test_a_run_dir_in_use_is_refused(capsys, tmp_path):
     assert checkpoint.list_steps(run)[-1][0] == 1
 
 
-def test_a_stale_lock_of_a_killed_run_is_taken_over(capsys, tmp_path):
+def test_a_stale_lock_of_a_killed_run_is_taken_over(zoo_cli, tmp_path):
     run = tmp_path / "run"
-    assert zoo(capsys, "train", *TINY, *TINY_SHAPES, "--max-steps", "1", "--run-dir", str(run))[0] == 0
+    assert zoo_cli("train", *TINY, *TINY_SHAPES, "--max-steps", "1", "--run-dir", str(run))[0] == 0
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     import socket
     (run / "train.lock").write_text(json.dumps({"pid": int(gone.stdout), "host": socket.gethostname()}))
-    code, _, err = zoo(capsys, "train", "--resume", str(run), "--max-steps", "2")
+    code, _, err = zoo_cli("train", "--resume", str(run), "--max-steps", "2")
     assert code == 0, err
     assert "taking over a stale lock" in err
     assert not (run / "train.lock").exists()
@@ -205,29 +197,29 @@ def write_images(root: Path, count: int, size: int = 32) -> list[Path]:
                                                        "--model-opt", "ngf=8", "--dataset", "glob_patches",
                                                        "--data", "{d}/small/*.png"], "patch_size"),
 ])
-def test_bad_data_paths_are_one_line_usage_errors(capsys, tmp_path, setup, extra, message):
+def test_bad_data_paths_are_one_line_usage_errors(zoo_cli, tmp_path, setup, extra, message):
     setup(tmp_path)
     extra = [arg.replace("{d}", str(tmp_path)) for arg in extra]
     args = TINY + extra if extra[0] != "--model" else ["--batch-size", "2", "--device", "cpu", *extra]
-    code, _, err = zoo(capsys, "train", *args, "--run-dir", str(tmp_path / "run"))
+    code, _, err = zoo_cli("train", *args, "--run-dir", str(tmp_path / "run"))
     assert code == 2, err
     assert message in one_error_line(err)
 
 
-def test_a_corrupt_image_is_named_and_can_be_skipped(capsys, tmp_path):
+def test_a_corrupt_image_is_named_and_can_be_skipped(zoo_cli, tmp_path):
     images = write_images(tmp_path / "data" / "train" / "blue", 20)
     images[3].write_bytes(images[3].read_bytes()[:40])  # truncated PNG
     common = ["train", *TINY, "--dataset", "imagefolder", "--data", str(tmp_path / "data"), "--max-steps", "4"]
-    code, _, err = zoo(capsys, *common, "--run-dir", str(tmp_path / "a"))
+    code, _, err = zoo_cli(*common, "--run-dir", str(tmp_path / "a"))
     assert code == 1
     line = one_error_line(err)
     assert "img03.png" in line and "--skip-bad-files" in line
-    code, _, err = zoo(capsys, *common, "--skip-bad-files", "--run-dir", str(tmp_path / "b"))
+    code, _, err = zoo_cli(*common, "--skip-bad-files", "--run-dir", str(tmp_path / "b"))
     assert code == 0, err
     assert re.search(r"skipped 1 unreadable sample\(s\)(, \d+ times in all)? \(first: .*img03\.png", err)
 
 
-def test_truncated_mnist_files_are_named(capsys, tmp_path):
+def test_truncated_mnist_files_are_named(zoo_cli, tmp_path):
     raw = tmp_path / "mnist" / "MNIST" / "raw"
     raw.mkdir(parents=True)
     for prefix, count in (("train", 60), ("t10k", 10)):
@@ -235,30 +227,30 @@ def test_truncated_mnist_files_are_named(capsys, tmp_path):
         (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, count) + bytes(count))
     images = raw / "train-images-idx3-ubyte"
     images.write_bytes(images.read_bytes()[:1000])
-    code, _, err = zoo(capsys, "train", *TINY, "--dataset", "mnist", "--data", str(tmp_path / "mnist"),
+    code, _, err = zoo_cli("train", *TINY, "--dataset", "mnist", "--data", str(tmp_path / "mnist"),
                        "--run-dir", str(tmp_path / "run"))
     assert code == 1
     assert "train-images-idx3-ubyte" in one_error_line(err)
 
 
-def test_out_of_device_memory_suggests_what_to_change(capsys, tmp_path, monkeypatch):
+def test_out_of_device_memory_suggests_what_to_change(zoo_cli, tmp_path, monkeypatch):
     from zoo.engine import trainer
 
     def exhausted(self, batches):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(trainer.Trainer, "_train_step", exhausted)
-    code, _, err = zoo(capsys, "train", *TINY, *TINY_SHAPES, "--run-dir", str(tmp_path / "run"))
+    code, _, err = zoo_cli("train", *TINY, *TINY_SHAPES, "--run-dir", str(tmp_path / "run"))
     assert code == 1
     line = one_error_line(err)
     assert "--batch-size" in line and "--accumulate" in line and "bf16" in line
 
 
 # ---------------------------------------------------------------- security
-def test_planted_pickles_never_run(capsys, tmp_path):
+def test_planted_pickles_never_run(zoo_cli, tmp_path):
     marker = tmp_path / "marker"
     run = tmp_path / "run"
-    assert zoo(capsys, "train", *TINY, *TINY_SHAPES, "--max-steps", "2", "--run-dir", str(run))[0] == 0
+    assert zoo_cli("train", *TINY, *TINY_SHAPES, "--max-steps", "2", "--run-dir", str(run))[0] == 0
     evil = pickle.dumps(Evil(marker))
     planted = run / "checkpoints" / "step-9"
     planted.mkdir()
@@ -271,10 +263,10 @@ def test_planted_pickles_never_run(capsys, tmp_path):
     weights = tmp_path / "vgg19.pth"
     weights.write_bytes(buffer.getvalue())
 
-    code, _, err = zoo(capsys, "train", "--resume", str(run), "--max-steps", "3")
+    code, _, err = zoo_cli("train", "--resume", str(run), "--max-steps", "3")
     assert code == 0, err
     assert "skipping damaged checkpoint step-9" in err
-    code, _, err = zoo(capsys, "train", *TINY, *TINY_SHAPES, "--loss", "perceptual", "--loss-opt",
+    code, _, err = zoo_cli("train", *TINY, *TINY_SHAPES, "--loss", "perceptual", "--loss-opt",
                        f"weights={weights}", "--run-dir", str(tmp_path / "other"))
     assert code == 2 and str(weights) in one_error_line(err)
     assert not marker.exists(), "a pickle planted as data ran code"
@@ -294,7 +286,7 @@ def test_no_source_file_unpickles():
 
 
 # ---------------------------------------------------------------- non-finite losses
-def test_skip_nonfinite_skips_and_counts_such_steps(capsys, tmp_path, monkeypatch):
+def test_skip_nonfinite_skips_and_counts_such_steps(zoo_cli, tmp_path, monkeypatch):
     from plugins.models.dcgan import DCGAN
     original = DCGAN.training_step
     calls = {"n": 0}
@@ -306,7 +298,7 @@ def test_skip_nonfinite_skips_and_counts_such_steps(capsys, tmp_path, monkeypatc
 
     monkeypatch.setattr(DCGAN, "training_step", sometimes_nan)
     run = tmp_path / "run"
-    code, _, err = zoo(capsys, "train", *TINY, *TINY_SHAPES, "--max-steps", "5", "--skip-nonfinite",
+    code, _, err = zoo_cli("train", *TINY, *TINY_SHAPES, "--max-steps", "5", "--skip-nonfinite",
                        "--run-dir", str(run))
     assert code == 0, err
     assert "skipped 2 step(s) with a non-finite loss" in err

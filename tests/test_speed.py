@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 
-from train_cli.main import main
 from zoo.engine import checkpoint
 from zoo.engine.feed import DeviceFeed
 
@@ -17,20 +16,13 @@ TINY = ["--model", "dcgan", "--loss", "mse", "--model-opt", "ngf=8", "--model-op
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def zoo(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exited:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return exited.value.code, out, err
-
-
 def weights(run):
     return checkpoint.load_weights(checkpoint.list_steps(run)[-1][1])
 
 
-def test_channels_last_trains_to_the_same_weights_within_float_tolerance(capsys, tmp_path):
-    assert zoo(capsys, "train", *TINY, "--device", "cpu", "--run-dir", str(tmp_path / "a"))[0] == 0
-    code, _, err = zoo(capsys, "train", *TINY, "--device", "cpu", "--channels-last", "--run-dir", str(tmp_path / "b"))
+def test_channels_last_trains_to_the_same_weights_within_float_tolerance(zoo_cli, tmp_path):
+    assert zoo_cli("train", *TINY, "--device", "cpu", "--run-dir", str(tmp_path / "a"))[0] == 0
+    code, _, err = zoo_cli("train", *TINY, "--device", "cpu", "--channels-last", "--run-dir", str(tmp_path / "b"))
     assert code == 0, err
     a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
     assert all(torch.allclose(a[k], b[k], atol=1e-4, rtol=1e-3) for k in a)
@@ -38,18 +30,18 @@ def test_channels_last_trains_to_the_same_weights_within_float_tolerance(capsys,
     assert speed == {"precision": "32", "channels_last": True, "compile": False}
 
 
-def test_fast_on_the_cpu_says_it_changes_nothing(capsys, tmp_path):
-    code, _, err = zoo(capsys, "train", *TINY, "--device", "cpu", "--fast", "--run-dir", str(tmp_path / "run"))
+def test_fast_on_the_cpu_says_it_changes_nothing(zoo_cli, tmp_path):
+    code, _, err = zoo_cli("train", *TINY, "--device", "cpu", "--fast", "--run-dir", str(tmp_path / "run"))
     assert code == 0, err
     assert "--fast speeds up CUDA runs; on cpu it changes nothing" in err
     speed = json.loads((tmp_path / "run" / "config.json").read_text())["resolved"]["speed"]
     assert speed == {"precision": "32", "channels_last": False, "compile": False}
 
 
-def test_a_model_that_cannot_be_compiled_falls_back_in_one_line(capsys, tmp_path, monkeypatch):
+def test_a_model_that_cannot_be_compiled_falls_back_in_one_line(zoo_cli, tmp_path, monkeypatch):
     from plugins.models.dcgan import DCGAN
     monkeypatch.setattr(DCGAN, "compilable", False)
-    code, _, err = zoo(capsys, "train", *TINY, "--device", "cpu", "--compile", "--run-dir", str(tmp_path / "run"))
+    code, _, err = zoo_cli("train", *TINY, "--device", "cpu", "--compile", "--run-dir", str(tmp_path / "run"))
     assert code == 0, err
     assert "DCGAN cannot be compiled; running it eagerly" in err
 
@@ -98,8 +90,8 @@ def test_device_feed_copies_on_a_side_stream_and_keeps_order():
 
 
 @needs_cuda
-def test_fast_on_cuda_trains_and_records_peak_memory(capsys, tmp_path):
-    code, _, err = zoo(capsys, "train", *TINY, "--device", "cuda", "--fast", "--run-dir", str(tmp_path / "run"))
+def test_fast_on_cuda_trains_and_records_peak_memory(zoo_cli, tmp_path):
+    code, _, err = zoo_cli("train", *TINY, "--device", "cuda", "--fast", "--run-dir", str(tmp_path / "run"))
     assert code == 0, err
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["peak_memory_gib"] > 0 for r in records if r["kind"] == "train")

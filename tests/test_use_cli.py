@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from train_cli.main import main
 from zoo import api
 from zoo.config import TrainConfig
 from zoo.engine.rundir import prepare_new
@@ -17,14 +16,6 @@ from zoo.engine.trainer import Trainer
 from zoo.registry import get_registry
 
 SHAPE_CLASSES = {"circle", "square", "triangle", "cross"}
-
-
-def zoo(capsys, *args: str) -> tuple[int, str, str]:
-    """Run the zoo command in-process; return (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as exited:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return exited.value.code, out, err
 
 
 def error_lines(err: str) -> list[str]:
@@ -58,8 +49,8 @@ def pixels(path: Path) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ zoo sample
-def test_sample_writes_a_grid_under_the_run_and_prints_its_path(capsys, runs):
-    code, out, err = zoo(capsys, "sample", "--run", str(runs["gan"]), "-n", "4", "--device", "cpu")
+def test_sample_writes_a_grid_under_the_run_and_prints_its_path(zoo_cli, runs):
+    code, out, err = zoo_cli("sample", "--run", str(runs["gan"]), "-n", "4", "--device", "cpu")
     assert code == 0, err
     grid = runs["gan"] / "samples" / "sample-seed0.png"
     assert out.strip() == str(grid)
@@ -67,11 +58,11 @@ def test_sample_writes_a_grid_under_the_run_and_prints_its_path(capsys, runs):
         assert image.size == (2 * 34 + 2, 2 * 34 + 2)  # 2 x 2 images of 32 px, 2 px padding
 
 
-def test_sample_seed_gives_identical_bytes_and_another_seed_other_images(capsys, runs, tmp_path):
+def test_sample_seed_gives_identical_bytes_and_another_seed_other_images(zoo_cli, runs, tmp_path):
     files = {}
     for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
         files[name] = tmp_path / f"{name}.png"
-        code, out, err = zoo(capsys, "sample", "--run", str(runs["gan"]), "-n", "9", "--seed", seed,
+        code, out, err = zoo_cli("sample", "--run", str(runs["gan"]), "-n", "9", "--seed", seed,
                              "--out", str(files[name]), "--device", "cpu")
         assert code == 0, err
         assert out.strip() == str(files[name])
@@ -79,40 +70,40 @@ def test_sample_seed_gives_identical_bytes_and_another_seed_other_images(capsys,
     assert files["a"].read_bytes() != files["c"].read_bytes()
 
 
-def test_sample_each_writes_single_images_and_step_picks_a_checkpoint(capsys, runs, tmp_path):
-    code, out, err = zoo(capsys, "sample", "--run", str(runs["gan"]), "-n", "3", "--each", str(tmp_path / "one"),
+def test_sample_each_writes_single_images_and_step_picks_a_checkpoint(zoo_cli, runs, tmp_path):
+    code, out, err = zoo_cli("sample", "--run", str(runs["gan"]), "-n", "3", "--each", str(tmp_path / "one"),
                          "--device", "cpu")
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["0000.png", "0001.png", "0002.png"]
     with Image.open(tmp_path / "one" / "0000.png") as image:
         assert image.size == (32, 32) and image.mode == "RGB"
     assert out.splitlines() == [f"wrote 3 images to {tmp_path / 'one'}/ (0000.png ... 0002.png)"]  # no grid
-    code, _, err = zoo(capsys, "sample", "--run", str(runs["gan"]), "-n", "3", "--each", str(tmp_path / "early"),
+    code, _, err = zoo_cli("sample", "--run", str(runs["gan"]), "-n", "3", "--each", str(tmp_path / "early"),
                        "--step", "2", "--device", "cpu")
     assert code == 0, err
     assert (tmp_path / "one" / "0000.png").read_bytes() != (tmp_path / "early" / "0000.png").read_bytes()
-    code, _, err = zoo(capsys, "sample", "--run", str(runs["gan"]), "--step", "3")
+    code, _, err = zoo_cli("sample", "--run", str(runs["gan"]), "--step", "3")
     assert code == 2 and "no checkpoint of step 3" in err and len(error_lines(err)) == 1
 
 
-def test_interpolate_walks_from_one_sample_to_another(capsys, runs, tmp_path):
+def test_interpolate_walks_from_one_sample_to_another(zoo_cli, runs, tmp_path):
     from plugins.models.dcgan import DCGAN
     from zoo.recipe import Recipe
     if getattr(DCGAN, "generate", None) in (None, getattr(Recipe, "generate", None)):
         pytest.skip("DCGAN defines no generate(inputs) yet, so it cannot interpolate")
-    code, out, err = zoo(capsys, "sample", "--run", str(runs["gan"]), "--interpolate", "-n", "5", "--seed", "7",
+    code, out, err = zoo_cli("sample", "--run", str(runs["gan"]), "--interpolate", "-n", "5", "--seed", "7",
                          "--each", str(tmp_path / "walk"), "--out", str(tmp_path / "walk.png"), "--device", "cpu")
     assert code == 0, err
     assert (tmp_path / "walk.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     walk = sorted((tmp_path / "walk").iterdir())
     assert len(walk) == 5
-    code, _, err = zoo(capsys, "sample", "--run", str(runs["gan"]), "-n", "2", "--seed", "7",
+    code, _, err = zoo_cli("sample", "--run", str(runs["gan"]), "-n", "2", "--seed", "7",
                        "--each", str(tmp_path / "ends"), "--device", "cpu")
     assert code == 0, err
     first, last = sorted((tmp_path / "ends").iterdir())
     assert np.abs(pixels(walk[0]) - pixels(first)).max() <= 1  # the walk starts and ends at two samples
     assert np.abs(pixels(walk[-1]) - pixels(last)).max() <= 1
-    code, _, err = zoo(capsys, "sample", "--run", str(runs["gan"]), "--interpolate", "-n", "1")
+    code, _, err = zoo_cli("sample", "--run", str(runs["gan"]), "--interpolate", "-n", "1")
     assert code == 2 and "-n 2 or more" in err
 
 
@@ -133,7 +124,7 @@ def test_slerp_walks_the_great_circle_between_its_ends():
 
 
 @pytest.mark.parametrize("generate", ["base", "absent"])
-def test_interpolate_needs_a_recipe_that_can_generate(capsys, runs, monkeypatch, generate):
+def test_interpolate_needs_a_recipe_that_can_generate(zoo_cli, runs, monkeypatch, generate):
     from plugins.models.dcgan import DCGAN
     from zoo.recipe import Recipe
     if generate == "base":  # the base class's default: generate(inputs) returns None
@@ -141,7 +132,7 @@ def test_interpolate_needs_a_recipe_that_can_generate(capsys, runs, monkeypatch,
                             if hasattr(Recipe, "generate") else None)
     else:
         monkeypatch.setattr(DCGAN, "generate", None, raising=False)
-    code, _, err = zoo(capsys, "sample", "--run", str(runs["gan"]), "--interpolate", "-n", "4", "--device", "cpu")
+    code, _, err = zoo_cli("sample", "--run", str(runs["gan"]), "--interpolate", "-n", "4", "--device", "cpu")
     assert code == 2 and "cannot interpolate" in err and len(error_lines(err)) == 1
 
 
@@ -158,9 +149,9 @@ def _test_images(run_dir: Path, folder: Path, count: int = 3, prefix: str = "") 
     return paths
 
 
-def test_predict_classifier_json_names_the_top_classes(capsys, runs, tmp_path):
+def test_predict_classifier_json_names_the_top_classes(zoo_cli, runs, tmp_path):
     images = _test_images(runs["classifier"], tmp_path / "in")
-    code, out, err = zoo(capsys, "predict", "--run", str(runs["classifier"]), *map(str, images),
+    code, out, err = zoo_cli("predict", "--run", str(runs["classifier"]), *map(str, images),
                          "--top-k", "2", "--json", "--device", "cpu")
     assert code == 0, err
     result = json.loads(out)
@@ -170,7 +161,7 @@ def test_predict_classifier_json_names_the_top_classes(capsys, runs, tmp_path):
         top = record["top_k"]
         assert len(top) == 2 and {t["class"] for t in top} <= SHAPE_CLASSES
         assert top[0]["probability"] >= top[1]["probability"] and sum(t["probability"] for t in top) <= 1 + 1e-6
-    code, out, err = zoo(capsys, "predict", "--run", str(runs["classifier"]), str(images[0]), "--json",
+    code, out, err = zoo_cli("predict", "--run", str(runs["classifier"]), str(images[0]), "--json",
                          "--device", "cpu")
     top = json.loads(out)["predictions"][0]["top_k"]
     assert {t["class"] for t in top} == SHAPE_CLASSES  # top-5 of 4 classes: all of them
@@ -180,31 +171,31 @@ def test_predict_classifier_json_names_the_top_classes(capsys, runs, tmp_path):
     assert top[0]["class"] == run.classes[int(logits.argmax())]
 
 
-def test_predict_classifier_table(capsys, runs, tmp_path):
+def test_predict_classifier_table(zoo_cli, runs, tmp_path):
     images = _test_images(runs["classifier"], tmp_path / "in", count=2)
-    code, out, err = zoo(capsys, "predict", "--run", str(runs["classifier"]), *map(str, images), "--top-k", "3")
+    code, out, err = zoo_cli("predict", "--run", str(runs["classifier"]), *map(str, images), "--top-k", "3")
     assert code == 0, err
     lines = out.splitlines()
     assert len(lines) == 6 and lines[0].startswith(str(images[0])) and lines[3].startswith(str(images[1]))
     assert all(line.split()[-2] in SHAPE_CLASSES for line in lines)
 
 
-def test_predict_image_to_image_writes_restored_images_with_the_input_names(capsys, runs, tmp_path):
+def test_predict_image_to_image_writes_restored_images_with_the_input_names(zoo_cli, runs, tmp_path):
     images = _test_images(runs["i2i"], tmp_path / "noisy", prefix="noisy-")
     out_dir = tmp_path / "restored"
-    code, out, err = zoo(capsys, "predict", "--run", str(runs["i2i"]), *map(str, images), "--out", str(out_dir),
+    code, out, err = zoo_cli("predict", "--run", str(runs["i2i"]), *map(str, images), "--out", str(out_dir),
                          "--device", "cpu")
     assert code == 0, err
     assert sorted(p.name for p in out_dir.iterdir()) == ["noisy-0.png", "noisy-1.png", "noisy-2.png"]
     assert f"{images[0]} -> {out_dir / 'noisy-0.png'}" in out
     with Image.open(out_dir / "noisy-0.png") as image:
         assert image.size == (32, 32) and image.mode == "RGB"
-    code, out, err = zoo(capsys, "predict", "--run", str(runs["i2i"]), str(images[1]), "--json")
+    code, out, err = zoo_cli("predict", "--run", str(runs["i2i"]), str(images[1]), "--json")
     assert code == 0, err
     default = runs["i2i"] / "predictions" / "noisy-1.png"
     assert json.loads(out)["predictions"] == [{"image": str(images[1]), "output": str(default)}]
     assert default.read_bytes() == (out_dir / "noisy-1.png").read_bytes()
-    code, _, err = zoo(capsys, "predict", "--run", str(runs["i2i"]), str(images[0]), "--out", str(tmp_path / "noisy"))
+    code, _, err = zoo_cli("predict", "--run", str(runs["i2i"]), str(images[0]), "--out", str(tmp_path / "noisy"))
     assert code == 2 and "would overwrite the input" in err
 
 
@@ -218,14 +209,14 @@ def test_predict_image_to_image_writes_restored_images_with_the_input_names(caps
     ("sample", "gan", ["--out", "grid.txt"], "no image extension"),
     ("sample", "missing", [], "does not exist"),
 ])
-def test_errors_are_one_line_usage_errors(capsys, runs, tmp_path, command, run, extra, message):
+def test_errors_are_one_line_usage_errors(zoo_cli, runs, tmp_path, command, run, extra, message):
     image = _test_images(runs["classifier"], tmp_path, count=1)[0]
     (tmp_path / "text.png").write_text("not an image")
     values = {"IMAGE": str(image), "missing.png": str(tmp_path / "missing.png"),
               "text.png": str(tmp_path / "text.png"), "grid.txt": str(tmp_path / "grid.txt"),
               "somewhere": str(tmp_path / "somewhere")}
     run_dir = runs.get(run, tmp_path / "missing-run")
-    code, out, err = zoo(capsys, command, "--run", str(run_dir), *[values.get(a, a) for a in extra],
+    code, out, err = zoo_cli(command, "--run", str(run_dir), *[values.get(a, a) for a in extra],
                          "--device", "cpu")
     assert code == 2, err
     assert message in err
