@@ -165,7 +165,7 @@ def _launch(nproc: int, run_dir: Path, given_run_dir: bool) -> None:
         argv.append(arg)
     if not given_run_dir:
         argv += ["--run-dir", str(run_dir)]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+    command = [sys.executable, "-m", "train_cli.launch", "--standalone", "--nnodes=1",
                f"--nproc-per-node={nproc}", "-m", "train_cli", *argv]
     process = subprocess.Popen(command)
     received: list[int] = []

@@ -110,6 +110,7 @@ class Trainer:
         self.last_eval: dict[str, float] = {}
         self._last_eval_step = self._last_save_step = self._last_log_step = -1
         self._stop_signal: int | None = None
+        self._agreed_signal = False  # the processes' shared view of _stop_signal (distributed runs)
         self.bad_items = BadItems(config.skip_bad_files)
         self.skipped_nonfinite = 0
         self._reset_window()
@@ -344,7 +345,7 @@ class Trainer:
                 feed = None
             if self._last_log_step != self.step:
                 self._log(None)
-            if self.config.eval_every != 0 and self._last_eval_step != self.step and self._stop_signal is None:
+            if self.config.eval_every != 0 and self._last_eval_step != self.step and not self._signalled():
                 self._evaluate()
             saved = self.save() if self._last_save_step != self.step else checkpoint.checkpoint_dir(
                 self.run_dir, self.step)
@@ -391,7 +392,12 @@ class Trainer:
                 else:
                     self.context.stop_reason = "another process asked the run to stop"
             local = agreed
+            self._agreed_signal = agreed > 1
         return bool(local)
+
+    def _signalled(self) -> bool:
+        """Whether a signal asks to stop, as every process agrees at the last check (or here, alone)."""
+        return self._agreed_signal if self.dist.enabled else self._stop_signal is not None
 
     def _open_epoch(self) -> tuple[DeviceFeed, tqdm]:
         self.order.set_epoch(self.epoch, start=self.position * self.config.batch_size)
@@ -519,7 +525,7 @@ class Trainer:
         self.hooks.call("on_epoch_end", run=self.context, epoch=self.epoch)
         if self.config.eval_every is None and self.step < self.total_steps:
             self._evaluate()
-        if self.config.save_every is None and self.step < self.total_steps and self._stop_signal is None:
+        if self.config.save_every is None and self.step < self.total_steps and not self._signalled():
             self.save()
 
     def _periodic(self) -> None:
