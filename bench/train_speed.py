@@ -6,14 +6,31 @@ with evaluation and periodic checkpoints off. zoo runs with its defaults
 the one every guide shows: a DataLoader, zero_grad/backward/step, nothing else.
 
     python bench/train_speed.py                       # CPU, small enough for 2 cores
-    python bench/train_speed.py --device cuda --image-size 64 --batch-size 128 --steps 300
+    python bench/train_speed.py --device cuda --image-size 64 --batch-size 128 --steps 300 \
+        --workers 12 --cache-decoded --variants default,fast   # GPU: the default path and --fast
+
+On a GPU, drawing the shapes on the fly cannot keep up with a fast step; with
+``--cache-decoded`` both sides read them from zoo's decoded cache, so the figures
+time the training rather than the drawing.
+
+Every measurement runs in a fresh process (so no run inherits another's allocator,
+threads or caches), in the order plain, then each variant, round after round.
+
+``--variants`` names the zoo settings to time, each against the same plain fp32 loop:
+default (no speed flags), fast (``--fast``: bf16 + channels-last + CUDA graphs), bf16,
+bf16-cl (bf16 + channels-last), graph (``--cuda-graph`` alone, fp32), compile (``--compile``
+alone), compile-bf16-cl (bf16 + channels-last + ``--compile``) and default-thread (the
+default, but keeping the prefetch thread beside loader workers, as zoo did before).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +41,7 @@ import torch.nn.functional as F
 
 from zoo.build import build_dataset, build_recipe
 from zoo.config import TrainConfig
+from zoo.engine.cache import DecodedCache, default_root
 from zoo.engine.rundir import prepare_new
 from zoo.engine.trainer import Trainer
 from zoo.registry import get_registry
@@ -40,7 +58,10 @@ def plain_loop(args: argparse.Namespace, device: torch.device) -> float:
     torch.manual_seed(0)
     dataset = build_dataset(registry.resolve("dataset", "shapes"), "train", task="generation", data=None,
                             options={"train_count": args.train_count}, image_size=args.image_size, channels=3)
+    if args.cache_decoded:  # the same cached images zoo reads
+        dataset = DecodedCache(dataset, default_root(), workers=args.workers)
     recipe, _, _ = build_recipe(registry.resolve("model", "dcgan"), {"image_size": args.image_size, "nc": 3})
+    torch.backends.cudnn.benchmark = True  # as PyTorch's DCGAN example sets it
     netG, netD = recipe.generator.to(device), recipe.discriminator.to(device)
     optD = torch.optim.Adam(netD.parameters(), lr=2e-4, betas=(0.5, 0.999))
     optG = torch.optim.Adam(netG.parameters(), lr=2e-4, betas=(0.5, 0.999))
@@ -72,12 +93,28 @@ def plain_loop(args: argparse.Namespace, device: torch.device) -> float:
                 return args.steps * args.batch_size / (time.perf_counter() - started)
 
 
-def zoo_loop(args: argparse.Namespace, device: torch.device, folder: Path) -> float:
+VARIANTS: dict[str, dict[str, object]] = {
+    "default": {},
+    "fast": {"fast": True},
+    "bf16": {"precision": "bf16"},
+    "bf16-cl": {"precision": "bf16", "channels_last": True},
+    "graph": {"cuda_graph": True},
+    "compile": {"compile": True},
+    "compile-bf16-cl": {"precision": "bf16", "channels_last": True, "compile": True},
+    "default-thread": {},  # default, with the prefetch thread kept even beside loader workers
+}
+
+
+def zoo_loop(args: argparse.Namespace, device: torch.device, folder: Path, variant: str) -> float:
     """Samples per second of zoo's engine on the same work (after a warm-up)."""
     config = TrainConfig(model="dcgan", batch_size=args.batch_size, max_steps=args.warmup + args.steps,
                          device=str(device), workers=args.workers, eval_every=0, save_every=0,
                          model_opt={"image_size": args.image_size},
-                         dataset_opt={"train_count": args.train_count}, run_dir=str(folder))
+                         dataset_opt={"train_count": args.train_count}, run_dir=str(folder),
+                         cache_decoded=args.cache_decoded, **VARIANTS[variant])
+    if variant == "default-thread":
+        from zoo.engine import feed, trainer as trainer_module
+        trainer_module.prefetching = lambda loader, workers, depth: feed.Prefetcher(loader, max_prefetch=depth)
     prepare_new(folder, overwrite=True)
     trainer = Trainer(config, get_registry(), folder)
     stamps: dict[str, float] = {}
@@ -97,6 +134,31 @@ def zoo_loop(args: argparse.Namespace, device: torch.device, folder: Path) -> fl
     return args.steps * args.batch_size / (stamps["end"] - stamps["start"])
 
 
+def measure_once(args: argparse.Namespace) -> None:
+    """One measurement in this process; prints its samples/s as JSON."""
+    device = torch.device(args.device)
+    if args.one == "plain":
+        rate = plain_loop(args, device)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            rate = zoo_loop(args, device, Path(tmp) / "run", args.one)
+    print(json.dumps({"rate": rate}))
+
+
+def run_in_child(args: argparse.Namespace, side: str, log: Path) -> float:
+    """Samples/s of one side, measured in a fresh process; NaN (and its log's tail) when it fails."""
+    command = [sys.executable, __file__, "--one", side] + [
+        f"--{key.replace('_', '-')}={value}" for key, value in vars(args).items()
+        if key not in ("one", "cache_decoded", "rounds", "variants")] + (["--cache-decoded"] if args.cache_decoded else [])
+    with log.open("w") as errors:
+        done = subprocess.run(command, stdout=subprocess.PIPE, stderr=errors, text=True)
+    if done.returncode != 0:
+        print(f"{side} failed (exit {done.returncode}):\n" + "\n".join(log.read_text().splitlines()[-5:]),
+              file=sys.stderr)
+        return float("nan")
+    return json.loads(done.stdout.strip().splitlines()[-1])["rate"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -107,22 +169,42 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--train-count", type=int, default=4096)
+    parser.add_argument("--cache-decoded", action="store_true",
+                        help="both sides read the shapes from the decoded cache (cheap data: times the model)")
+    parser.add_argument("--variants", default="default",
+                        help=f"comma-separated zoo settings to time: {', '.join(VARIANTS)}")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one side in this process
     args = parser.parse_args()
-    device = torch.device(args.device)
-    plain, ours = [], []
+    if args.one:
+        measure_once(args)
+        return
+    variants = [name.strip() for name in args.variants.split(",") if name.strip()]
+    unknown = [name for name in variants if name not in VARIANTS]
+    if unknown or not variants:
+        parser.error(f"unknown variant(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(VARIANTS)}")
+    plain: list[float] = []
+    ours: dict[str, list[float]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory() as tmp:
-        for round_index in range(args.rounds):  # alternate, so drift hits both sides alike
-            plain.append(plain_loop(args, device))
-            ours.append(zoo_loop(args, device, Path(tmp) / f"run{round_index}"))
-            print(f"round {round_index + 1}: plain {plain[-1]:8.1f} samples/s   zoo {ours[-1]:8.1f} samples/s   "
-                  f"ratio {ours[-1] / plain[-1]:.3f}", file=sys.stderr)
-    ratios = [z / p for z, p in zip(ours, plain)]
+        for round_index in range(args.rounds):  # alternate, so drift hits every side alike
+            plain.append(run_in_child(args, "plain", Path(tmp) / "plain.log"))
+            line = f"round {round_index + 1}: plain {plain[-1]:8.1f}"
+            for name in variants:
+                ours[name].append(run_in_child(args, name, Path(tmp) / f"{name}.log"))
+                line += f"   {name} {ours[name][-1]:8.1f} ({ours[name][-1] / plain[-1]:.3f})"
+            print(line + "  samples/s", file=sys.stderr)
+    device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
     print(f"device {name}; DCGAN {args.image_size}x{args.image_size}, batch {args.batch_size}, "
-          f"{args.steps} timed steps after {args.warmup}, {args.rounds} rounds")
-    print(f"plain loop  median {statistics.median(plain):9.1f} samples/s")
-    print(f"zoo train   median {statistics.median(ours):9.1f} samples/s")
-    print(f"ratio zoo/plain: median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})")
+          f"{args.steps} timed steps after {args.warmup}, {args.rounds} rounds, {args.workers} workers"
+          f"{', cached shapes' if args.cache_decoded else ''}")
+    print(f"plain fp32 loop     median {statistics.median(plain):9.1f} samples/s")
+    for name in variants:
+        ratios = [z / p for z, p in zip(ours[name], plain)]
+        if any(math.isnan(r) for r in ratios):
+            print(f"zoo {name:<15} failed in some rounds: {ours[name]}")
+            continue
+        print(f"zoo {name:<15} median {statistics.median(ours[name]):9.1f} samples/s   ratio to plain: median "
+              f"{statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})")
 
 
 if __name__ == "__main__":

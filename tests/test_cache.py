@@ -12,6 +12,7 @@ from plugins.datasets.imagefolder import ImageFolderDataset
 from zoo.data import seeded_item
 from zoo.engine import checkpoint
 from zoo.engine.cache import DecodedCache
+from zoo.errors import RunError
 
 
 def write_folder(root, count=12):
@@ -62,7 +63,9 @@ def test_training_from_the_cache_gives_the_same_weights(zoo_cli, tmp_path, monke
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_a_dataset_without_a_decoded_form_says_so(zoo_cli, tmp_path):
+def test_a_dataset_without_a_decoded_form_says_so(zoo_cli, tmp_path, monkeypatch):
+    from plugins.datasets.shapes import ShapesDataset
+    monkeypatch.delattr(ShapesDataset, "decode")
     code, _, err = zoo_cli("train", "--model", "mnist_net", "--dataset-opt", "train_count=16",
                        "--dataset-opt", "test_count=4", "--batch-size", "8", "--max-steps", "1", "--device", "cpu",
                        "--cache-decoded", "--run-dir", str(tmp_path / "run"))
@@ -82,3 +85,87 @@ def test_a_corrupt_file_in_the_cache_is_reported_or_skipped_like_without_it(zoo_
     code, _, err = zoo_cli(*common, "--skip-bad-files", "--run-dir", str(tmp_path / "b"))
     assert code == 0, err
     assert "skipped 1 unreadable sample(s)" in err and "03.png" in err
+
+
+def test_a_cache_built_by_worker_processes_equals_one_built_in_process(tmp_path):
+    write_folder(tmp_path / "data", count=40)
+    broken = tmp_path / "data" / "train" / "red" / "03.png"
+    broken.write_bytes(broken.read_bytes()[:40])
+    dataset = ImageFolderDataset("train", task="classification", data=str(tmp_path / "data"), image_size=32)
+    serial = DecodedCache(dataset, tmp_path / "serial")
+    state = torch.get_rng_state()
+    parallel = DecodedCache(dataset, tmp_path / "parallel", workers=2)
+    assert torch.equal(torch.get_rng_state(), state)  # building leaves the global RNG (model init) alone
+    assert serial.path.name == parallel.path.name
+    assert serial.path.read_bytes() == parallel.path.read_bytes()
+    index = [path for path, _ in dataset.files].index(str(broken))
+    assert list(parallel.bad) == [index] and "03.png" in parallel.bad[index]
+    assert parallel.bad == serial.bad
+    with pytest.raises(RunError, match="03.png"):
+        parallel[index]
+    assert not list((tmp_path / "parallel").glob(".*"))  # no temporary file left behind
+
+
+def test_cached_shapes_match_the_drawn_ones_to_uint8_precision(tmp_path):
+    from plugins.datasets.shapes import ShapesDataset
+    step = 1 / 127.5 + 1e-6  # one uint8 level in [-1, 1]
+    for task in ("classification", "image_to_image"):
+        drawn = ShapesDataset("test", task=task, test_count=6)
+        cached = DecodedCache(ShapesDataset("test", task=task, test_count=6), tmp_path)
+        for index in range(6):
+            (drawn_input, drawn_target), (cached_input, cached_target) = drawn[index], cached[index]
+            assert (drawn_input - cached_input).abs().max() <= step
+            if task == "classification":
+                assert drawn_target == cached_target
+            else:
+                assert (drawn_target - cached_target).abs().max() <= step
+
+
+def test_a_cache_filled_while_reading_equals_a_built_one_and_keeps_a_stopped_pass(tmp_path):
+    write_folder(tmp_path / "data", count=20)
+    broken = tmp_path / "data" / "train" / "red" / "03.png"
+    broken.write_bytes(broken.read_bytes()[:40])
+    dataset = ImageFolderDataset("train", task="classification", data=str(tmp_path / "data"), image_size=32)
+    built = DecodedCache(dataset, tmp_path / "built")
+    bad_index = [path for path, _ in dataset.files].index(str(broken))
+
+    filling = DecodedCache(dataset, tmp_path / "filled", fill_on_read=True)
+    assert not filling.complete and not filling.path.exists()
+    first_half = [i for i in range(len(dataset)) if i != bad_index][: len(dataset) // 2]
+    for index in first_half:  # a pass stopped half-way: what it decoded stays for the next run
+        with seeded_item(index):
+            expected = dataset[index]
+        with seeded_item(index):
+            got = filling[index]
+        assert torch.equal(expected[0], got[0]) and expected[1] == got[1]
+    with pytest.raises(RunError, match="03.png"):
+        filling[bad_index]
+
+    again = DecodedCache(dataset, tmp_path / "filled", fill_on_read=True)  # the next run
+    again._open()
+    assert int(again._flags.sum()) == len(first_half)
+    again._array = again._flags = None
+    again.finalize()  # decodes the rest, records the bad file, publishes the file
+    assert again.complete and again.path.read_bytes() == built.path.read_bytes()
+    assert again.bad == built.bad and list(again.bad) == [bad_index]
+    assert not list((tmp_path / "filled").glob(".*"))  # partial file and flags are gone
+    with seeded_item(7):
+        served = again[first_half[-1]][0]
+    with seeded_item(7):
+        assert torch.equal(served, built[first_half[-1]][0])
+
+
+def test_the_first_epoch_fills_the_cache_and_training_matches_uncached(zoo_cli, tmp_path, monkeypatch):
+    write_folder(tmp_path / "data")
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
+    common = ["train", "--model", "mnist_net", "--dataset", "imagefolder", "--data", str(tmp_path / "data"),
+              "--batch-size", "5", "--epochs", "2", "--device", "cpu", "--workers", "2", "--eval-every", "0"]
+    code, _, err = zoo_cli(*common, "--run-dir", str(tmp_path / "plain"))
+    assert code == 0, err
+    code, _, err = zoo_cli(*common, "--cache-decoded", "--run-dir", str(tmp_path / "cached"))
+    assert code == 0, err
+    files = sorted(path.name for path in (tmp_path / "cache").iterdir())
+    assert len(files) == 2 and all(name.endswith(".u8") for name in files)  # train (filled) and test (built)
+    a = checkpoint.load_weights(checkpoint.list_steps(tmp_path / "plain")[-1][1])
+    b = checkpoint.load_weights(checkpoint.list_steps(tmp_path / "cached")[-1][1])
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+import torchvision.transforms.v2.functional as TF
+from PIL import Image, ImageDraw, JpegImagePlugin
 
 from plugins import ops
 from plugins.datasets.glob_patches import GlobPatchesDataset
@@ -367,6 +368,52 @@ def test_imagefolder_pickles(folder):
     data = ImageFolderDataset("test", task="classification", data=str(folder))
     copy = pickle.loads(pickle.dumps(data))
     assert torch.equal(copy[0][0], data[0][0]) and copy[0][1] == data[0][1]
+
+
+def write_photo(path: Path, seed: int, width: int = 178, height: int = 218) -> None:
+    """Write a photograph-like JPEG (smooth colours, a few sharp-edged ellipses), quality 90."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, size=(height // 8, width // 8, 3), dtype=np.uint8)
+    image = Image.fromarray(base).resize((width, height), Image.BICUBIC)
+    draw = ImageDraw.Draw(image)
+    for _ in range(4):
+        x, y, rx, ry = (int(v) for v in rng.integers(10, 60, 4))
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        draw.ellipse((2 * x - rx, 2 * y - ry, 2 * x + rx, 2 * y + ry), fill=colour)
+    image.save(path, quality=90)
+
+
+@pytest.mark.parametrize("size, channels", [(64, 3), (64, 1), (32, 3), (40, 1)])
+def test_imagefolder_decodes_jpegs_at_reduced_scale_close_to_the_full_decode(tmp_path, monkeypatch, size, channels):
+    for i in range(4):
+        write_photo(tmp_path / "photos" / "train" / "a" / f"{i}.jpg", seed=i)
+    data = ImageFolderDataset("train", task="generation", data=str(tmp_path / "photos"), image_size=size,
+                              channels=channels)
+    boxes = []  # the source area in each draft-decoded image: 178 wide at full scale
+    draft = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(self, mode, requested):
+        result = draft(self, mode, requested)
+        boxes.append(result[1])
+        return result
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    for index, (path, _) in enumerate(data.files):
+        fast = data.decode(index)
+        full = ops.load_image(path, channels)  # the whole file, resized and cropped as before draft mode
+        full = TF.pil_to_tensor(TF.center_crop(TF.resize(full, [size], antialias=True), [size, size]))
+        assert fast.shape == full.shape == (channels, size, size) and fast.dtype == torch.uint8
+        assert (fast.float() - full.float()).abs().mean() < 3.0  # grey levels of 255
+    assert len(boxes) == len(data) and all(box[2] <= 178 / 2 for box in boxes)  # each at 1/2 scale or less
+
+
+def test_load_image_with_a_short_side_resizes_like_torchvision(tmp_path):
+    write_image(tmp_path / "a.png", 50, 30, seed=1)  # not a JPEG: no draft mode, so exactly TF.resize
+    for short_side in (10, 30, 45):
+        got = ops.load_image(str(tmp_path / "a.png"), 3, short_side=short_side)
+        expected = TF.resize(ops.load_image(str(tmp_path / "a.png"), 3), [short_side], antialias=True)
+        assert got.size == expected.size and np.array_equal(np.asarray(got), np.asarray(expected))
 
 
 # ----------------------------------------------------------------------------- mnist

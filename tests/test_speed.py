@@ -27,7 +27,7 @@ def test_channels_last_trains_to_the_same_weights_within_float_tolerance(zoo_cli
     a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
     assert all(torch.allclose(a[k], b[k], atol=1e-4, rtol=1e-3) for k in a)
     speed = json.loads((tmp_path / "b" / "config.json").read_text())["resolved"]["speed"]
-    assert speed == {"precision": "32", "channels_last": True, "compile": False}
+    assert speed == {"precision": "32", "channels_last": True, "compile": False, "cuda_graph": False}
 
 
 def test_fast_on_the_cpu_says_it_changes_nothing(zoo_cli, tmp_path):
@@ -35,7 +35,7 @@ def test_fast_on_the_cpu_says_it_changes_nothing(zoo_cli, tmp_path):
     assert code == 0, err
     assert "--fast speeds up CUDA runs; on cpu it changes nothing" in err
     speed = json.loads((tmp_path / "run" / "config.json").read_text())["resolved"]["speed"]
-    assert speed == {"precision": "32", "channels_last": False, "compile": False}
+    assert speed == {"precision": "32", "channels_last": False, "compile": False, "cuda_graph": False}
 
 
 def test_a_model_that_cannot_be_compiled_falls_back_in_one_line(zoo_cli, tmp_path, monkeypatch):

@@ -30,8 +30,10 @@ from zoo.options import split_assignments, split_hook_assignments
 @click.option("--precision", type=click.Choice(["32", "bf16", "16-mixed"]), help="Numeric precision (default 32).")
 @click.option("--channels-last", is_flag=True, default=None, help="Channels-last memory layout (fast on CUDA).")
 @click.option("--compile", is_flag=True, default=None, help="torch.compile the networks (falls back if not possible).")
+@click.option("--cuda-graph", is_flag=True, default=None,
+              help="Capture each training step in a CUDA graph and replay it (falls back if not possible).")
 @click.option("--fast", is_flag=True, default=None,
-              help="On CUDA: bf16, channels-last and torch.compile together (on the CPU: no change).")
+              help="On CUDA: bf16, channels-last and CUDA graphs together (on the CPU: no change).")
 @click.option("--nproc-per-node", type=int,
               help="Train in N processes through torchrun (DDP-style data parallel; NCCL on GPUs, gloo on CPU).")
 @click.option("--sync-bn", is_flag=True, default=None, help="With several processes: synchronise BatchNorm statistics.")

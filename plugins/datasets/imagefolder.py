@@ -13,6 +13,7 @@ from zoo.errors import UsageError
 
 LAYOUT = "ROOT/train/<class>/*.png|jpg (and optionally ROOT/test/<class>/*)"
 HOLDOUT_EVERY = 10
+DECODE_METHOD = "pil-jpeg-draft+bilinear-short-side"  # in cache_key: a change rebuilds decoded caches
 
 
 def _list_class_files(folder: str) -> list[str]:
@@ -100,16 +101,15 @@ class ImageFolderDataset(ZooDataset):
         return self.finish(self.decode(index), index)
 
     def cache_key(self) -> list:
-        """What the decoded images depend on: files (path, size, mtime), size and channels."""
+        """What the decoded images depend on: decode method, size, channels and files (path, size, mtime)."""
         stats = [(path, os.stat(path).st_size, os.stat(path).st_mtime_ns) for path, _ in self.files]
-        return ["imagefolder", 1, self.image_shape, stats]
+        return ["imagefolder", 2, DECODE_METHOD, self.image_shape, stats]
 
     def decode(self, index: int) -> torch.Tensor:
         """The deterministic part of an item: the file decoded, resized and cropped, as uint8 ``(C, H, W)``."""
         path, _ = self.files[index]
-        image = ops.load_image(path, self.image_shape[0])
-        image = TF.center_crop(TF.resize(image, [self.size], antialias=True), [self.size, self.size])
-        return TF.pil_to_tensor(image)
+        image = ops.load_image(path, self.image_shape[0], short_side=self.size)
+        return TF.pil_to_tensor(TF.center_crop(image, [self.size, self.size]))
 
     def finish(self, decoded: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor | int]:
         """The rest of an item from its decoded image: range, random flip, degradation, label."""

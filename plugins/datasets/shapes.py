@@ -84,12 +84,35 @@ class ShapesDataset(ZooDataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor | int]:
         if not 0 <= index < self.count:
             raise IndexError(f"shapes index {index} out of range 0..{self.count - 1}")
-        generator = torch.Generator().manual_seed(
-            _SEED_BASE + 2 * index + (1 if self.split == "test" else 0))
-        params = torch.rand(9, generator=generator)
-        label = index % len(SHAPE_CLASSES)
-        image = draw_shape(label, self.size, params, grey=self.image_shape[0] == 1)
+        return self._finish_image(self._draw(index), index)
+
+    def _generator(self, index: int) -> torch.Generator:
+        return torch.Generator().manual_seed(_SEED_BASE + 2 * index + (1 if self.split == "test" else 0))
+
+    def _draw(self, index: int) -> torch.Tensor:
+        """Item ``index``'s shape in ``[-1, 1]``, the same every time it is drawn."""
+        params = torch.rand(9, generator=self._generator(index))
+        return draw_shape(index % len(SHAPE_CLASSES), self.size, params, grey=self.image_shape[0] == 1)
+
+    def _finish_image(self, image: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor | int]:
+        """The item from its drawn image: a degraded copy for image_to_image, else the label."""
         if self.task == "image_to_image":
-            noise_source = generator if self.split == "test" else item_rng()
+            if self.split == "test":  # the same noise every time: the generator after the shape's draws
+                noise_source = self._generator(index)
+                torch.rand(9, generator=noise_source)
+            else:
+                noise_source = item_rng()
             return ops.degrade(image, self.degrade, generator=noise_source), image
-        return image, label
+        return image, index % len(SHAPE_CLASSES)
+
+    def cache_key(self) -> list:
+        """What the drawn images depend on (for --cache-decoded)."""
+        return ["shapes", 1, self.split, self.count, self.image_shape]
+
+    def decode(self, index: int) -> torch.Tensor:
+        """Item ``index``'s image as uint8 ``(C, H, W)``, for the decoded cache."""
+        return ((self._draw(index) + 1) * 127.5).round().to(torch.uint8)
+
+    def finish(self, decoded: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor | int]:
+        """The item from its cached uint8 image."""
+        return self._finish_image(decoded.to(torch.float32) / 127.5 - 1, index)

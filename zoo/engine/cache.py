@@ -4,7 +4,14 @@ A dataset opts in by offering ``decode(index)`` (the deterministic, expensive pa
 an item, as a uint8 ``(C, H, W)`` tensor), ``finish(decoded, index)`` (the rest:
 random augmentation, range, label) and ``cache_key()`` (what the decoded images
 depend on: files, sizes, transforms). A change in any of those gives a new key, so
-the cache is rebuilt rather than served stale.
+the cache is rebuilt rather than served stale. The build decodes in ``workers``
+loader processes (0: in this process) and writes the file in this one.
+
+With ``fill_on_read`` there is no separate build: the first pass over the data
+decodes each item where it is read (in the training loader's workers) and stores
+it in a shared partial file with a flag per item; ``finalize`` then decodes what
+the pass left out and publishes the file. So the first epoch costs one decode per
+image, as without a cache, and a run stopped half-way keeps what it decoded.
 """
 
 from __future__ import annotations
@@ -12,16 +19,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from zoo.errors import RunError, ZooError
+
+BUILD_BATCH = 32  # images a build worker decodes and sends back at once
+FILLED = 1  # an item's flag in the partial file once its decoded image is stored
 
 
 def default_root() -> Path:
@@ -34,51 +45,157 @@ def supports_cache(dataset: Any) -> bool:
     return all(callable(getattr(dataset, name, None)) for name in ("decode", "finish", "cache_key"))
 
 
-class DecodedCache(Dataset):
-    """Serves a dataset from its decoded images, built into ``root`` on first use."""
+class _Decoded(Dataset):
+    """``(index, dataset.decode(index))`` for the build; a ZooError comes back as its first line, not raised.
 
-    def __init__(self, dataset: Any, root: Path) -> None:
+    Returning the message keeps one unreadable file from stopping the build's loader workers.
+    """
+
+    def __init__(self, dataset: Any) -> None:
         self.dataset = dataset
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | str]:
+        try:
+            return index, self.dataset.decode(index)
+        except ZooError as exc:  # reported when the sample is used (or skipped: --skip-bad-files)
+            return index, str(exc).splitlines()[0]
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+
+def _collate(items: list[tuple[int, torch.Tensor | str]]) -> tuple[list[int], torch.Tensor | None, dict[int, str]]:
+    """Stack a batch's decoded images (one tensor to send, not many); set the bad ones apart."""
+    good = [(index, image) for index, image in items if isinstance(image, torch.Tensor)]
+    bad = {index: message for index, message in items if isinstance(message, str)}
+    return [index for index, _ in good], (torch.stack([image for _, image in good]) if good else None), bad
+
+
+def _ignore_sigint(_worker_id: int) -> None:
+    """Build workers leave Ctrl-C to the main process, which removes the partial file."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class DecodedCache(Dataset):
+    """Serves a dataset from its decoded images, built into ``root`` on first use by ``workers`` processes."""
+
+    def __init__(self, dataset: Any, root: Path, *, workers: int = 0, fill_on_read: bool = False) -> None:
+        self.dataset = dataset
+        self.workers = workers
         key = hashlib.sha256(json.dumps(dataset.cache_key(), default=str).encode()).hexdigest()[:24]
         self.shape = (len(dataset), *dataset.image_shape)
         self.path = Path(root) / f"{key}-{'x'.join(map(str, self.shape))}.u8"
         self.bad_path = self.path.with_name(self.path.name + ".bad.json")
+        self.partial_path = self.path.with_name(f".{self.path.name}.partial")
+        self.flags_path = self.path.with_name(f".{self.path.name}.filled")
         self._array: np.memmap | None = None
-        if not self.path.exists():
-            self._build()
+        self._flags: np.memmap | None = None
+        self.bad: dict[int, str] = {}
+        self.complete = self.path.exists()
+        if self.complete:
+            self._load_bad()
+        elif fill_on_read:
+            self._prepare_partial()
+        else:
+            self._build(range(self.shape[0]), self._create(self.path.with_name(f".{self.path.name}.{os.getpid()}")))
+
+    def _load_bad(self) -> None:
         self.bad = {int(k): v for k, v in json.loads(self.bad_path.read_text()).items()} \
             if self.bad_path.exists() else {}
 
-    def _build(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-        bad: dict[int, str] = {}
+    def _write_error(self, exc: OSError) -> RunError:
+        return RunError(f"could not write the decoded cache {self.path} ({exc.strerror or exc}); free some "
+                        f"space, set ZOO_CACHE_DIR to another folder, or drop --cache-decoded.")
+
+    def _create(self, tmp: Path) -> np.memmap:
+        """A new zero-filled image file of the cache's shape at ``tmp``."""
         try:
-            array = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=self.shape)
-            for index in tqdm(range(self.shape[0]), desc=f"decoding {self.dataset.split} once", unit="img",
-                              file=sys.stderr, mininterval=0.5, leave=False):
-                try:
-                    array[index] = self.dataset.decode(index).numpy()
-                except ZooError as exc:  # reported when the sample is used (or skipped: --skip-bad-files)
-                    bad[index] = str(exc).splitlines()[0]
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return np.memmap(tmp, dtype=np.uint8, mode="w+", shape=self.shape)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise self._write_error(exc) from None
+
+    def _prepare_partial(self) -> None:
+        """Create (or keep, from an earlier run stopped half-way) the partial file and its flags."""
+        if self.partial_path.exists() and self.flags_path.exists():
+            return
+        try:
+            self._create(self.partial_path).flush()
+            np.memmap(self.flags_path, dtype=np.uint8, mode="w+", shape=(self.shape[0],)).flush()
+        except OSError as exc:
+            self.partial_path.unlink(missing_ok=True)
+            raise self._write_error(exc) from None
+
+    def _build(self, indices: Any, array: np.memmap, flags: np.ndarray | None = None) -> None:
+        """Decode ``indices`` with the build's workers into ``array``, then publish it as the cache."""
+        tmp = Path(array.filename)
+        bad: dict[int, str] = {}
+        loader = DataLoader(Subset(_Decoded(self.dataset), [int(i) for i in indices]), batch_size=BUILD_BATCH,
+                            num_workers=self.workers, collate_fn=_collate,
+                            worker_init_fn=_ignore_sigint if self.workers else None,
+                            generator=torch.Generator())  # leaves the global RNG (model init) untouched
+        try:
+            with tqdm(total=len(indices), desc=f"decoding {self.dataset.split} once", unit="img",
+                      file=sys.stderr, mininterval=0.5, leave=False) as progress:
+                for done, images, failed in loader:
+                    if images is not None:
+                        array[done] = images.numpy()
+                    bad.update(failed)
+                    progress.update(len(done) + len(failed))
             array.flush()
             del array
             if bad:
                 self.bad_path.write_text(json.dumps(bad))
+            else:
+                self.bad_path.unlink(missing_ok=True)  # left by an earlier build of these same files
             os.replace(tmp, self.path)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            raise RunError(f"could not write the decoded cache {self.path} ({exc.strerror or exc}); free some "
-                           f"space, set ZOO_CACHE_DIR to another folder, or drop --cache-decoded.") from None
+            raise self._write_error(exc) from None
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            if flags is None:  # a partial file keeps what it has for the next run
+                tmp.unlink(missing_ok=True)
             raise
+        self.bad = bad
+        self.complete = True
+
+    def finalize(self) -> None:
+        """Decode what the first pass left out (the last partial batch, say) and publish the cache.
+
+        A no-op once complete. Items marked unreadable are decoded again here, so the
+        cache records their errors as a full build would.
+        """
+        if self.complete or not self.flags_path.exists():
+            self.complete = self.complete or self.path.exists()
+            if self.complete and not self.bad:
+                self._load_bad()
+            return
+        flags = np.array(np.memmap(self.flags_path, dtype=np.uint8, mode="r", shape=(self.shape[0],)))
+        array = np.memmap(self.partial_path, dtype=np.uint8, mode="r+", shape=self.shape)
+        self._array = self._flags = None
+        self._build(np.flatnonzero(flags != FILLED), array, flags)
+        self.flags_path.unlink(missing_ok=True)
+
+    def _open(self) -> None:
+        """Map the files in this process (each loader worker maps them itself)."""
+        if self.complete or self.path.exists():
+            self.complete = True
+            self._array = np.memmap(self.path, dtype=np.uint8, mode="r", shape=self.shape)
+        else:
+            self._array = np.memmap(self.partial_path, dtype=np.uint8, mode="r+", shape=self.shape)
+            self._flags = np.memmap(self.flags_path, dtype=np.uint8, mode="r+", shape=(self.shape[0],))
 
     def __getitem__(self, index: int) -> Any:
         if index in self.bad:
             raise RunError(self.bad[index])
-        if self._array is None:  # opened lazily: each loader worker maps the file itself
-            self._array = np.memmap(self.path, dtype=np.uint8, mode="r", shape=self.shape)
+        if self._array is None:
+            self._open()
+        if self._flags is not None and self._flags[index] != FILLED:
+            decoded = self.dataset.decode(index)  # a bad file raises here, as without the cache
+            self._array[index] = decoded.numpy()
+            self._flags[index] = FILLED  # after the image: a torn write leaves the item to decode again
+            return self.dataset.finish(decoded, index)
         return self.dataset.finish(torch.from_numpy(np.array(self._array[index])), index)
 
     def __len__(self) -> int:
@@ -86,10 +203,10 @@ class DecodedCache(Dataset):
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_array"] = None
+        state["_array"] = state["_flags"] = None
         return state
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name in ("dataset", "_array", "shape", "path"):
+        if name.startswith("__") or name in ("dataset", "_array", "_flags", "shape", "path", "complete"):
             raise AttributeError(name)
         return getattr(self.dataset, name)  # image_shape, classes, split, task...

@@ -177,7 +177,7 @@ class DeviceFeed:
     GPU, so the copy never stalls the step (pinned host memory makes it async).
     """
 
-    def __init__(self, source: Prefetcher, device: torch.device, channels_last: bool = False) -> None:
+    def __init__(self, source: "Prefetcher | LoaderStream", device: torch.device, channels_last: bool = False) -> None:
         self.source = source
         self.device = device
         self.channels_last = channels_last
@@ -219,6 +219,35 @@ class DeviceFeed:
     def close(self) -> None:
         """Release the prefetch thread and the loader's workers."""
         self.source.close()
+
+
+class LoaderStream:
+    """Iterates a DataLoader in the calling thread; closing drops the iterator, which stops its workers."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        self._iterator: Any = iter(loader)
+
+    def __iter__(self) -> "LoaderStream":
+        return self
+
+    def __next__(self) -> Any:
+        if self._iterator is None:
+            raise StopIteration
+        return next(self._iterator)
+
+    def close(self) -> None:
+        """Release the loader's workers."""
+        self._iterator = None
+
+
+def prefetching(loader: DataLoader, workers: int, max_prefetch: int) -> "Prefetcher | LoaderStream":
+    """The loader behind a prefetching front: a background thread when the main process loads.
+
+    With worker processes the DataLoader already runs ahead (its workers and pin-memory
+    thread); a second thread there would only add hand-offs of the interpreter lock to
+    every step, which a GPU-bound loop pays for in launch delays.
+    """
+    return Prefetcher(loader, max_prefetch=max_prefetch) if workers == 0 else LoaderStream(loader)
 
 
 class Prefetcher(BackgroundGenerator):

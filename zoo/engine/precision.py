@@ -51,9 +51,10 @@ class Precision:
         elif mode == "16-mixed":
             self.dtype = torch.float16
         self.scaler = torch.amp.GradScaler(device.type, enabled=(mode == "16-mixed"))
+        self.cache_casts = True  # off under CUDA graphs, whose capture must not keep autocast's cached copies
 
     def autocast(self) -> ContextManager:
         """The context a forward pass runs in."""
         if self.dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype, cache_enabled=self.cache_casts)

@@ -1,4 +1,4 @@
-"""The speed switches: ``--fast`` and what it stands for (bf16, channels-last, torch.compile).
+"""The speed switches: ``--fast`` and what it stands for (bf16, channels-last, whole-step CUDA graphs).
 
 Each feature falls back with one line where the model or the device cannot
 take it, so the same command runs everywhere.
@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import torch
 
+from zoo.engine import graphed
 
 @dataclasses.dataclass
 class SpeedSettings:
@@ -19,6 +20,7 @@ class SpeedSettings:
     precision: str
     channels_last: bool
     compile: bool
+    cuda_graph: bool = False
 
     def describe(self) -> dict[str, Any]:
         """For config.json."""
@@ -26,16 +28,38 @@ class SpeedSettings:
 
 
 def resolve(config: Any, device: torch.device, say: Callable[[str], None]) -> SpeedSettings:
-    """Turn ``--fast``, ``--channels-last`` and ``--compile`` into settings this device can take."""
-    settings = SpeedSettings(config.precision, bool(config.channels_last), bool(config.compile))
+    """Turn ``--fast``, ``--channels-last``, ``--compile`` and ``--cuda-graph`` into settings this device can take.
+
+    ``--fast`` is the set that measured fastest (bench/train_speed.py): bf16, channels-last
+    and whole-step CUDA graphs. torch.compile stays a separate switch.
+    """
+    settings = SpeedSettings(config.precision, bool(config.channels_last), bool(config.compile),
+                             bool(config.cuda_graph))
     if config.fast:
         if device.type == "cuda":
             if settings.precision == "32":
                 settings.precision = "bf16" if torch.cuda.is_bf16_supported() else "16-mixed"
-            settings.channels_last = settings.compile = True
+            settings.channels_last = settings.cuda_graph = True
         else:
             say(f"zoo: --fast speeds up CUDA runs; on {device.type} it changes nothing.")
+    elif settings.cuda_graph and device.type != "cuda":
+        say(f"zoo: --cuda-graph needs a CUDA device; on {device.type} steps run eagerly.")
+        settings.cuda_graph = False
     return settings
+
+
+def graph_blocker(config: Any, settings: SpeedSettings, recipe: Any, optimizers: dict[str, Any],
+                  distributed: bool) -> str | None:
+    """Why this run's steps cannot be captured in a CUDA graph, or None when they can."""
+    if not recipe.capturable:
+        return f"{type(recipe).__name__} syncs with the host during a step"
+    if settings.precision == "16-mixed":
+        return "the float16 gradient scaler checks every step on the host (bf16 needs no scaler)"
+    if config.skip_nonfinite:
+        return "--skip-nonfinite checks every step on the host"
+    if distributed:
+        return "several processes exchange gradients outside the graph"
+    return graphed.unsupported_reason(optimizers)
 
 
 def apply(recipe: Any, settings: SpeedSettings, say: Callable[[str], None]) -> None:
@@ -52,4 +76,12 @@ def apply(recipe: Any, settings: SpeedSettings, say: Callable[[str], None]) -> N
                 network.compile()
         except Exception as exc:  # an old torch, a missing compiler: run eagerly
             say(f"zoo: torch.compile is not available here ({type(exc).__name__}: {exc}); running eagerly.")
+            uncompile(recipe)
             settings.compile = False
+
+
+def uncompile(recipe: Any) -> None:
+    """Undo ``compile()`` on the recipe's networks, so they run eagerly again."""
+    for network in recipe.children():
+        if getattr(network, "_compiled_call_impl", None) is not None:
+            network._compiled_call_impl = None

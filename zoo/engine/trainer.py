@@ -23,9 +23,9 @@ from tqdm import tqdm
 
 from zoo import build
 from zoo.config import TrainConfig
-from zoo.engine import cache, checkpoint, distributed, finetune, rng, speed
+from zoo.engine import cache, checkpoint, distributed, finetune, graphed, rng, speed
 from zoo.engine.evaluate import evaluate
-from zoo.engine.feed import BadItems, DeviceFeed, Prefetcher, make_loader, to_device
+from zoo.engine.feed import BadItems, DeviceFeed, make_loader, prefetching, to_device
 from zoo.engine.hooks import HookCaller, RunContext
 from zoo.engine.precision import Precision, resolve_device
 from zoo.engine.rundir import MetricsLog, versions, write_json
@@ -119,10 +119,25 @@ class Trainer:
         self.context.rank = self.dist.rank
         if resume:
             self._resume()
+        self.step_graph = self._make_step_graph()
+        self._compiled_step_ran = False
         if self.dist.is_main:
             self._write_config(command_line or [], resume)
 
     # ----------------------------------------------------------------- setup
+    def _make_step_graph(self) -> graphed.StepGraph | None:
+        """The CUDA-graph runner for steps when --cuda-graph (or --fast) asks and the run allows it."""
+        if not self.speed.cuda_graph:
+            return None
+        reason = speed.graph_blocker(self.config, self.speed, self.recipe, self.optimizers, self.dist.enabled)
+        if reason:
+            _echo(f"zoo: no CUDA graph: {reason}; steps run eagerly.")
+            self.speed.cuda_graph = False
+            return None
+        graphed.make_capturable(self.optimizers, self.device)
+        self.precision.cache_casts = False
+        return graphed.StepGraph(self._compute_step, self.optimizers, _echo)
+
     def _build_data_and_model(self) -> None:
         config = self.config
         parts = build.build_parts(self.registry, config)
@@ -133,8 +148,10 @@ class Trainer:
                 root = cache.default_root()
                 if not self.dist.is_main:
                     distributed.barrier(self.dist)  # rank 0 builds the cache once
-                self.train_set = cache.DecodedCache(self.train_set, root)
-                self.test_set = cache.DecodedCache(self.test_set, root)
+                # one process: the first epoch fills the cache as it reads; several: rank 0 builds it first
+                self.train_set = cache.DecodedCache(self.train_set, root, workers=config.workers,
+                                                    fill_on_read=not self.dist.enabled)
+                self.test_set = cache.DecodedCache(self.test_set, root, workers=config.workers)
                 if self.dist.is_main:
                     distributed.barrier(self.dist)
             else:
@@ -401,7 +418,7 @@ class Trainer:
 
     def _open_epoch(self) -> tuple[DeviceFeed, tqdm]:
         self.order.set_epoch(self.epoch, start=self.position * self.config.batch_size)
-        feed = DeviceFeed(Prefetcher(self.loader, max_prefetch=max(2, 2 * self.config.accumulate)),
+        feed = DeviceFeed(prefetching(self.loader, self.config.workers, max(2, 2 * self.config.accumulate)),
                           self.device, self.speed.channels_last)
         bar = tqdm(total=self.steps_per_epoch, initial=self.position // self.config.accumulate,
                    desc=f"epoch {self.epoch + 1}", unit="step", dynamic_ncols=True, leave=True,
@@ -412,17 +429,59 @@ class Trainer:
     def _train_step(self, batches: list[Any]) -> None:
         """One step: every micro-batch through the recipe, backward per optimizer, then step.
 
-        With --skip-nonfinite, a non-finite loss skips its own update and the rest of the
-        step (updates yielded before it, e.g. a GAN's discriminator, have already happened).
+        The work itself is ``_compute_step``; under ``--cuda-graph`` it runs as a replayed
+        graph. Its per-step figures join the logging window here, without a device sync.
         """
-        scaler = self.precision.scaler
-        stepped = False
         if not batches:  # every sample of the step was unreadable (--skip-bad-files)
             if self.dist.enabled:
                 raise RunError(f"every sample of step {self.step + 1} on process {self.dist.rank} was "
                                f"unreadable; remove the bad files (--skip-bad-files cannot skip a whole "
                                f"step when several processes train together).")
             return
+        if self.step_graph is not None:
+            values = self.step_graph(batches)
+        elif self.speed.compile and not self._compiled_step_ran:
+            values = self._first_compiled_step(batches)
+        else:
+            values = self._compute_step(batches)
+        if values is None:  # skipped: a non-finite loss under --skip-nonfinite
+            return
+        for key, value in values.items():
+            self._add_to_window(key, value)
+        self._window_steps += 1
+
+    def _first_compiled_step(self, batches: list[Any]) -> dict[str, torch.Tensor] | None:
+        """The first step of a compiled run; where the compiler fails on it, uncompile and step eagerly."""
+        try:
+            values = self._compute_step(batches)
+        except (ZooError, torch.OutOfMemoryError):
+            raise
+        except Exception as exc:  # a compiler bug on this model: the eager model still trains
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            _echo(f"zoo: torch.compile failed on this model's first step ({type(exc).__name__}: {reason}); "
+                  f"running eagerly.")
+            speed.uncompile(self.recipe)
+            self.speed.compile = False
+            self.recipe.pop_logs()
+            values = self._compute_step(batches)
+        self._compiled_step_ran = True
+        return values
+
+    def _compute_step(self, batches: list[Any]) -> dict[str, torch.Tensor] | None:
+        """Run a step's forwards, backwards and optimizer updates; return its losses and logged figures.
+
+        With --skip-nonfinite, a non-finite loss skips its own update and the rest of the
+        step (updates yielded before it, e.g. a GAN's discriminator, have already happened)
+        and returns None.
+        """
+        scaler = self.precision.scaler
+        stepped = False
+        values: dict[str, torch.Tensor] = {}
+
+        def add(key: str, value: torch.Tensor) -> None:
+            value = value.detach().float()
+            values[key] = values[key] + value if key in values else value
+
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
         last = len(batches) - 1
@@ -446,10 +505,10 @@ class Trainer:
                     self.recipe.pop_logs()
                     if stepped:
                         scaler.update()  # the scaler saw the updates already made this step
-                    return
+                    return None
                 scaled = loss / len(batches) if len(batches) > 1 else loss
                 scaler.scale(scaled).backward(inputs=self.params[name])
-                self._add_to_window(name, scaled.detach())
+                add(name, scaled)
                 if index == last:
                     if self.dist.enabled:
                         distributed.average_gradients(self.params[name], self.dist)
@@ -459,9 +518,9 @@ class Trainer:
                     scaler.step(self.optimizers[name])
                     stepped = True
             for key, value in self.recipe.pop_logs().items():
-                self._add_to_window(key, value / len(batches))
+                add(key, value / len(batches))
         scaler.update()
-        self._window_steps += 1
+        return values
 
     # ------------------------------------------------------ bookkeeping
     def _reset_window(self) -> None:
@@ -472,8 +531,8 @@ class Trainer:
         self._window_start = time.perf_counter()
 
     def _add_to_window(self, key: str, value: torch.Tensor) -> None:
-        value = value.float()
-        self._window[key] = self._window[key] + value if key in self._window else value
+        # a copy, not the tensor itself: a replayed CUDA graph overwrites its outputs in place
+        self._window[key] = self._window[key] + value if key in self._window else value.clone()
 
     def _loss_names(self, key: str) -> str:
         return "loss" if key == "model" else key
@@ -503,7 +562,8 @@ class Trainer:
         if self.device.type == "cuda":
             scalars["peak_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         if self.dist.is_main:
-            self.metrics_log.write({"kind": "train", "step": self.step, "epoch": self._epochs_done(), **scalars})
+            self.metrics_log.write({"kind": "train", "step": self.step, "epoch": self._epochs_done(),
+                                    "time": round(time.time(), 3), **scalars})
         self.hooks.call("on_step_end", run=self.context, step=self.step, scalars=scalars)
         if bar is not None:
             shown = {k: f"{v:.4g}" for k, v in losses.items()}
@@ -522,6 +582,8 @@ class Trainer:
         self.epoch += 1
         self.position = 0
         self.context.epoch = self.epoch
+        if isinstance(self.train_set, cache.DecodedCache):
+            self.train_set.finalize()  # the first epoch filled it: publish it for the next
         self.hooks.call("on_epoch_end", run=self.context, epoch=self.epoch)
         if self.config.eval_every is None and self.step < self.total_steps:
             self._evaluate()
