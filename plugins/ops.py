@@ -143,11 +143,14 @@ def check_image_options(name: str, task: str, tasks: tuple[str, ...], image_size
         raise UsageError(f"{channels} image channels requested: dataset '{name}' gives 1 (grey) or 3 (RGB)")
 
 
+def has_image_name(name: str) -> bool:
+    """True for a non-hidden file name with an image extension PIL reads (no file system access)."""
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
 def is_image_file(path: str) -> bool:
     """True for a regular, non-hidden file with an image extension PIL reads."""
-    name = os.path.basename(path)
-    return (not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
-            and os.path.isfile(path))
+    return has_image_name(os.path.basename(path)) and os.path.isfile(path)
 
 
 def read_image_header(path: str) -> tuple[int, int, int]:

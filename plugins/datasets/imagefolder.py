@@ -21,8 +21,7 @@ def _list_class_files(folder: str) -> list[str]:
     found = []
     for parent, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found.extend(os.path.join(parent, name) for name in files
-                     if ops.is_image_file(os.path.join(parent, name)))
+        found.extend(os.path.join(parent, name) for name in files if ops.has_image_name(name))  # walk: no dirs
     return sorted(found)
 
 
@@ -102,7 +101,8 @@ class ImageFolderDataset(ZooDataset):
 
     def cache_key(self) -> list:
         """What the decoded images depend on: decode method, size, channels and files (path, size, mtime)."""
-        stats = [(path, os.stat(path).st_size, os.stat(path).st_mtime_ns) for path, _ in self.files]
+        stats = [(path, stat.st_size, stat.st_mtime_ns) for path, stat in
+                 ((path, os.stat(path)) for path, _ in self.files)]
         return ["imagefolder", 2, DECODE_METHOD, self.image_shape, stats]
 
     def decode(self, index: int) -> torch.Tensor:
