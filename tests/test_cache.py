@@ -87,11 +87,16 @@ def test_a_corrupt_file_in_the_cache_is_reported_or_skipped_like_without_it(zoo_
     assert "skipped 1 unreadable sample(s)" in err and "03.png" in err
 
 
-def test_a_cache_built_by_worker_processes_equals_one_built_in_process(tmp_path):
-    write_folder(tmp_path / "data", count=40)
+def folder_with_a_broken_file(tmp_path, count):
+    """An image folder whose train/red/03.png is cut short, and its train split."""
+    write_folder(tmp_path / "data", count=count)
     broken = tmp_path / "data" / "train" / "red" / "03.png"
     broken.write_bytes(broken.read_bytes()[:40])
-    dataset = ImageFolderDataset("train", task="classification", data=str(tmp_path / "data"), image_size=32)
+    return ImageFolderDataset("train", task="classification", data=str(tmp_path / "data"), image_size=32), broken
+
+
+def test_a_cache_built_by_worker_processes_equals_one_built_in_process(tmp_path):
+    dataset, broken = folder_with_a_broken_file(tmp_path, 40)
     serial = DecodedCache(dataset, tmp_path / "serial")
     state = torch.get_rng_state()
     parallel = DecodedCache(dataset, tmp_path / "parallel", workers=2)
@@ -122,10 +127,7 @@ def test_cached_shapes_match_the_drawn_ones_to_uint8_precision(tmp_path):
 
 
 def test_a_cache_filled_while_reading_equals_a_built_one_and_keeps_a_stopped_pass(tmp_path):
-    write_folder(tmp_path / "data", count=20)
-    broken = tmp_path / "data" / "train" / "red" / "03.png"
-    broken.write_bytes(broken.read_bytes()[:40])
-    dataset = ImageFolderDataset("train", task="classification", data=str(tmp_path / "data"), image_size=32)
+    dataset, broken = folder_with_a_broken_file(tmp_path, 20)
     built = DecodedCache(dataset, tmp_path / "built")
     bad_index = [path for path, _ in dataset.files].index(str(broken))
 
