@@ -108,7 +108,8 @@ def test_a_cache_built_by_worker_processes_equals_one_built_in_process(tmp_path)
     assert parallel.bad == serial.bad
     with pytest.raises(RunError, match="03.png"):
         parallel[index]
-    assert not list((tmp_path / "parallel").glob(".*"))  # no temporary file left behind
+    leftovers = [p.name for p in (tmp_path / "parallel").glob(".*") if not p.name.endswith(".lock")]
+    assert not leftovers  # no temporary file left behind
 
 
 def test_cached_shapes_match_the_drawn_ones_to_uint8_precision(tmp_path):
@@ -150,7 +151,7 @@ def test_a_cache_filled_while_reading_equals_a_built_one_and_keeps_a_stopped_pas
     again.finalize()  # decodes the rest, records the bad file, publishes the file
     assert again.complete and again.path.read_bytes() == built.path.read_bytes()
     assert again.bad == built.bad and list(again.bad) == [bad_index]
-    assert not list((tmp_path / "filled").glob(".*"))  # partial file and flags are gone
+    assert sorted(p.name for p in (tmp_path / "filled").glob(".*")) == [f".{again.path.name}.lock"]  # no partial
     with seeded_item(7):
         served = again[first_half[-1]][0]
     with seeded_item(7):
@@ -161,13 +162,47 @@ def test_the_first_epoch_fills_the_cache_and_training_matches_uncached(zoo_cli, 
     write_folder(tmp_path / "data")
     monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
     common = ["train", "--model", "mnist_net", "--dataset", "imagefolder", "--data", str(tmp_path / "data"),
-              "--batch-size", "5", "--epochs", "2", "--device", "cpu", "--workers", "2", "--eval-every", "0"]
+              "--batch-size", "5", "--epochs", "2", "--device", "cpu", "--eval-every", "0"]
     code, _, err = zoo_cli(*common, "--run-dir", str(tmp_path / "plain"))
     assert code == 0, err
+    decodes = {"count": 0}
+    original = ImageFolderDataset.decode
+
+    def counted(self, index):
+        decodes["count"] += 1
+        return original(self, index)
+
+    monkeypatch.setattr(ImageFolderDataset, "decode", counted)  # --workers 0: every decode is counted here
     code, _, err = zoo_cli(*common, "--cache-decoded", "--run-dir", str(tmp_path / "cached"))
     assert code == 0, err
-    files = sorted(path.name for path in (tmp_path / "cache").iterdir())
+    files = sorted(path.name for path in (tmp_path / "cache").iterdir() if not path.name.endswith(".lock"))
     assert len(files) == 2 and all(name.endswith(".u8") for name in files)  # train (filled) and test (built)
+    assert decodes["count"] == 24 + 4  # each image decoded once: the second epoch read the cache
     a = checkpoint.load_weights(checkpoint.list_steps(tmp_path / "plain")[-1][1])
     b = checkpoint.load_weights(checkpoint.list_steps(tmp_path / "cached")[-1][1])
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_runs_sharing_a_filling_cache_both_finish(tmp_path):
+    write_folder(tmp_path / "data", count=6)
+    dataset = ImageFolderDataset("train", task="classification", data=str(tmp_path / "data"), image_size=32)
+    first = DecodedCache(dataset, tmp_path / "cache", fill_on_read=True)
+    second = DecodedCache(dataset, tmp_path / "cache", fill_on_read=True)
+    for index in range(len(dataset)):
+        first[index]
+    first.finalize()
+    second.finalize()  # the file is already published: nothing to redo, no error
+    assert first.complete and second.complete and first.path == second.path
+    assert first.path.read_bytes() == DecodedCache(dataset, tmp_path / "built").path.read_bytes()
+
+
+def test_broken_links_and_hidden_files_are_not_listed_so_the_cache_key_can_stat_every_file(tmp_path):
+    write_folder(tmp_path / "data", count=3)
+    red = tmp_path / "data" / "train" / "red"
+    (red / "zz.png").symlink_to(tmp_path / "missing.png")
+    (red / ".hidden.png").write_bytes((red / "00.png").read_bytes())
+    (red / "linked.png").symlink_to(red / "00.png")
+    dataset = ImageFolderDataset("train", task="classification", data=str(tmp_path / "data"), image_size=32)
+    names = sorted(os.path.basename(path) for path, _ in dataset.files)
+    assert names == ["00.png", "00.png", "01.png", "01.png", "02.png", "02.png", "linked.png"]
+    assert DecodedCache(dataset, tmp_path / "cache").complete

@@ -39,7 +39,7 @@ def test_cuda_graph_on_the_cpu_falls_back_in_one_line(zoo_cli, tmp_path):
 
 
 @pytest.mark.parametrize("case, expected", [
-    ({"recipe": _recipe(capturable=False)}, "syncs with the host"),
+    ({"recipe": _recipe(capturable=False)}, "does not declare capturable = True"),
     ({"precision": "16-mixed"}, "gradient scaler"),
     ({"config": _config(skip_nonfinite=True)}, "--skip-nonfinite"),
     ({"distributed": True}, "several processes"),
@@ -62,16 +62,37 @@ def test_capturable_optimizers_pass_the_check():
                                optimizers, False) is None
 
 
-def test_make_capturable_sets_the_flag_and_moves_restored_step_counters():
+def test_set_capturable_sets_the_flag_and_moves_restored_step_counters():
     param = torch.nn.Parameter(torch.zeros(3))
     optimizer = torch.optim.Adam([param])
     param.grad = torch.ones(3)
     optimizer.step()  # a step counter on the CPU, as a checkpoint restores it
     assert optimizer.state[param]["step"].device.type == "cpu"
-    graphed.make_capturable({"model": optimizer}, torch.device("meta"))
+    graphed.set_capturable({"model": optimizer}, torch.device("meta"), True)
     assert optimizer.param_groups[0]["capturable"] and optimizer.defaults["capturable"]
     step = optimizer.state[param]["step"]
     assert step.device.type == "meta" and step.dtype == torch.float32
+
+
+def test_a_capturable_checkpoint_resumes_without_graphs_on_the_cpu():
+    """A checkpoint saved by a graph run keeps capturable=True; a run without graphs turns it off."""
+    param = torch.nn.Parameter(torch.ones(3))
+    saved = torch.optim.Adam([param], capturable=True).state_dict()
+    optimizer = torch.optim.Adam([param])
+    optimizer.load_state_dict(saved)
+    param.grad = torch.ones(3)
+    with pytest.raises(Exception, match="capturable"):
+        optimizer.step()  # what a resume on the CPU met before
+    graphed.set_capturable({"model": optimizer}, torch.device("cpu"), False)
+    optimizer.step()
+    assert not optimizer.param_groups[0]["capturable"] and param.detach().lt(1).all()
+
+
+def test_fast_and_cuda_graph_together_on_the_cpu_run_eagerly(zoo_cli, tmp_path):
+    code, _, err = zoo_cli("train", *TINY, "--device", "cpu", "--fast", "--cuda-graph",
+                           "--run-dir", str(tmp_path / "run"))
+    assert code == 0, err
+    assert "--cuda-graph needs a CUDA device; on cpu steps run eagerly" in err
 
 
 def test_a_new_learning_rate_or_batch_shape_changes_what_the_graph_depends_on():
@@ -80,6 +101,8 @@ def test_a_new_learning_rate_or_batch_shape_changes_what_the_graph_depends_on():
     before = graphed._signature(batch, optimizers)
     assert graphed._signature([(torch.ones(4, 3, 8, 8), torch.ones(4))], optimizers) == before
     assert graphed._signature([(torch.zeros(2, 3, 8, 8), torch.zeros(2))], optimizers) != before
+    assert graphed._signature([(torch.zeros(4, 3, 8, 8), ["a", "b", "c", "d"])], optimizers) != \
+        graphed._signature([(torch.zeros(4, 3, 8, 8), ["a", "b", "c", "e"])], optimizers)  # names a graph would freeze
     optimizers["model"].param_groups[0]["lr"] *= 0.5
     assert graphed._signature(batch, optimizers) != before
 
@@ -102,8 +125,8 @@ def _pair(optimizer_class, **options):
     graph = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).cuda()
     graph.load_state_dict(eager.state_dict())
     eager_opt, graph_opt = optimizer_class(eager.parameters(), **options), optimizer_class(graph.parameters(), **options)
-    graphed.make_capturable({"m": eager_opt}, torch.device("cuda"))
-    graphed.make_capturable({"m": graph_opt}, torch.device("cuda"))
+    graphed.set_capturable({"m": eager_opt}, torch.device("cuda"), True)
+    graphed.set_capturable({"m": graph_opt}, torch.device("cuda"), True)
     return eager, graph, eager_opt, graph_opt
 
 

@@ -95,3 +95,33 @@ def test_fast_on_cuda_trains_and_records_peak_memory(zoo_cli, tmp_path):
     assert code == 0, err
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["peak_memory_gib"] > 0 for r in records if r["kind"] == "train")
+
+
+def test_a_compiler_failure_on_the_first_step_falls_back_without_a_double_update(tmp_path, capsys):
+    """Failing after the updates were made, the first step is undone before it runs eagerly."""
+    from zoo.config import TrainConfig
+    from zoo.engine.rundir import prepare_new
+    from zoo.engine.trainer import Trainer
+    from zoo.registry import get_registry
+
+    config = TrainConfig(model="dcgan", batch_size=8, max_steps=1, device="cpu", eval_every=0, save_every=0,
+                         model_opt={"ngf": 8, "ndf": 8, "nz": 16}, dataset_opt={"train_count": 32, "test_count": 8},
+                         run_dir=str(tmp_path / "run"))
+    prepare_new(tmp_path / "run", overwrite=False)
+    trainer = Trainer(config, get_registry(), tmp_path / "run")
+    trainer.speed.compile = True  # as if compiled: the first step goes through the fallback
+    real_step, calls = trainer._compute_step, []
+
+    def fails_once_after_updating(batches):
+        values = real_step(batches)
+        calls.append(1)
+        if len(calls) == 1:
+            raise AssertionError("expected size 512==512, stride 16==1 at dim=1")
+        return values
+
+    trainer._compute_step = fails_once_after_updating
+    trainer.fit()
+    assert len(calls) == 2 and not trainer.speed.compile
+    assert "torch.compile failed on this model's first step (AssertionError" in capsys.readouterr().err
+    steps = {float(state["step"]) for opt in trainer.optimizers.values() for state in opt.state.values()}
+    assert steps == {1.0}  # one update per optimizer, not two

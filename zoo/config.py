@@ -20,7 +20,7 @@ OPTION_TABLES = ("model_opt", "loss_opt", "dataset_opt", "hook_opt")
 # Options that only extend or observe a run: allowed beside --resume.
 RESUME_OVERRIDABLE = ("max_steps", "epochs", "hooks", "no_hooks", "hook_opt", "device", "workers",
                       "log_every", "eval_every", "save_every", "keep", "skip_bad_files", "skip_nonfinite",
-                      "channels_last", "compile", "cuda_graph", "cache_decoded")
+                      "channels_last", "compile", "cuda_graph")
 
 
 @dataclasses.dataclass

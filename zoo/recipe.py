@@ -39,7 +39,9 @@ class Recipe(nn.Module):
     metric: ClassVar[tuple[str, str] | None] = None
     default_lr: ClassVar[float] = 1e-3
     compilable: ClassVar[bool] = True  # False when torch.compile cannot take the networks
-    capturable: ClassVar[bool] = True  # False when training_step syncs with the host (no CUDA graph then)
+    # True once training_step is known to run the same device work every step: no host syncs,
+    # no Python-side state a CUDA graph would freeze (--cuda-graph and --fast capture only then)
+    capturable: ClassVar[bool] = False
 
     @classmethod
     def adapt_to_data(cls, shape: tuple[int, int, int], num_classes: int | None,

@@ -17,11 +17,20 @@ DECODE_METHOD = "pil-jpeg-draft+bilinear-short-side"  # in cache_key: a change r
 
 
 def _list_class_files(folder: str) -> list[str]:
-    """All image files under ``folder`` (recursively), sorted."""
-    found = []
-    for parent, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found.extend(os.path.join(parent, name) for name in files if ops.has_image_name(name))  # walk: no dirs
+    """All image files under ``folder`` (recursively, hidden entries and broken links left out), sorted."""
+    found, pending = [], [folder]
+    while pending:
+        try:
+            with os.scandir(pending.pop()) as entries:
+                for entry in entries:
+                    if entry.name.startswith("."):
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(entry.path)
+                    elif ops.has_image_name(entry.name) and entry.is_file():  # a stat only for links
+                        found.append(entry.path)
+        except OSError:  # an unreadable sub-folder is skipped, as os.walk does
+            continue
     return sorted(found)
 
 

@@ -92,6 +92,7 @@ class DCGAN(Recipe):
                  "statistics for perceptual, pixel statistics for mse/l1)")
     metric = None
     default_lr = 2e-4
+    capturable = True  # the same device work every step: CUDA graphs may hold it
 
     def __init__(self, image_size: int = 64, nz: int = 100, ngf: int = 64, ndf: int = 64,
                  nc: int = 3, extra_weight: float = 1.0) -> None:

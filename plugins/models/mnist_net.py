@@ -43,6 +43,7 @@ class MnistNet(Recipe):
     loss_role = "--loss is the classification loss between the logits and the labels"
     metric = ("accuracy", "max")
     default_lr = 1.0
+    capturable = True  # the same device work every step: CUDA graphs may hold it
 
     def __init__(self, num_classes: int = 10, dropout: float = 0.5) -> None:
         super().__init__()

@@ -55,6 +55,7 @@ class ResnetI2I(Recipe):
     loss_role = "--loss is the reconstruction loss between the restored and the clean image"
     metric = ("psnr", "max")
     default_lr = 2e-4
+    capturable = True  # the same device work every step: CUDA graphs may hold it
 
     def __init__(self, channels: int = 3, ngf: int = 32, blocks: int = 4,
                  image_size: int = 64) -> None:

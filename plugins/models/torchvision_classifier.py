@@ -105,6 +105,7 @@ class TorchvisionClassifier(Recipe):
     loss_role: ClassVar[str] = "the classification loss on the network's logits"
     metric: ClassVar[tuple[str, str] | None] = ("accuracy", "max")
     default_lr: ClassVar[float] = 1e-3
+    capturable: ClassVar[bool] = True  # the same device work every step: CUDA graphs may hold it
 
     def __init__(self, arch: str, num_classes: int = 1000, channels: int = 3, image_size: int = 224,
                  weights: str = "none") -> None:

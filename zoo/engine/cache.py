@@ -16,13 +16,15 @@ image, as without a cache, and a run stopped half-way keeps what it decoded.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -116,18 +118,34 @@ class DecodedCache(Dataset):
             tmp.unlink(missing_ok=True)
             raise self._write_error(exc) from None
 
-    def _prepare_partial(self) -> None:
-        """Create (or keep, from an earlier run stopped half-way) the partial file and its flags."""
-        if self.partial_path.exists() and self.flags_path.exists():
-            return
-        try:
-            self._create(self.partial_path).flush()
-            np.memmap(self.flags_path, dtype=np.uint8, mode="w+", shape=(self.shape[0],)).flush()
-        except OSError as exc:
-            self.partial_path.unlink(missing_ok=True)
-            raise self._write_error(exc) from None
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the cache's lock file: runs sharing a cache create and publish it one at a time."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(f".{self.path.name}.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def _build(self, indices: Any, array: np.memmap, flags: np.ndarray | None = None) -> None:
+    def _prepare_partial(self) -> None:
+        """Create (or keep, from an earlier or a parallel run) the partial file and its flags."""
+        with self._locked():
+            if self.path.exists():  # another run published it meanwhile
+                self.complete = True
+                self._load_bad()
+                return
+            if self.partial_path.exists() and self.flags_path.exists():
+                return
+            try:
+                self._create(self.partial_path).flush()
+                np.memmap(self.flags_path, dtype=np.uint8, mode="w+", shape=(self.shape[0],)).flush()
+            except OSError as exc:
+                self.partial_path.unlink(missing_ok=True)
+                raise self._write_error(exc) from None
+
+    def _build(self, indices: Any, array: np.memmap, keep_on_failure: bool = False) -> None:
         """Decode ``indices`` with the build's workers into ``array``, then publish it as the cache."""
         tmp = Path(array.filename)
         bad: dict[int, str] = {}
@@ -150,12 +168,11 @@ class DecodedCache(Dataset):
             else:
                 self.bad_path.unlink(missing_ok=True)  # left by an earlier build of these same files
             os.replace(tmp, self.path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise self._write_error(exc) from None
-        except BaseException:
-            if flags is None:  # a partial file keeps what it has for the next run
+        except BaseException as exc:
+            if not keep_on_failure:  # a partial file keeps what it has for the next run
                 tmp.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise self._write_error(exc) from None
             raise
         self.bad = bad
         self.complete = True
@@ -166,16 +183,18 @@ class DecodedCache(Dataset):
         A no-op once complete. Items marked unreadable are decoded again here, so the
         cache records their errors as a full build would.
         """
-        if self.complete or not self.flags_path.exists():
-            self.complete = self.complete or self.path.exists()
-            if self.complete and not self.bad:
-                self._load_bad()
+        if self.complete:
             return
-        flags = np.array(np.memmap(self.flags_path, dtype=np.uint8, mode="r", shape=(self.shape[0],)))
-        array = np.memmap(self.partial_path, dtype=np.uint8, mode="r+", shape=self.shape)
         self._array = self._flags = None
-        self._build(np.flatnonzero(flags != FILLED), array, flags)
-        self.flags_path.unlink(missing_ok=True)
+        with self._locked():
+            if self.path.exists():  # another run sharing the cache published it first
+                self.complete = True
+                self._load_bad()
+                return
+            flags = np.array(np.memmap(self.flags_path, dtype=np.uint8, mode="r", shape=(self.shape[0],)))
+            array = np.memmap(self.partial_path, dtype=np.uint8, mode="r+", shape=self.shape)
+            self._build(np.flatnonzero(flags != FILLED), array, keep_on_failure=True)
+            self.flags_path.unlink(missing_ok=True)
 
     def _open(self) -> None:
         """Map the files in this process (each loader worker maps them itself)."""

@@ -16,6 +16,8 @@ from typing import Any, Callable
 
 import torch
 
+from zoo.errors import ZooError
+
 WARMUP_STEPS = 3
 
 
@@ -28,18 +30,24 @@ def unsupported_reason(optimizers: dict[str, torch.optim.Optimizer]) -> str | No
     return None
 
 
-def make_capturable(optimizers: dict[str, torch.optim.Optimizer], device: torch.device) -> None:
-    """Switch optimizers to their capturable mode: step counters live on the device, no host syncs."""
+def set_capturable(optimizers: dict[str, torch.optim.Optimizer], device: torch.device, enabled: bool) -> None:
+    """Put optimizers in (or out of) their capturable mode, whatever a checkpoint saved.
+
+    Capturable: step counters live on the device and updates never sync with the host,
+    as a graph needs. Out of it (no graphs, or another device on resume): counters on
+    the CPU, the usual fast path.
+    """
     for optimizer in optimizers.values():
         if "capturable" not in optimizer.defaults:
             continue
-        optimizer.defaults["capturable"] = True
+        optimizer.defaults["capturable"] = enabled
         for group in optimizer.param_groups:
-            group["capturable"] = True
+            group["capturable"] = enabled
+        target = device if enabled else torch.device("cpu")
         for state in optimizer.state.values():
             step = state.get("step")
-            if isinstance(step, torch.Tensor) and step.device != device:  # restored from a checkpoint
-                state["step"] = step.to(device=device, dtype=torch.float32)
+            if isinstance(step, torch.Tensor) and step.device != target:
+                state["step"] = step.to(device=target, dtype=torch.float32)
 
 
 def _leaves(tree: Any) -> list[torch.Tensor]:
@@ -53,6 +61,17 @@ def _leaves(tree: Any) -> list[torch.Tensor]:
     return []
 
 
+def _others(tree: Any) -> tuple[Any, ...]:
+    """The non-tensor leaves of a batch (labels as numbers, names): a graph would freeze them."""
+    if isinstance(tree, torch.Tensor):
+        return ()
+    if isinstance(tree, (list, tuple)):
+        return tuple(leaf for item in tree for leaf in _others(item))
+    if isinstance(tree, dict):
+        return tuple(leaf for key in sorted(tree) for leaf in _others(tree[key]))
+    return (tree if isinstance(tree, (str, int, float, bool, type(None))) else repr(tree),)
+
+
 def _clone(tree: Any) -> Any:
     """A copy of a (nested) batch in fresh device memory with the same layout."""
     if isinstance(tree, torch.Tensor):
@@ -64,32 +83,43 @@ def _clone(tree: Any) -> Any:
     return tree
 
 
-def _signature(batches: list[Any], optimizers: dict[str, torch.optim.Optimizer]) -> tuple:
-    """What a captured graph depends on besides tensor contents: batch layouts and hyper-parameters."""
+def _signature(batches: list[Any], optimizers: dict[str, torch.optim.Optimizer]) -> tuple[Any, ...]:
+    """What a captured graph depends on besides tensor contents: batch layouts, non-tensor leaves, settings."""
     layout = tuple((leaf.shape, leaf.dtype, leaf.stride(), leaf.device) for batch in batches for leaf in _leaves(batch))
+    layout += tuple(_others(batch) for batch in batches)
     settings = tuple(tuple((key, value) for key, value in sorted(group.items()) if key != "params"
                            and isinstance(value, (int, float, bool, str, tuple)))
                      for optimizer in optimizers.values() for group in optimizer.param_groups)
     return len(batches), layout, settings
 
 
-class StepGraph:
-    """Runs a step function through a CUDA graph once warmed up; eagerly where it cannot."""
+StepFunction = Callable[[list[Any]], "dict[str, torch.Tensor] | None"]
 
-    def __init__(self, compute: Callable[[list[Any]], dict[str, torch.Tensor]],
-                 optimizers: dict[str, torch.optim.Optimizer], say: Callable[[str], None]) -> None:
+
+class StepGraph:
+    """Runs a step function through a CUDA graph once warmed up; eagerly where it cannot.
+
+    A step whose batch layout or optimizer settings differ from the captured graph's
+    runs eagerly; once the same new layout has run ``WARMUP_STEPS`` times in a row (a
+    new learning rate, say), it is captured in place of the old graph.
+    """
+
+    def __init__(self, compute: StepFunction, optimizers: dict[str, torch.optim.Optimizer],
+                 say: Callable[[str], None], on_failure: Callable[[], Any] = lambda: None) -> None:
         self.compute = compute
         self.optimizers = optimizers
         self.say = say
+        self.on_failure = on_failure
         self.enabled = True
         self.captures = 0
         self._graph: torch.cuda.CUDAGraph | None = None
-        self._signature: tuple | None = None
+        self._signature: tuple[Any, ...] | None = None
         self._inputs: list[Any] = []
-        self._outputs: dict[str, torch.Tensor] = {}
-        self._warmup_left = WARMUP_STEPS
+        self._outputs: dict[str, torch.Tensor] | None = None
+        self._pending: tuple[Any, ...] | None = None  # a layout not captured yet, and how often it ran
+        self._pending_runs = 0
 
-    def __call__(self, batches: list[Any]) -> dict[str, torch.Tensor]:
+    def __call__(self, batches: list[Any]) -> dict[str, torch.Tensor] | None:
         """Run one step; the returned tensors stay valid until the next call."""
         if not self.enabled:
             return self.compute(batches)
@@ -99,12 +129,14 @@ class StepGraph:
                 static.copy_(fresh, non_blocking=True)
             self._graph.replay()
             return self._outputs
-        if self._warmup_left > 0:
-            self._warmup_left -= 1
+        if signature != self._pending:
+            self._pending, self._pending_runs = signature, 0
+        if self._pending_runs < WARMUP_STEPS:
+            self._pending_runs += 1
             return self._on_side_stream(batches)
         return self._capture(batches, signature)
 
-    def _on_side_stream(self, batches: list[Any]) -> dict[str, torch.Tensor]:
+    def _on_side_stream(self, batches: list[Any]) -> dict[str, torch.Tensor] | None:
         """An eager step on a side stream, as capture's warm-up wants."""
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -113,7 +145,7 @@ class StepGraph:
         torch.cuda.current_stream().wait_stream(side)
         return values
 
-    def _capture(self, batches: list[Any], signature: tuple) -> dict[str, torch.Tensor]:
+    def _capture(self, batches: list[Any], signature: tuple[Any, ...]) -> dict[str, torch.Tensor] | None:
         self._graph = self._outputs = None  # free the previous capture first
         inputs = _clone(batches)
         graph = torch.cuda.CUDAGraph()
@@ -123,17 +155,28 @@ class StepGraph:
             # thread_local: the loader's pin-memory thread may allocate while this thread captures
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 outputs = self.compute(inputs)
+        except (ZooError, torch.OutOfMemoryError):
+            self._restore(generator, before)
+            raise
         except Exception as exc:  # a host sync or an op graphs cannot hold: stay eager from here on
+            self._restore(generator, before)
+            del graph, inputs
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             self.say(f"zoo: this model's step cannot be captured in a CUDA graph ({reason}); running eagerly.")
             self.enabled = False
-            if before is not None:  # a failed capture leaves the generator in capture mode
-                generator.graphsafe_set_state(before)
+            self.on_failure()
             torch.cuda.synchronize()
             return self.compute(batches)
         self._graph, self._signature, self._inputs, self._outputs = graph, signature, inputs, outputs
+        self._pending = None
         self.captures += 1
         if self.captures == 1:
             self.say("zoo: training steps now replay one captured CUDA graph.")
         graph.replay()  # capturing ran nothing: this replay is the step itself
         return outputs
+
+    @staticmethod
+    def _restore(generator: torch.Generator, before: torch.Generator | None) -> None:
+        """A failed capture leaves the random generator in capture mode: give it its state back."""
+        if before is not None:
+            generator.graphsafe_set_state(before)

@@ -13,6 +13,7 @@ import torch
 
 from zoo.engine import graphed
 
+
 @dataclasses.dataclass
 class SpeedSettings:
     """The effective precision, memory layout and compilation of a run."""
@@ -30,8 +31,8 @@ class SpeedSettings:
 def resolve(config: Any, device: torch.device, say: Callable[[str], None]) -> SpeedSettings:
     """Turn ``--fast``, ``--channels-last``, ``--compile`` and ``--cuda-graph`` into settings this device can take.
 
-    ``--fast`` is the set that measured fastest (bench/train_speed.py): bf16, channels-last
-    and whole-step CUDA graphs. torch.compile stays a separate switch.
+    ``--fast`` is bf16, channels-last and whole-step CUDA graphs (see bench/train_speed.py);
+    torch.compile stays a separate switch.
     """
     settings = SpeedSettings(config.precision, bool(config.channels_last), bool(config.compile),
                              bool(config.cuda_graph))
@@ -42,7 +43,7 @@ def resolve(config: Any, device: torch.device, say: Callable[[str], None]) -> Sp
             settings.channels_last = settings.cuda_graph = True
         else:
             say(f"zoo: --fast speeds up CUDA runs; on {device.type} it changes nothing.")
-    elif settings.cuda_graph and device.type != "cuda":
+    if settings.cuda_graph and device.type != "cuda":
         say(f"zoo: --cuda-graph needs a CUDA device; on {device.type} steps run eagerly.")
         settings.cuda_graph = False
     return settings
@@ -52,7 +53,8 @@ def graph_blocker(config: Any, settings: SpeedSettings, recipe: Any, optimizers:
                   distributed: bool) -> str | None:
     """Why this run's steps cannot be captured in a CUDA graph, or None when they can."""
     if not recipe.capturable:
-        return f"{type(recipe).__name__} syncs with the host during a step"
+        return (f"{type(recipe).__name__} does not declare capturable = True (its step may sync with the host "
+                f"or keep Python-side state a graph would freeze)")
     if settings.precision == "16-mixed":
         return "the float16 gradient scaler checks every step on the host (bf16 needs no scaler)"
     if config.skip_nonfinite:

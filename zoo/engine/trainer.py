@@ -8,6 +8,7 @@ model), and ``save`` writes an atomic checkpoint.
 
 from __future__ import annotations
 
+import copy
 import math
 import signal
 import sys
@@ -59,6 +60,17 @@ class TrainResult:
 _QUIET = {"on": False}  # processes other than rank 0 stay silent
 
 
+def _host_copy(tree: Any) -> Any:
+    """A copy of a state dict with its tensors in host memory (device memory stays free)."""
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().to("cpu", copy=True)
+    if isinstance(tree, dict):
+        return {key: _host_copy(value) for key, value in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_host_copy(item) for item in tree)
+    return copy.deepcopy(tree)
+
+
 def _echo(message: str) -> None:
     if not _QUIET["on"]:
         tqdm.write(message, file=sys.stderr)
@@ -82,6 +94,7 @@ class Trainer:
         self.precision = Precision(self.speed.precision, self.device)
         rng.seed_everything(config.seed)  # the same initial weights on every process
         if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # streams, graphs and generators follow --device cuda:N
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
         self._build_data_and_model()
         self.loss_fn = build.build_loss(self.plan.loss, config.loss_opt)
@@ -127,16 +140,17 @@ class Trainer:
     # ----------------------------------------------------------------- setup
     def _make_step_graph(self) -> graphed.StepGraph | None:
         """The CUDA-graph runner for steps when --cuda-graph (or --fast) asks and the run allows it."""
+        if self.speed.cuda_graph:
+            reason = speed.graph_blocker(self.config, self.speed, self.recipe, self.optimizers, self.dist.enabled)
+            if reason:
+                _echo(f"zoo: no CUDA graph: {reason}; steps run eagerly.")
+                self.speed.cuda_graph = False
+        # whatever a checkpoint saved: capturable only for graphs
+        graphed.set_capturable(self.optimizers, self.device, self.speed.cuda_graph)
         if not self.speed.cuda_graph:
             return None
-        reason = speed.graph_blocker(self.config, self.speed, self.recipe, self.optimizers, self.dist.enabled)
-        if reason:
-            _echo(f"zoo: no CUDA graph: {reason}; steps run eagerly.")
-            self.speed.cuda_graph = False
-            return None
-        graphed.make_capturable(self.optimizers, self.device)
         self.precision.cache_casts = False
-        return graphed.StepGraph(self._compute_step, self.optimizers, _echo)
+        return graphed.StepGraph(self._run_step, self.optimizers, _echo, on_failure=self.recipe.pop_logs)
 
     def _build_data_and_model(self) -> None:
         config = self.config
@@ -438,20 +452,27 @@ class Trainer:
                                f"unreadable; remove the bad files (--skip-bad-files cannot skip a whole "
                                f"step when several processes train together).")
             return
-        if self.step_graph is not None:
-            values = self.step_graph(batches)
-        elif self.speed.compile and not self._compiled_step_ran:
-            values = self._first_compiled_step(batches)
-        else:
-            values = self._compute_step(batches)
+        values = self.step_graph(batches) if self.step_graph is not None else self._run_step(batches)
         if values is None:  # skipped: a non-finite loss under --skip-nonfinite
             return
         for key, value in values.items():
             self._add_to_window(key, value)
         self._window_steps += 1
 
+    def _run_step(self, batches: list[Any]) -> dict[str, torch.Tensor] | None:
+        """``_compute_step``, except that a compiled run's first step may fall back to eager."""
+        if self.speed.compile and not self._compiled_step_ran:
+            return self._first_compiled_step(batches)
+        return self._compute_step(batches)
+
     def _first_compiled_step(self, batches: list[Any]) -> dict[str, torch.Tensor] | None:
-        """The first step of a compiled run; where the compiler fails on it, uncompile and step eagerly."""
+        """The first step of a compiled run; where the compiler fails on it, uncompile and step eagerly.
+
+        Weights and optimizer states are put back as they were before the step, so an
+        update made before the failure (a GAN's discriminator) does not happen twice.
+        """
+        before = (_host_copy(self.recipe.state_dict()),
+                  {name: _host_copy(opt.state_dict()) for name, opt in self.optimizers.items()})
         try:
             values = self._compute_step(batches)
         except (ZooError, torch.OutOfMemoryError):
@@ -463,6 +484,9 @@ class Trainer:
             speed.uncompile(self.recipe)
             self.speed.compile = False
             self.recipe.pop_logs()
+            self.recipe.load_state_dict(before[0])
+            for name, opt in self.optimizers.items():
+                opt.load_state_dict(before[1][name])
             values = self._compute_step(batches)
         self._compiled_step_ran = True
         return values
@@ -518,7 +542,7 @@ class Trainer:
                     scaler.step(self.optimizers[name])
                     stepped = True
             for key, value in self.recipe.pop_logs().items():
-                add(key, value / len(batches))
+                add(key, value / len(batches) if len(batches) > 1 else value)
         scaler.update()
         return values
 
