@@ -162,7 +162,7 @@ def test_the_first_epoch_fills_the_cache_and_training_matches_uncached(zoo_cli, 
     write_folder(tmp_path / "data")
     monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
     common = ["train", "--model", "mnist_net", "--dataset", "imagefolder", "--data", str(tmp_path / "data"),
-              "--batch-size", "5", "--epochs", "2", "--device", "cpu", "--eval-every", "0"]
+              "--batch-size", "5", "--epochs", "2", "--device", "cpu"]  # evaluates at each epoch's end
     code, _, err = zoo_cli(*common, "--run-dir", str(tmp_path / "plain"))
     assert code == 0, err
     decodes = {"count": 0}
@@ -176,7 +176,7 @@ def test_the_first_epoch_fills_the_cache_and_training_matches_uncached(zoo_cli, 
     code, _, err = zoo_cli(*common, "--cache-decoded", "--run-dir", str(tmp_path / "cached"))
     assert code == 0, err
     files = sorted(path.name for path in (tmp_path / "cache").iterdir() if not path.name.endswith(".lock"))
-    assert len(files) == 2 and all(name.endswith(".u8") for name in files)  # train (filled) and test (built)
+    assert len(files) == 2 and all(name.endswith(".u8") for name in files)  # train and test, both filled
     assert decodes["count"] == 24 + 4  # each image decoded once: the second epoch read the cache
     a = checkpoint.load_weights(checkpoint.list_steps(tmp_path / "plain")[-1][1])
     b = checkpoint.load_weights(checkpoint.list_steps(tmp_path / "cached")[-1][1])

@@ -8,9 +8,9 @@ the cache is rebuilt rather than served stale. The build decodes in ``workers``
 loader processes (0: in this process) and writes the file in this one.
 
 With ``fill_on_read`` there is no separate build: the first pass over the data
-decodes each item where it is read (in the training loader's workers) and stores
-it in a shared partial file with a flag per item; ``finalize`` then decodes what
-the pass left out and publishes the file. So the first epoch costs one decode per
+decodes each item where it is read (in the loader's workers) and stores it in a
+shared partial file with a flag per item; ``finalize`` then decodes what the pass
+left out and publishes the file. So the first epoch costs one decode per
 image, as without a cache, and a run stopped half-way keeps what it decoded.
 """
 

@@ -162,10 +162,10 @@ class Trainer:
                 root = cache.default_root()
                 if not self.dist.is_main:
                     distributed.barrier(self.dist)  # rank 0 builds the cache once
-                # one process: the first epoch fills the cache as it reads; several: rank 0 builds it first
-                self.train_set = cache.DecodedCache(self.train_set, root, workers=config.workers,
-                                                    fill_on_read=not self.dist.enabled)
-                self.test_set = cache.DecodedCache(self.test_set, root, workers=config.workers)
+                # one process: the first pass over each split fills its cache; several: rank 0 builds them first
+                self.train_set, self.test_set = (
+                    cache.DecodedCache(split, root, workers=config.workers, fill_on_read=not self.dist.enabled)
+                    for split in (self.train_set, self.test_set))
                 if self.dist.is_main:
                     distributed.barrier(self.dist)
             else:
@@ -632,6 +632,8 @@ class Trainer:
                                self.precision.autocast, self.config.seed, self.bad_items, progress=bar)
         finally:
             bar.close()
+        if isinstance(self.test_set, cache.DecodedCache):
+            self.test_set.finalize()  # the first evaluation filled it: publish it for the next
         self.last_eval = metrics
         if self.dist.is_main:
             self.metrics_log.write({"kind": "eval", "step": self.step, "epoch": self._epochs_done(), **metrics})
