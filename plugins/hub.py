@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-from zoo.errors import RunError, UsageError
+from zoo.errors import RunError, UsageError, first_line
 
 
 def cache_path(url: str) -> str:
@@ -38,12 +38,6 @@ def download(url: str) -> dict[str, Any]:
     """Download ``url`` into the hub cache and read it (torch's own path, ``weights_only=True``)."""
     with contextlib.redirect_stdout(io.StringIO()):  # torch prints "Downloading: ..." even when offline
         return torch.hub.load_state_dict_from_url(url, weights_only=True, progress=sys.stderr.isatty())
-
-
-def first_line(exc: BaseException) -> str:
-    """``Type: first line of message``, for one-line errors."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def pretrained_state(url: str, what: str, strict: bool,

@@ -26,3 +26,9 @@ class PluginError(ZooError):
     """A plugin failed to import, register or build (exit code 1)."""
 
     exit_code = 1
+
+
+def first_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (or the type alone), for one-line reports of an exception."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Iterator
 import pluggy
 
 from zoo import hookspecs
-from zoo.errors import PluginError, UsageError
+from zoo.errors import PluginError, UsageError, first_line
 
 ENTRY_POINT_GROUP = "zoo"
 KINDS = ("model", "loss", "dataset", "hook")
@@ -131,12 +131,7 @@ def validation_detail(exc: pluggy.PluginValidationError) -> str:
     """pluggy's reason for refusing a hookimpl, in one line (its first line only names the hook)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     detail = "; ".join(line.removeprefix("hookimpl definition: ") for line in lines[1:])
-    return detail or _first_line(exc)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+    return detail or first_line(exc)
 
 
 class Registry:
@@ -308,7 +303,7 @@ def _load_plugin(manager: pluggy.PluginManager, ep: importlib.metadata.EntryPoin
     except BaseException as exc:  # noqa: BLE001 - a plugin may raise anything, even SystemExit
         if isinstance(exc, KeyboardInterrupt):
             raise
-        info.status, info.error = "broken", _first_line(exc)
+        info.status, info.error = "broken", first_line(exc)
         return []
     registrar = Registrar(info.name)
     impls = [impl for impl in manager.hook.zoo_register.get_hookimpls() if impl.plugin_name == info.name]
@@ -321,7 +316,7 @@ def _load_plugin(manager: pluggy.PluginManager, ep: importlib.metadata.EntryPoin
     except BaseException as exc:  # noqa: BLE001
         if isinstance(exc, KeyboardInterrupt):
             raise
-        info.status, info.error = "broken", _first_line(exc)
+        info.status, info.error = "broken", first_line(exc)
         return []
     return registrar.entries
 

@@ -149,9 +149,11 @@ class DecodedCache(Dataset):
         """Decode ``indices`` with the build's workers into ``array``, then publish it as the cache."""
         tmp = Path(array.filename)
         bad: dict[int, str] = {}
+        # a first pass leaves a few items at most: starting worker processes for them costs more than it saves
+        workers = self.workers if len(indices) > self.workers * BUILD_BATCH else 0
         loader = DataLoader(Subset(_Decoded(self.dataset), [int(i) for i in indices]), batch_size=BUILD_BATCH,
-                            num_workers=self.workers, collate_fn=_collate,
-                            worker_init_fn=_ignore_sigint if self.workers else None,
+                            num_workers=workers, collate_fn=_collate,
+                            worker_init_fn=_ignore_sigint if workers else None,
                             generator=torch.Generator())  # leaves the global RNG (model init) untouched
         try:
             with tqdm(total=len(indices), desc=f"decoding {self.dataset.split} once", unit="img",

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 
-from zoo.errors import ZooError
+from zoo.errors import ZooError, first_line
 
 WARMUP_STEPS = 3
 
@@ -161,8 +161,8 @@ class StepGraph:
         except Exception as exc:  # a host sync or an op graphs cannot hold: stay eager from here on
             self._restore(generator, before)
             del graph, inputs
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            self.say(f"zoo: this model's step cannot be captured in a CUDA graph ({reason}); running eagerly.")
+            self.say(f"zoo: this model's step cannot be captured in a CUDA graph ({first_line(exc)}); "
+                     f"running eagerly.")
             self.enabled = False
             self.on_failure()
             torch.cuda.synchronize()

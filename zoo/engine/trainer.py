@@ -30,7 +30,7 @@ from zoo.engine.feed import BadItems, DeviceFeed, make_loader, prefetching, to_d
 from zoo.engine.hooks import HookCaller, RunContext
 from zoo.engine.precision import Precision, resolve_device
 from zoo.engine.rundir import MetricsLog, versions, write_json
-from zoo.errors import PluginError, RunError, UsageError, ZooError
+from zoo.errors import PluginError, RunError, UsageError, ZooError, first_line
 from zoo.registry import Registry
 
 DEFAULT_EPOCHS = 10
@@ -478,9 +478,7 @@ class Trainer:
         except (ZooError, torch.OutOfMemoryError):
             raise
         except Exception as exc:  # a compiler bug on this model: the eager model still trains
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            _echo(f"zoo: torch.compile failed on this model's first step ({type(exc).__name__}: {reason}); "
-                  f"running eagerly.")
+            _echo(f"zoo: torch.compile failed on this model's first step ({first_line(exc)}); running eagerly.")
             speed.uncompile(self.recipe)
             self.speed.compile = False
             self.recipe.pop_logs()
