@@ -11,6 +11,11 @@
     range): what epochs 2+ cost.
 (d) filled: one pass through zoo's loader over a cache filled as it reads
     (``zoo train --cache-decoded`` in one process): what zoo's first epoch costs.
+(e) device: one pass with the workers reading bytes and the device decoding and
+    finishing each batch (``zoo train --decode-on-device``), with no cache.
+(f) device filling: (e) filling a decoded cache (``--decode-on-device --cache-decoded``).
+    (e) and (f) run on ``--device`` (default: CUDA when there is one, else they are skipped;
+    ``--device cpu`` times the same pipeline on the CPU).
 
 Every file is read once before timing, so both sides decode from the page cache.
 """
@@ -28,6 +33,7 @@ from torchvision import datasets, transforms
 
 from plugins.datasets.imagefolder import ImageFolderDataset
 from zoo.engine.cache import DecodedCache
+from zoo.engine.device_decode import DeviceDecoder, EncodedItems, collate_encoded
 from zoo.engine.feed import make_loader
 
 
@@ -59,12 +65,31 @@ def cached_pass(cache: DecodedCache, batch_size: int, workers: int) -> tuple[int
     return count, time.perf_counter() - started
 
 
+def device_pass(source: ImageFolderDataset | DecodedCache, batch_size: int, workers: int,
+                device: torch.device) -> tuple[int, float]:
+    """Images and seconds for one pass with the workers reading bytes and ``device`` decoding each batch."""
+    loader, _ = make_loader(source, batch_size, seed=0, workers=workers, shuffle=True, drop_last=False,
+                            pin_memory=device.type == "cuda", items=EncodedItems, collate=collate_encoded)
+    decoder = DeviceDecoder(source, device)
+    started = time.perf_counter()
+    count = 0
+    for raw in loader:
+        batch, _ = decoder(raw)
+        count += len(batch[0])
+    decoder.fill_rest(batch_size)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return count, time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="ImageFolder ROOT (ROOT/train/<class>/*.jpg)")
     parser.add_argument("--workers", type=int, default=8, help="loader (and cache build) processes")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else None,
+                        help="where (e) and (f) decode (default: cuda when there is one, else they are skipped)")
     args = parser.parse_args()
     if not (args.data / "train").is_dir():
         parser.error(f"no {args.data / 'train'}: write the set first with python bench/make_jpeg_set.py {args.data}")
@@ -93,8 +118,26 @@ def main() -> None:
         fill_seconds += time.perf_counter() - started - fill_seconds  # indexing files counts too
         filled = count / fill_seconds
         print(f"(d) zoo pass filling the cache        {filled:8.0f} img/s  ({count} images, {fill_seconds:.2f}s)")
-    print(f"ratios on {cpus} CPUs with {args.workers} workers:  (b)/(a) {build / plain:.2f}   "
-          f"(c)/(a) {cached / plain:.2f}   (d)/(a) {filled / plain:.2f}")
+        ratios = f"(b)/(a) {build / plain:.2f}   (c)/(a) {cached / plain:.2f}   (d)/(a) {filled / plain:.2f}"
+        if args.device is None:
+            print("(e), (f) skipped: no CUDA device (--device cpu times them on the CPU)")
+        else:
+            device = torch.device(args.device)
+            count, seconds = device_pass(dataset, args.batch_size, args.workers, device)
+            on_device = count / seconds
+            print(f"(e) zoo decoding on {device.type:<4}              {on_device:8.0f} img/s  ({count} images, "
+                  f"{seconds:.2f}s)")
+            started = time.perf_counter()
+            filling = DecodedCache(dataset, Path(cache_dir) / "device", workers=args.workers, fill_on_read=True,
+                                   decoder=dataset.device_decode_method)
+            count, seconds = device_pass(filling, args.batch_size, args.workers, device)
+            filling.finalize()
+            seconds = time.perf_counter() - started
+            device_filled = count / seconds
+            print(f"(f) zoo decoding on {device.type:<4} filling the cache {device_filled:8.0f} img/s  ({count} "
+                  f"images, {seconds:.2f}s)")
+            ratios += f"   (e)/(a) {on_device / plain:.2f}   (f)/(a) {device_filled / plain:.2f}"
+    print(f"ratios on {cpus} CPUs with {args.workers} workers:  {ratios}")
 
 
 if __name__ == "__main__":

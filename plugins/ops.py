@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from typing import TypeVar
 
 import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg
 
 from zoo.errors import RunError, UsageError
 
 DEGRADE_KINDS = ("noise", "blur", "downscale")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+JPEG_MAGIC = b"\xff\xd8\xff"
 
 # Per-kind degradation at strength 1.0: noise std in [-1, 1] units, blur sigma in
 # pixels, downscale factor exponent (factor = 2 ** strength).
@@ -56,7 +59,9 @@ def degrade(image: torch.Tensor, kind: str, generator: torch.Generator | None = 
         return image.clone()
     height, width = image.shape[-2:]
     if kind == "noise":
-        noise = torch.randn(image.shape, generator=generator, dtype=image.dtype, device=image.device)
+        # drawn where the generator lives (a CPU item generator for an image on the GPU too): same noise
+        source = generator.device if generator is not None else image.device
+        noise = torch.randn(image.shape, generator=generator, dtype=image.dtype, device=source).to(image.device)
         out = image + noise * (_NOISE_STD * strength)
     elif kind == "blur":
         sigma = _BLUR_SIGMA * strength
@@ -188,6 +193,43 @@ def load_image(path: str, channels: int, short_side: int | None = None) -> Image
             return image.resize(_short_side_size(width, height, short_side), Image.BILINEAR, box=box)
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         raise RunError(f"cannot read image {path}: {_reason(exc)}; replace or remove the file") from exc
+
+
+def read_jpeg_bytes(path: str) -> torch.Tensor | None:
+    """The bytes of ``path`` as a 1-D uint8 tensor when it is a JPEG file, else ``None``; RunError names a bad file."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError as exc:
+        raise RunError(f"cannot read image {path}: {exc.strerror or exc}; replace or remove the file") from exc
+    if not data.startswith(JPEG_MAGIC):
+        return None
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def decode_jpegs(encoded: list[torch.Tensor], channels: int, size: int, device: torch.device) -> torch.Tensor:
+    """Decode JPEG bytes on ``device`` (nvjpeg on CUDA) to uint8 ``(N, C, size, size)``, as imagefolder crops.
+
+    Each image is resized so its shorter side is ``size`` (bilinear, antialiased,
+    in float, rounded) and centre-cropped: the geometry of ``load_image(path,
+    channels, short_side=size)`` followed by a centre crop, within a few grey levels
+    (the CPU path decodes in PIL's draft mode). Images of one size resize together.
+    """
+    mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+    with warnings.catch_warnings():  # torchvision 0.29 marks its image decoders deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        images = decode_jpeg(encoded, mode=mode, device=device)
+    out = torch.empty((len(images), channels, size, size), dtype=torch.uint8, device=device)
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for position, image in enumerate(images):
+        by_size.setdefault(tuple(image.shape[-2:]), []).append(position)
+    for (height, width), positions in by_size.items():
+        group = torch.stack([images[p] for p in positions]).to(torch.float32)
+        if min(height, width) != size:
+            group = TF.resize(group, [size], antialias=True)
+        group = TF.center_crop(group, [size, size]).round_().clamp_(0, 255).to(torch.uint8)
+        out[torch.tensor(positions, device=device)] = group
+    return out
 
 
 def _short_side_size(width: int, height: int, short_side: int) -> tuple[int, int]:

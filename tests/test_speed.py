@@ -97,6 +97,18 @@ def test_fast_on_cuda_trains_and_records_peak_memory(zoo_cli, tmp_path):
     assert all(r["peak_memory_gib"] > 0 for r in records if r["kind"] == "train")
 
 
+@needs_cuda
+@pytest.mark.parametrize("flags", [[], ["--fast"]])
+def test_gpu_memory_stays_flat_over_steps(zoo_cli, tmp_path, flags):
+    code, _, err = zoo_cli("train", *TINY, "--max-steps", "60", "--log-every", "6", "--device", "cuda", *flags,
+                           "--run-dir", str(tmp_path / "run"))
+    assert code == 0, err
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    allocated = [r["memory_gib"] for r in records if r["kind"] == "train"]
+    assert len(allocated) >= 10
+    assert max(allocated[5:]) <= max(allocated[1:5]) * 1.01, allocated
+
+
 def test_a_compiler_failure_on_the_first_step_falls_back_without_a_double_update(tmp_path, capsys):
     """Failing after the updates were made, the first step is undone before it runs eagerly."""
     from zoo.config import TrainConfig

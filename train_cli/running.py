@@ -39,6 +39,8 @@ from zoo.options import split_assignments, split_hook_assignments
 @click.option("--sync-bn", is_flag=True, default=None, help="With several processes: synchronise BatchNorm statistics.")
 @click.option("--cache-decoded", is_flag=True, default=None,
               help="Decode images once into a memory-mapped uint8 cache ($ZOO_CACHE_DIR or ~/.cache/zoo).")
+@click.option("--decode-on-device", is_flag=True, default=None,
+              help="Decode training JPEGs on the GPU a batch at a time; workers only read files (falls back if not possible).")
 @click.option("--accumulate", type=int, help="Batches per optimizer step (virtual batch; default 1).")
 @click.option("--clip-grad", type=float, help="Clip each optimizer's gradient norm to this value.")
 @click.option("--eval-every", type=int, help="Evaluate every N steps; 0 = never (default: each epoch's end).")

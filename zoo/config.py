@@ -45,6 +45,7 @@ class TrainConfig:
     fast: bool = False
     sync_bn: bool = False
     cache_decoded: bool = False
+    decode_on_device: bool = False
     accumulate: int = 1
     clip_grad: float | None = None
     eval_every: int | None = None

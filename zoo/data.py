@@ -61,11 +61,17 @@ def item_rng() -> torch.Generator | None:
     return getattr(_ITEM, "generator", None)
 
 
+def item_generator(seed: int) -> torch.Generator:
+    """The CPU generator an item's augmentation draws from, given the item's seed."""
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return generator
+
+
 @contextlib.contextmanager
 def seeded_item(seed: int) -> Iterator[torch.Generator]:
     """Make :func:`item_rng` return a generator seeded with ``seed`` in this thread."""
-    generator = torch.Generator()
-    generator.manual_seed(seed)
+    generator = item_generator(seed)
     previous = getattr(_ITEM, "generator", None)
     _ITEM.generator = generator
     try:

@@ -14,6 +14,7 @@ from zoo.errors import UsageError
 LAYOUT = "ROOT/train/<class>/*.png|jpg (and optionally ROOT/test/<class>/*)"
 HOLDOUT_EVERY = 10
 DECODE_METHOD = "pil-jpeg-draft+bilinear-short-side"  # in cache_key: a change rebuilds decoded caches
+DEVICE_DECODE_METHOD = "torchvision-decode-jpeg+float-bilinear-antialias-short-side"
 
 
 def _list_class_files(folder: str) -> list[str]:
@@ -119,6 +120,30 @@ class ImageFolderDataset(ZooDataset):
         path, _ = self.files[index]
         image = ops.load_image(path, self.image_shape[0], short_side=self.size)
         return TF.pil_to_tensor(TF.center_crop(image, [self.size, self.size]))
+
+    device_decode_method = DEVICE_DECODE_METHOD
+
+    def encoded(self, index: int) -> torch.Tensor | None:
+        """The item's file as bytes when it is a JPEG (for ``decode_batch``); ``None``: use ``decode``."""
+        return ops.read_jpeg_bytes(self.files[index][0])
+
+    def decode_batch(self, encoded: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+        """JPEG bytes decoded on ``device`` to uint8 ``(N, C, H, W)``, resized and cropped as ``decode`` does."""
+        return ops.decode_jpegs(encoded, self.image_shape[0], self.size, device)
+
+    def finish_batch(self, decoded: torch.Tensor, indices: list[int],
+                     generators: list[torch.Generator]) -> list[torch.Tensor] | None:
+        """``finish`` for a batch ``(N, C, H, W)`` at once, as the collated items; ``None`` for image_to_image.
+
+        Each item's flip comes from its own generator, as in ``finish``, so the values are the same.
+        """
+        if self.task == "image_to_image":
+            return None
+        clean = ops.from_unit_range(decoded.to(torch.float32) / 255.0)
+        if self.split == "train":
+            flips = torch.tensor([torch.rand((), generator=g).item() < 0.5 for g in generators])
+            clean = torch.where(flips.to(clean.device)[:, None, None, None], clean.flip(-1), clean)
+        return [clean, torch.tensor([self.files[index][1] for index in indices])]
 
     def finish(self, decoded: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor | int]:
         """The rest of an item from its decoded image: range, random flip, degradation, label."""

@@ -81,10 +81,13 @@ def _ignore_sigint(_worker_id: int) -> None:
 class DecodedCache(Dataset):
     """Serves a dataset from its decoded images, built into ``root`` on first use by ``workers`` processes."""
 
-    def __init__(self, dataset: Any, root: Path, *, workers: int = 0, fill_on_read: bool = False) -> None:
+    def __init__(self, dataset: Any, root: Path, *, workers: int = 0, fill_on_read: bool = False,
+                 decoder: str | None = None) -> None:
+        """``decoder`` names a decoding other than ``dataset.decode`` that fills the cache (a GPU decoder)."""
         self.dataset = dataset
         self.workers = workers
-        key = hashlib.sha256(json.dumps(dataset.cache_key(), default=str).encode()).hexdigest()[:24]
+        described = dataset.cache_key() if decoder is None else [dataset.cache_key(), decoder]
+        key = hashlib.sha256(json.dumps(described, default=str).encode()).hexdigest()[:24]
         self.shape = (len(dataset), *dataset.image_shape)
         self.path = Path(root) / f"{key}-{'x'.join(map(str, self.shape))}.u8"
         self.bad_path = self.path.with_name(self.path.name + ".bad.json")
@@ -157,7 +160,7 @@ class DecodedCache(Dataset):
                             generator=torch.Generator())  # leaves the global RNG (model init) untouched
         try:
             with tqdm(total=len(indices), desc=f"decoding {self.dataset.split} once", unit="img",
-                      file=sys.stderr, mininterval=0.5, leave=False) as progress:
+                      file=sys.stderr, mininterval=0.5, leave=False, disable=not len(indices)) as progress:
                 for done, images, failed in loader:
                     if images is not None:
                         array[done] = images.numpy()
@@ -207,17 +210,38 @@ class DecodedCache(Dataset):
             self._array = np.memmap(self.partial_path, dtype=np.uint8, mode="r+", shape=self.shape)
             self._flags = np.memmap(self.flags_path, dtype=np.uint8, mode="r+", shape=(self.shape[0],))
 
-    def __getitem__(self, index: int) -> Any:
+    def stored(self, index: int) -> torch.Tensor | None:
+        """The decoded image of ``index`` if the cache has it, else ``None``; RunError for a known bad file."""
         if index in self.bad:
             raise RunError(self.bad[index])
         if self._array is None:
             self._open()
         if self._flags is not None and self._flags[index] != FILLED:
+            return None
+        return torch.from_numpy(np.array(self._array[index]))
+
+    def store(self, indices: list[int], decoded: torch.Tensor) -> None:
+        """Keep decoded uint8 images ``(N, C, H, W)`` of ``indices`` in the partial file (a no-op once complete)."""
+        if self._array is None:
+            self._open()
+        if self._flags is None:
+            return
+        self._array[indices] = decoded.numpy()
+        self._flags[indices] = FILLED  # after the images: a torn write leaves them to decode again
+
+    def missing(self) -> list[int]:
+        """Indices the partial file does not hold yet (none once complete)."""
+        if self.complete:
+            return []
+        flags = np.memmap(self.flags_path, dtype=np.uint8, mode="r", shape=(self.shape[0],))
+        return np.flatnonzero(flags != FILLED).tolist()
+
+    def __getitem__(self, index: int) -> Any:
+        decoded = self.stored(index)
+        if decoded is None:
             decoded = self.dataset.decode(index)  # a bad file raises here, as without the cache
-            self._array[index] = decoded.numpy()
-            self._flags[index] = FILLED  # after the image: a torn write leaves the item to decode again
-            return self.dataset.finish(decoded, index)
-        return self.dataset.finish(torch.from_numpy(np.array(self._array[index])), index)
+            self.store([index], decoded[None])
+        return self.dataset.finish(decoded, index)
 
     def __len__(self) -> int:
         return self.shape[0]

@@ -13,7 +13,7 @@ import dataclasses
 import queue
 import signal
 import threading
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from prefetch_generator import BackgroundGenerator
@@ -65,6 +65,13 @@ class BadItem:
     message: str
 
 
+def as_bad_item(index: int, exc: Exception) -> BadItem:
+    """A failure to load sample ``index`` as a value: a zoo error's first line, else the exception named."""
+    if isinstance(exc, ZooError):
+        return BadItem(index, str(exc).splitlines()[0])
+    return BadItem(index, f"sample {index}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+
+
 class SeededItems(Dataset):
     """Loads ``dataset[index]`` under the item's own generator; a failure becomes a :class:`BadItem`.
 
@@ -80,10 +87,8 @@ class SeededItems(Dataset):
         try:
             with seeded_item(seed):
                 return self.dataset[index]
-        except ZooError as exc:
-            return BadItem(index, str(exc).splitlines()[0])
         except Exception as exc:  # a dataset may fail in any way on a bad file
-            return BadItem(index, f"sample {index}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            return as_bad_item(index, exc)
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -130,13 +135,20 @@ def _ignore_sigint(_worker_id: int) -> None:
 
 
 def make_loader(dataset: Dataset, batch_size: int, seed: int, workers: int, shuffle: bool,
-                drop_last: bool, pin_memory: bool, shard: tuple[int, int] = (0, 1)) -> tuple[DataLoader, EpochOrder]:
-    """A DataLoader over seeded items, with its resumable order; it yields ``(batch, bad_items)``."""
+                drop_last: bool, pin_memory: bool, shard: tuple[int, int] = (0, 1), *,
+                items: Callable[[Dataset], Dataset] = SeededItems,
+                collate: Callable[[list[Any]], tuple[Any, list[BadItem]]] = collate_items,
+                ) -> tuple[DataLoader, EpochOrder]:
+    """A DataLoader over seeded items, with its resumable order; it yields ``(batch, bad_items)``.
+
+    ``items`` wraps the dataset for the workers and ``collate`` joins what they send
+    (the finished samples by default).
+    """
     order = EpochOrder(len(dataset), seed, shuffle, shard)  # type: ignore[arg-type]
     generator = torch.Generator()  # keeps the loader from drawing on the global RNG
     generator.manual_seed(derive_seed(seed, "loader"))
     loader = DataLoader(
-        SeededItems(dataset), batch_size=batch_size, sampler=order, num_workers=workers, collate_fn=collate_items,
+        items(dataset), batch_size=batch_size, sampler=order, num_workers=workers, collate_fn=collate,
         drop_last=drop_last, pin_memory=pin_memory, generator=generator,
         worker_init_fn=_ignore_sigint if workers else None,
         persistent_workers=False, prefetch_factor=4 if workers else None,
@@ -177,17 +189,20 @@ class DeviceFeed:
     GPU, so the copy never stalls the step (pinned host memory makes it async).
     """
 
-    def __init__(self, source: "Prefetcher | LoaderStream", device: torch.device, channels_last: bool = False) -> None:
+    def __init__(self, source: "Prefetcher | LoaderStream", device: torch.device, channels_last: bool = False,
+                 assemble: Callable[[Any], tuple[Any, list[BadItem]]] | None = None) -> None:
+        """``assemble`` turns what the loader sends into a batch on the device (decoding it there, say)."""
         self.source = source
         self.device = device
         self.channels_last = channels_last
+        self.assemble = assemble
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self._next: Any = None
         if self.stream is not None:
             self._preload()
 
     def _copy(self, item: tuple[Any, list[BadItem]]) -> tuple[Any, list[BadItem]]:
-        batch, bad = item
+        batch, bad = self.assemble(item) if self.assemble is not None else item
         if batch is None:
             return None, bad
         return to_device(batch, self.device, True, self.channels_last), bad

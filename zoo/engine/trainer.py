@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from zoo import build
 from zoo.config import TrainConfig
-from zoo.engine import cache, checkpoint, distributed, finetune, graphed, rng, speed
+from zoo.engine import cache, checkpoint, device_decode, distributed, finetune, graphed, rng, speed
 from zoo.engine.evaluate import evaluate
 from zoo.engine.feed import BadItems, DeviceFeed, make_loader, prefetching, to_device
 from zoo.engine.hooks import HookCaller, RunContext
@@ -157,15 +157,20 @@ class Trainer:
         parts = build.build_parts(self.registry, config)
         self.plan, self.recipe, self.model_options = parts.plan, parts.recipe, parts.model_options
         self.train_set, self.test_set = parts.train_set, parts.test_set
+        decoding_on_device = self._decoding_on_device()
         if config.cache_decoded:
             if cache.supports_cache(self.train_set):
                 root = cache.default_root()
                 if not self.dist.is_main:
                     distributed.barrier(self.dist)  # rank 0 builds the cache once
                 # one process: the first pass over each split fills its cache; several: rank 0 builds them first
+                # (the training split's, on the device when it decodes there: another cache, another key)
+                train_decoder = (getattr(self.train_set, "device_decode_method", None)
+                                 or f"{type(self.train_set).__name__}.decode_batch") if decoding_on_device else None
                 self.train_set, self.test_set = (
-                    cache.DecodedCache(split, root, workers=config.workers, fill_on_read=not self.dist.enabled)
-                    for split in (self.train_set, self.test_set))
+                    cache.DecodedCache(split, root, workers=config.workers, fill_on_read=not self.dist.enabled,
+                                       decoder=decoder)
+                    for split, decoder in ((self.train_set, train_decoder), (self.test_set, None)))
                 if self.dist.is_main:
                     distributed.barrier(self.dist)
             else:
@@ -181,11 +186,25 @@ class Trainer:
         self.steps_per_epoch = len(self.train_set) // per_step
         self.batches_per_epoch = self.steps_per_epoch * config.accumulate
         pin = self.device.type == "cuda"
+        # decoding on the device, the workers send bytes and uint8 images; the device decodes and finishes them
+        self.device_decoder = device_decode.DeviceDecoder(self.train_set, self.device) if decoding_on_device else None
+        sent = dict(items=device_decode.EncodedItems, collate=device_decode.collate_encoded) \
+            if decoding_on_device else {}
         self.loader, self.order = make_loader(self.train_set, config.batch_size, config.seed, config.workers,
                                               shuffle=True, drop_last=True, pin_memory=pin,
-                                              shard=(self.dist.rank, self.dist.world_size))
+                                              shard=(self.dist.rank, self.dist.world_size), **sent)
         self.test_loader, _ = make_loader(self.test_set, config.batch_size, config.seed, config.workers,
                                           shuffle=False, drop_last=False, pin_memory=pin)
+
+    def _decoding_on_device(self) -> bool:
+        """Whether --decode-on-device applies to this run; when it cannot, say why in one line."""
+        if not self.config.decode_on_device:
+            return False
+        reason = device_decode.blocker(self.train_set, self.device,
+                                       cache_built_first=self.config.cache_decoded and self.dist.enabled)
+        if reason:
+            _echo(f"zoo: no decoding on the device: {reason}; images decode in the loader.")
+        return reason is None
 
     def _fine_tune(self, resume: bool) -> dict[str, Any] | None:
         """Start from --init-from weights (new runs only) and apply --freeze (always)."""
@@ -433,7 +452,7 @@ class Trainer:
     def _open_epoch(self) -> tuple[DeviceFeed, tqdm]:
         self.order.set_epoch(self.epoch, start=self.position * self.config.batch_size)
         feed = DeviceFeed(prefetching(self.loader, self.config.workers, max(2, 2 * self.config.accumulate)),
-                          self.device, self.speed.channels_last)
+                          self.device, self.speed.channels_last, assemble=self.device_decoder)
         bar = tqdm(total=self.steps_per_epoch, initial=self.position // self.config.accumulate,
                    desc=f"epoch {self.epoch + 1}", unit="step", dynamic_ncols=True, leave=True,
                    file=sys.stderr, mininterval=0.5, disable=not self.dist.is_main)
@@ -583,6 +602,7 @@ class Trainer:
             scalars[f"lr/{name}"] = opt.param_groups[0]["lr"]
         if self.device.type == "cuda":
             scalars["peak_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+            scalars["memory_gib"] = torch.cuda.memory_allocated(self.device) / 2**30  # flat: nothing kept per step
         if self.dist.is_main:
             self.metrics_log.write({"kind": "train", "step": self.step, "epoch": self._epochs_done(),
                                     "time": round(time.time(), 3), **scalars})
@@ -605,6 +625,8 @@ class Trainer:
         self.position = 0
         self.context.epoch = self.epoch
         if isinstance(self.train_set, cache.DecodedCache):
+            if self.device_decoder is not None:  # what the epoch left out, decoded as the rest was
+                self.device_decoder.fill_rest(self.config.batch_size)
             self.train_set.finalize()  # the first epoch filled it: publish it for the next
         self.hooks.call("on_epoch_end", run=self.context, epoch=self.epoch)
         if self.config.eval_every is None and self.step < self.total_steps:

@@ -1,0 +1,217 @@
+"""Decoding images on the GPU: loader workers only read files, the device decodes each batch at once.
+
+A dataset opts in, beside ``decode``/``finish``/``cache_key`` (see ``zoo.engine.cache``),
+with ``encoded(index)`` (the item's file as a 1-D uint8 tensor of bytes, or ``None``
+where only ``decode`` can read it) and ``decode_batch(encoded, device)`` (those bytes
+decoded on ``device`` to uint8 ``(N, C, H, W)``, the geometry ``decode`` gives), and
+names that decoding in ``device_decode_method`` (it keys a decoded cache the device fills).
+An optional ``finish_batch(decoded, indices, generators)`` finishes a whole batch at
+once with the items' generators, returning the collated batch (or ``None``: per item).
+
+Each item is then finished (range, random flip, degradation) on the device, in the
+main process, with the same per-item generator as in a worker, so augmentation and
+the exact resume do not depend on where an image was decoded. Images a worker has
+already decoded (read from a decoded cache, or a file only the CPU reads) travel as
+one stacked uint8 tensor, a quarter of the bytes of finished float images, so later
+epochs over a complete cache take this path too. A file the device cannot decode is
+decoded on the CPU instead; one nothing can read becomes a bad item, as in a worker.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from typing import Any, NamedTuple
+
+import torch
+from torch.utils.data import Dataset, default_collate
+from torchvision.io import decode_jpeg, encode_jpeg
+
+from zoo.data import item_generator, seeded_item
+from zoo.engine.cache import DecodedCache
+from zoo.engine.feed import BadItem, as_bad_item
+from zoo.errors import first_line
+
+DEVICE_METHODS = ("encoded", "decode_batch", "decode", "finish")
+
+
+class EncodedItem(NamedTuple):
+    """What a worker sends for one item: its file's bytes, or its image already decoded (uint8)."""
+
+    index: int
+    seed: int
+    payload: torch.Tensor
+    decoded: bool
+
+
+def supports_device_decode(dataset: Any) -> bool:
+    """True when the dataset (or the dataset a decoded cache serves) can decode batches on a device."""
+    source = dataset.dataset if isinstance(dataset, DecodedCache) else dataset
+    return all(callable(getattr(source, name, None)) for name in DEVICE_METHODS)
+
+
+@functools.lru_cache(maxsize=None)
+def _probe_error(device: torch.device) -> str | None:
+    """Why torchvision cannot decode a JPEG on ``device`` (a tiny image made here), or None."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            decode_jpeg([encode_jpeg(torch.zeros((3, 8, 8), dtype=torch.uint8))], device=device)
+    except Exception as exc:  # a torchvision built without nvjpeg, a driver problem
+        return f"torchvision cannot decode JPEGs on {device} ({first_line(exc)})"
+    return None
+
+
+def blocker(dataset: Any, device: torch.device, cache_built_first: bool) -> str | None:
+    """Why this run's training images cannot be decoded on ``device``, or None when they can."""
+    if device.type != "cuda":
+        return f"decoding on the device needs a CUDA device, not {device.type}"
+    if not supports_device_decode(dataset):
+        return "the dataset offers no batch decoding on a device (encoded and decode_batch)"
+    if cache_built_first:
+        return "with several processes the decoded cache is built before training"
+    return _probe_error(device)
+
+
+class EncodedItems(Dataset):
+    """Worker side: an item's bytes (or its cached or CPU-decoded image), not the finished item.
+
+    Takes the ``(index, seed)`` keys of ``zoo.engine.feed.EpochOrder``; a failure
+    comes back as a :class:`~zoo.engine.feed.BadItem`, as from ``SeededItems``.
+    """
+
+    def __init__(self, source: Any) -> None:
+        self.cache = source if isinstance(source, DecodedCache) else None
+        self.dataset = source.dataset if self.cache is not None else source
+
+    def __getitem__(self, key: tuple[int, int]) -> EncodedItem | BadItem:
+        index, seed = key
+        try:
+            if self.cache is not None:
+                stored = self.cache.stored(index)
+                if stored is not None:
+                    return EncodedItem(index, seed, stored, True)
+            data = self.dataset.encoded(index)
+            if data is not None:
+                return EncodedItem(index, seed, data, False)
+            decoded = self.dataset.decode(index)  # a file only the CPU reads (a PNG, say)
+            if self.cache is not None:
+                self.cache.store([index], decoded[None])
+            return EncodedItem(index, seed, decoded, True)
+        except Exception as exc:  # a dataset may fail in any way on a bad file
+            return as_bad_item(index, exc)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+
+class EncodedBatch(NamedTuple):
+    """A batch as the workers send it: the already decoded images stacked, the files' bytes apart."""
+
+    keys: list[tuple[int, int]]  # (index, seed) of every readable item, in batch order
+    decoded_at: list[int]  # positions in ``keys`` of the images in ``decoded``
+    decoded: torch.Tensor | None  # uint8 (n, C, H, W): one copy to the device for all of them
+    encoded_at: list[int]
+    encoded: list[torch.Tensor]  # files' bytes, one per position in ``encoded_at``
+
+
+def collate_encoded(items: list[EncodedItem | BadItem]) -> tuple[EncodedBatch | None, list[BadItem]]:
+    """Stack a batch's decoded images, keep its files' bytes as a list (lengths differ); set bad items apart."""
+    good = [item for item in items if isinstance(item, EncodedItem)]
+    bad = [item for item in items if isinstance(item, BadItem)]
+    if not good:
+        return None, bad
+    decoded_at = [position for position, item in enumerate(good) if item.decoded]
+    encoded_at = [position for position, item in enumerate(good) if not item.decoded]
+    return EncodedBatch([(item.index, item.seed) for item in good], decoded_at, torch.stack([good[p].payload for p in decoded_at]) if decoded_at else None,
+                        encoded_at, [good[p].payload for p in encoded_at]), bad
+
+
+class DeviceDecoder:
+    """Main-process side: decodes an :class:`EncodedBatch` on the device and finishes its items there."""
+
+    def __init__(self, source: Any, device: torch.device) -> None:
+        self.cache = source if isinstance(source, DecodedCache) else None
+        self.dataset = source.dataset if self.cache is not None else source
+        self.device = device
+
+    def _decode(self, indices: list[int], encoded: list[torch.Tensor]) -> tuple[list[torch.Tensor | None], list[BadItem]]:
+        """Decode a batch of bytes at once; where that fails, each alone, then on the CPU (a bad file: None)."""
+        try:
+            return list(self.dataset.decode_batch(encoded, self.device)), []
+        except Exception:  # one file the device cannot read fails the whole batch: find it
+            pass
+        images: list[torch.Tensor | None] = []
+        bad: list[BadItem] = []
+        for index, data in zip(indices, encoded):
+            try:
+                images.append(self.dataset.decode_batch([data], self.device)[0])
+                continue
+            except Exception:
+                pass
+            try:
+                images.append(self.dataset.decode(index).to(self.device))
+            except Exception as exc:
+                images.append(None)
+                bad.append(as_bad_item(index, exc))
+        return images, bad
+
+    def __call__(self, sent: tuple[EncodedBatch | None, list[BadItem]]) -> tuple[Any, list[BadItem]]:
+        """The collated, finished batch on the device, and the items that could not be read."""
+        batch, bad = sent
+        if batch is None:
+            return None, bad
+        images: list[torch.Tensor | None] = [None] * len(batch.keys)
+        if batch.decoded is not None:
+            for position, image in zip(batch.decoded_at, batch.decoded.to(self.device, non_blocking=True)):
+                images[position] = image
+        if batch.encoded_at:
+            indices = [batch.keys[p][0] for p in batch.encoded_at]
+            decoded, failed = self._decode(indices, batch.encoded)
+            bad = bad + failed
+            for position, image in zip(batch.encoded_at, decoded):
+                images[position] = image
+            self._store([(i, image) for i, image in zip(indices, decoded) if image is not None])
+        kept = [(key, image) for key, image in zip(batch.keys, images) if image is not None]
+        return (self._finish(kept) if kept else None), bad
+
+    def _finish(self, kept: list[tuple[tuple[int, int], torch.Tensor]]) -> Any:
+        """The dataset's ``finish_batch`` where it has one (one pass over the batch), else ``finish`` per item."""
+        finish_batch = getattr(self.dataset, "finish_batch", None)
+        if finish_batch is not None:
+            batch = finish_batch(torch.stack([image for _, image in kept]), [index for (index, _), _ in kept],
+                                 [item_generator(seed) for (_, seed), _ in kept])
+            if batch is not None:
+                return batch
+        finished = []
+        for (index, seed), image in kept:
+            with seeded_item(seed):
+                finished.append(self.dataset.finish(image, index))
+        return default_collate(finished)
+
+    def _store(self, decoded: list[tuple[int, torch.Tensor]]) -> None:
+        """Keep what the device decoded in the decoded cache the first pass fills."""
+        if self.cache is None or self.cache.complete or not decoded:
+            return
+        self.cache.store([index for index, _ in decoded], torch.stack([image for _, image in decoded]).cpu())
+
+    def fill_rest(self, batch_size: int) -> None:
+        """Decode on the device what the first pass left out of the cache (the dropped last batch), before it is published."""
+        if self.cache is None or self.cache.complete:
+            return
+        missing = [index for index in self.cache.missing() if index not in self.cache.bad]
+        for start in range(0, len(missing), batch_size):
+            chunk = missing[start:start + batch_size]
+            readable = []
+            for index in chunk:
+                try:
+                    data = self.dataset.encoded(index)
+                except Exception:  # left to finalize, which records the error as a build does
+                    continue
+                if data is not None:
+                    readable.append((index, data))
+            if readable:
+                indices = [index for index, _ in readable]
+                decoded, _ = self._decode(indices, [data for _, data in readable])
+                self._store([(i, image) for i, image in zip(indices, decoded) if image is not None])
+
