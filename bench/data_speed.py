@@ -6,7 +6,8 @@
 (a) plain: torchvision's ImageFolder (PIL open, convert RGB, Resize, CenterCrop,
     ToTensor, Normalize) in a DataLoader, one full pass: what every epoch costs without zoo.
 (b) build: ``DecodedCache`` built by ``--workers`` processes into a temporary folder
-    (imagefolder's decode: JPEG draft mode, resize, crop to uint8): zoo's first-epoch data cost.
+    (imagefolder's decode: JPEG draft mode, resize, crop to uint8), as several processes
+    build it before training.
 (c) cached: one pass over the built cache through zoo's loader (seeded items, flip,
     range): what epochs 2+ cost.
 (d) filled: one pass through zoo's loader over a cache filled as it reads
@@ -75,7 +76,7 @@ def device_pass(source: ImageFolderDataset | DecodedCache, batch_size: int, work
     count = 0
     for raw in loader:
         batch, _ = decoder(raw)
-        count += len(batch[0])
+        count += len(batch[0]) if batch is not None else 0
     decoder.fill_rest(batch_size)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -106,7 +107,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="zoo-cache-") as cache_dir:
         cache, build_seconds = build_cache(args.data, args.image_size, args.workers, Path(cache_dir))
         build = len(cache) / build_seconds
-        print(f"(b) zoo cache build (first epoch)     {build:8.0f} img/s  ({len(cache)} images, {build_seconds:.2f}s)")
+        print(f"(b) zoo cache build before training   {build:8.0f} img/s  ({len(cache)} images, {build_seconds:.2f}s)")
         count, read_seconds = cached_pass(cache, args.batch_size, args.workers)
         cached = count / read_seconds
         print(f"(c) zoo cached pass (epochs 2+)       {cached:8.0f} img/s  ({count} images, {read_seconds:.2f}s)")
@@ -125,7 +126,7 @@ def main() -> None:
             device = torch.device(args.device)
             count, seconds = device_pass(dataset, args.batch_size, args.workers, device)
             on_device = count / seconds
-            print(f"(e) zoo decoding on {device.type:<4}              {on_device:8.0f} img/s  ({count} images, "
+            print(f"(e) zoo decoding on {device.type:<4}             {on_device:8.0f} img/s  ({count} images, "
                   f"{seconds:.2f}s)")
             started = time.perf_counter()
             filling = DecodedCache(dataset, Path(cache_dir) / "device", workers=args.workers, fill_on_read=True,
@@ -134,7 +135,7 @@ def main() -> None:
             filling.finalize()
             seconds = time.perf_counter() - started
             device_filled = count / seconds
-            print(f"(f) zoo decoding on {device.type:<4} filling the cache {device_filled:8.0f} img/s  ({count} "
+            print(f"(f) (e) filling the cache            {device_filled:8.0f} img/s  ({count} "
                   f"images, {seconds:.2f}s)")
             ratios += f"   (e)/(a) {on_device / plain:.2f}   (f)/(a) {device_filled / plain:.2f}"
     print(f"ratios on {cpus} CPUs with {args.workers} workers:  {ratios}")

@@ -72,12 +72,12 @@ def main() -> None:
     first = steps_per_epoch * args.batch_size / (first_end - started)
     print(f"DCGAN 64x64 on {images} JPEGs, batch {args.batch_size}, {args.workers} workers, "
           f"flags '{args.flags}', {os.cpu_count()} CPUs")
-    print(f"plain PIL pipeline, one pass:            {plain:8.0f} img/s")
-    print(f"zoo epoch 1, counted from the process start: {first:8.0f} img/s   ratio {first / plain:.2f}  "
+    print(f"plain PIL pipeline, one pass (data only):      {plain:8.0f} img/s")
+    print(f"zoo epoch 1, counted from the process start:   {first:8.0f} img/s   {first / plain:.2f}x the PIL pass  "
           f"(start-up {ready - started:.1f}s, then {first_end - ready:.1f}s of training)")
     from_training = steps_per_epoch * args.batch_size / (first_end - ready)
-    print(f"zoo epoch 1, counted from the training start: {from_training:8.0f} img/s   ratio "
-          f"{from_training / plain:.2f}  (as the plain pass: from its loader's start)")
+    print(f"zoo epoch 1, counted from the training start:  {from_training:8.0f} img/s   "
+          f"{from_training / plain:.2f}x the PIL pass  (timed as the PIL pass is: from its loader's start)")
     for epoch in range(2, args.epochs + 1):
         window = [r for r in train if epoch - 1 < r["epoch"] <= epoch]
         print(f"zoo epoch {epoch}: compute efficiency {statistics.mean(r['compute_efficiency'] for r in window):.3f}, "

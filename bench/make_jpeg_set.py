@@ -44,9 +44,9 @@ def write_image(job: tuple[str, int, int, int]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("root", type=Path)
-    parser.add_argument("--count", type=int, default=20000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("root", type=Path, help="folder to write ROOT/train/images and ROOT/test/images into")
+    parser.add_argument("--count", type=int, default=20000, help="training images (the test split gets 1 in 20)")
+    parser.add_argument("--seed", type=int, default=0, help="each image is drawn from (seed, split, index)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes writing images")
     args = parser.parse_args()
     counts = (args.count, max(1, args.count // 20))

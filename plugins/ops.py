@@ -25,6 +25,7 @@ DEGRADE_KINDS = ("noise", "blur", "downscale")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 JPEG_MAGIC = b"\xff\xd8\xff"
+RESIZE_CHUNK = 32  # images resized at once after a batch decode
 
 # Per-kind degradation at strength 1.0: noise std in [-1, 1] units, blur sigma in
 # pixels, downscale factor exponent (factor = 2 ** strength).
@@ -213,9 +214,12 @@ def decode_jpegs(encoded: list[torch.Tensor], channels: int, size: int, device: 
     Each image is resized so its shorter side is ``size`` (bilinear, antialiased,
     in float, rounded) and centre-cropped: the geometry of ``load_image(path,
     channels, short_side=size)`` followed by a centre crop, within a few grey levels
-    (the CPU path decodes in PIL's draft mode). Images of one size resize together.
+    (the CPU path decodes in PIL's draft mode). Images of one size resize together,
+    a few at a time, so large photos never stand in float all at once.
     """
     mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+    if device.type == "cuda":  # torchvision decodes on a stream of its own, after what this stream has queued
+        torch.cuda.current_stream(device).synchronize()
     with warnings.catch_warnings():  # torchvision 0.29 marks its image decoders deprecated
         warnings.simplefilter("ignore", DeprecationWarning)
         images = decode_jpeg(encoded, mode=mode, device=device)
@@ -224,11 +228,13 @@ def decode_jpegs(encoded: list[torch.Tensor], channels: int, size: int, device: 
     for position, image in enumerate(images):
         by_size.setdefault(tuple(image.shape[-2:]), []).append(position)
     for (height, width), positions in by_size.items():
-        group = torch.stack([images[p] for p in positions]).to(torch.float32)
-        if min(height, width) != size:
-            group = TF.resize(group, [size], antialias=True)
-        group = TF.center_crop(group, [size, size]).round_().clamp_(0, 255).to(torch.uint8)
-        out[torch.tensor(positions, device=device)] = group
+        for start in range(0, len(positions), RESIZE_CHUNK):
+            chunk = positions[start:start + RESIZE_CHUNK]
+            group = torch.stack([images[p] for p in chunk]).to(torch.float32)
+            if min(height, width) != size:
+                group = TF.resize(group, [size], antialias=True)
+            group = TF.center_crop(group, [size, size]).round_().clamp_(0, 255).to(torch.uint8)
+            out[torch.tensor(chunk, device=device)] = group
     return out
 
 

@@ -7,15 +7,19 @@ torchvision's decode_jpeg takes the same bytes on either device.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from plugins.datasets.imagefolder import ImageFolderDataset
+from plugins.datasets.shapes import ShapesDataset
+from zoo.data import seeded_item
 from zoo.engine import checkpoint, device_decode
 from zoo.engine.cache import DecodedCache
-from zoo.engine.feed import BadItem, make_loader
+from zoo.engine.feed import BadItem, DeviceFeed, make_loader
 
 CPU = torch.device("cpu")
 
@@ -109,7 +113,7 @@ def test_batches_from_png_files_equal_the_usual_loader_exactly(tmp_path, task):
 
 
 def test_batches_decoded_from_jpeg_bytes_keep_each_items_flip_and_label(tmp_path):
-    write_jpeg_folder(tmp_path / "data")
+    write_jpeg_folder(tmp_path / "data", png_every=3)  # batches mix files' bytes and decoded PNGs
     dataset = dataset_of(tmp_path / "data")
     plain, encoded, order = loaders(dataset, workers=2)
     decoder = device_decode.DeviceDecoder(dataset, CPU)
@@ -135,29 +139,64 @@ def test_a_jpeg_the_device_rejects_is_decoded_on_the_cpu_and_a_broken_one_is_a_b
         file.truncate(300)
     rejected = dataset.files[5][0]
     original = ImageFolderDataset.decode_batch
+    rejected_bytes = open(rejected, "rb").read()
 
     def picky(self, encoded, device):
-        if any(bytes(data[:400].numpy()) == open(rejected, "rb").read()[:400] for data in encoded):
+        if any(bytes(data.numpy()) == rejected_bytes for data in encoded):
             raise RuntimeError("nvjpeg: unsupported")
         return original(self, encoded, device)
 
     monkeypatch.setattr(ImageFolderDataset, "decode_batch", picky)
     items = device_decode.EncodedItems(dataset)
     decoder = device_decode.DeviceDecoder(dataset, CPU)
+    said = []
+    decoder = device_decode.DeviceDecoder(dataset, CPU, say=said.append)
     batch, bad = decoder(device_decode.collate_encoded([items[(i, 10 + i)] for i in range(8)]))
     assert [item.index for item in bad] == [2] and "02.jpg" in bad[0].message
     assert len(batch[0]) == 7
-    from zoo.data import seeded_item
+    assert decoder.cpu_only == {5} and len(said) == 1 and "nvjpeg: unsupported" in said[0]
+    assert decoder.items(dataset)[(5, 15)].is_image  # from the next epoch the worker decodes it
     with seeded_item(15):
         expected = dataset[5][0]
     assert torch.equal(batch[0][4], expected)  # the rejected file: the CPU decode, exactly
 
 
+@pytest.mark.parametrize("batch_size", [4, 16])
+def test_a_collated_batch_sends_the_same_few_tensors_whatever_its_size(tmp_path, batch_size):
+    """Each tensor from a worker holds a shared-memory file open: one per file would run out of them."""
+    write_jpeg_folder(tmp_path / "data", count=10, png_every=3)
+    dataset = dataset_of(tmp_path / "data")
+    items = device_decode.EncodedItems(dataset)
+    batch, bad = device_decode.collate_encoded([items[(i, i)] for i in range(batch_size)])
+    assert not bad
+    tensors = [value for value in batch if isinstance(value, torch.Tensor)]
+    assert len(tensors) == 2  # the decoded PNGs stacked, the JPEG files joined
+    files = batch.files()
+    assert len(files) == len(batch.file_at) == sum(1 for i in range(batch_size)
+                                                   if dataset.files[i][0].endswith(".jpg"))
+    for position, data in zip(batch.file_at, files):
+        assert torch.equal(data, dataset.encoded(batch.keys[position][0]))
+
+
+def test_running_out_of_device_memory_is_raised_not_taken_for_bad_files(tmp_path, monkeypatch):
+    write_jpeg_folder(tmp_path / "data", count=4)
+    dataset = dataset_of(tmp_path / "data")
+
+    def out_of_memory(self, encoded, device):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 18.00 GiB")
+
+    monkeypatch.setattr(ImageFolderDataset, "decode_batch", out_of_memory)
+    items = device_decode.EncodedItems(dataset)
+    decoder = device_decode.DeviceDecoder(dataset, CPU)
+    with pytest.raises(torch.OutOfMemoryError):
+        decoder(device_decode.collate_encoded([items[(i, i)] for i in range(4)]))
+    assert not decoder.cpu_only
+
+
 def test_a_missing_file_is_a_bad_item_from_the_worker(tmp_path):
     write_jpeg_folder(tmp_path / "data")
     dataset = dataset_of(tmp_path / "data")
-    gone = dataset.files[1][0]
-    __import__("os").remove(gone)
+    os.remove(dataset.files[1][0])
     item = device_decode.EncodedItems(dataset)[(1, 0)]
     assert isinstance(item, BadItem) and "01.jpg" in item.message and "replace or remove" in item.message
 
@@ -183,13 +222,13 @@ def test_a_run_decoding_on_the_device_fills_its_own_cache_and_resumes_exactly(zo
               "--batch-size", "4", "--device", "cpu", "--decode-on-device", "--cache-decoded", "--eval-every", "0"]
     code, _, err = zoo_cli(*common, "--epochs", "2", "--run-dir", str(tmp_path / "straight"))
     assert code == 0, err
-    assert "no decoding on the device" not in err
+    assert "no --decode-on-device" not in err
     steps_per_epoch = 22 // 4
     assert calls["decode_batch"] == steps_per_epoch + 1  # the first epoch, then the two images it dropped
     cached = sorted((tmp_path / "cache").glob("*.u8"))
     assert len(cached) == 1  # the training split's (no evaluation read the test split)
     dataset = dataset_of(tmp_path / "data", channels=1, size=28)
-    train_cache = DecodedCache(dataset, tmp_path / "cache", decoder=dataset.device_decode_method)
+    train_cache = DecodedCache(dataset, tmp_path / "cache", decoder=device_decode.cache_decoder_name(dataset))
     assert train_cache.complete and train_cache.path in cached
     assert DecodedCache(dataset, tmp_path / "other").path.name != train_cache.path.name
     for index, (path, _) in enumerate(dataset.files):  # JPEGs as the device decodes them, PNGs as the CPU does
@@ -221,15 +260,74 @@ def test_without_a_cache_every_epoch_decodes_on_the_device_and_trains_as_the_loa
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_without_a_cache_every_epoch_decodes_jpegs_on_the_device(zoo_cli, tmp_path, monkeypatch):
+    write_jpeg_folder(tmp_path / "data", count=8)
+    cpu_as_device(monkeypatch)
+    calls = {"files": 0}
+    original = ImageFolderDataset.decode_batch
+
+    def counted(self, encoded, device):
+        calls["files"] += len(encoded)
+        return original(self, encoded, device)
+
+    monkeypatch.setattr(ImageFolderDataset, "decode_batch", counted)
+    code, _, err = zoo_cli("train", "--model", "mnist_net", "--dataset", "imagefolder", "--data",
+                           str(tmp_path / "data"), "--batch-size", "4", "--device", "cpu", "--epochs", "2",
+                           "--eval-every", "0", "--decode-on-device", "--run-dir", str(tmp_path / "run"))
+    assert code == 0, err
+    assert calls["files"] == 2 * 16  # both epochs, every training image
+
+
+def test_a_run_stopped_while_the_device_fills_the_cache_resumes_exactly(zoo_cli, tmp_path, monkeypatch):
+    write_jpeg_folder(tmp_path / "data", count=11, png_every=4)
+    cpu_as_device(monkeypatch)
+    common = ["train", "--model", "mnist_net", "--dataset", "imagefolder", "--data", str(tmp_path / "data"),
+              "--batch-size", "4", "--device", "cpu", "--decode-on-device", "--cache-decoded", "--eval-every", "0",
+              "--epochs", "2"]
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache-straight"))
+    code, _, err = zoo_cli(*common, "--run-dir", str(tmp_path / "straight"))
+    assert code == 0, err
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache-stopped"))
+    code, _, err = zoo_cli(*common, "--max-steps", "3", "--run-dir", str(tmp_path / "stopped"))
+    assert code == 0, err
+    assert not list((tmp_path / "cache-stopped").glob("*.u8"))  # stopped in epoch 1: only a partial cache
+    code, _, err = zoo_cli("train", "--resume", str(tmp_path / "stopped"), "--max-steps", "10")
+    assert code == 0, err
+    a = checkpoint.load_weights(checkpoint.list_steps(tmp_path / "straight")[-1][1])
+    b = checkpoint.load_weights(checkpoint.list_steps(tmp_path / "stopped")[-1][1])
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    straight, = (tmp_path / "cache-straight").glob("*.u8")
+    stopped, = (tmp_path / "cache-stopped").glob("*.u8")
+    assert straight.name == stopped.name and straight.read_bytes() == stopped.read_bytes()
+
+
+def test_a_broken_jpeg_is_skipped_on_request_and_remembered_by_the_cache(zoo_cli, tmp_path, monkeypatch):
+    write_jpeg_folder(tmp_path / "data", count=8)
+    broken = tmp_path / "data" / "train" / "red" / "03.jpg"
+    broken.write_bytes(broken.read_bytes()[:300])
+    cpu_as_device(monkeypatch)
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
+    common = ["train", "--model", "mnist_net", "--dataset", "imagefolder", "--data", str(tmp_path / "data"),
+              "--batch-size", "4", "--device", "cpu", "--decode-on-device", "--cache-decoded", "--eval-every", "0",
+              "--epochs", "2"]
+    code, _, err = zoo_cli(*common, "--run-dir", str(tmp_path / "a"))
+    assert code == 1 and "03.jpg" in err and "--skip-bad-files" in err
+    code, _, err = zoo_cli(*common, "--skip-bad-files", "--run-dir", str(tmp_path / "b"))
+    assert code == 0, err
+    assert "skipped 1 unreadable sample(s), 2 times in all" in err and "03.jpg" in err
+    bad, = (tmp_path / "cache").glob("*.bad.json")
+    assert "03.jpg" in bad.read_text()
+
+
 def test_on_the_cpu_the_option_says_one_line_and_trains(zoo_cli, tmp_path):
     write_jpeg_folder(tmp_path / "data", count=4)
     code, _, err = zoo_cli("train", "--model", "mnist_net", "--dataset", "imagefolder", "--data",
                            str(tmp_path / "data"), "--batch-size", "4", "--max-steps", "2", "--device", "cpu",
                            "--decode-on-device", "--run-dir", str(tmp_path / "run"))
     assert code == 0, err
-    lines = [line for line in err.splitlines() if "decoding on the device" in line]
-    assert lines == ["zoo: no decoding on the device: decoding on the device needs a CUDA device, not cpu; "
-                     "images decode in the loader."]
+    lines = [line for line in err.splitlines() if "--decode-on-device" in line]
+    assert lines == ["zoo: no --decode-on-device: it needs a CUDA device, not cpu; the loader's workers "
+                     "prepare the samples."]
 
 
 def test_a_dataset_without_batch_decoding_is_refused_by_name(zoo_cli, tmp_path):
@@ -238,13 +336,10 @@ def test_a_dataset_without_batch_decoding_is_refused_by_name(zoo_cli, tmp_path):
                            "--decode-on-device", "--run-dir", str(tmp_path / "run"))
     assert code == 0, err
     assert "needs a CUDA device" in err  # the device is checked first
-    assert device_decode.blocker(dataset_of_shapes(), torch.device("cuda"), False) == \
-        "the dataset offers no batch decoding on a device (encoded and decode_batch)"
-
-
-def dataset_of_shapes():
-    from plugins.datasets.shapes import ShapesDataset
-    return ShapesDataset("train", task="classification", train_count=4, test_count=2)
+    shapes = ShapesDataset("train", task="classification", train_count=4, test_count=2)
+    assert device_decode.blocker(shapes, torch.device("cuda"), False) == (
+        "dataset ShapesDataset does not offer it (it needs encoded, decode_batch, decode, finish and "
+        "device_decode_method)")
 
 
 def test_decode_on_device_cannot_change_on_resume(zoo_cli, tmp_path):
@@ -280,5 +375,34 @@ def test_a_gpu_run_decoding_on_the_device_fills_the_cache(zoo_cli, tmp_path, mon
                            "--batch-size", "4", "--device", "cuda", "--decode-on-device", "--cache-decoded",
                            "--epochs", "2", "--workers", "2", "--run-dir", str(tmp_path / "run"))
     assert code == 0, err
-    assert "no decoding on the device" not in err
+    assert "no --decode-on-device" not in err
     assert len(list((tmp_path / "cache").glob("*.u8"))) == 2
+
+
+@cuda
+def test_an_epoch_through_the_side_stream_matches_the_worker_path(tmp_path):
+    """DeviceFeed on CUDA: assembly on its side stream gives the worker path's batches, in order."""
+    from zoo.engine.feed import LoaderStream
+    write_jpeg_folder(tmp_path / "data", png_every=3)
+    dataset = dataset_of(tmp_path / "data")
+    plain, encoded, order = loaders(dataset, workers=2)
+    order.set_epoch(1)
+    gpu = torch.device("cuda")
+    decoder = device_decode.DeviceDecoder(dataset, gpu)
+    feed = DeviceFeed(LoaderStream(encoded), gpu, assemble=decoder)
+    pairs = list(zip(plain, feed))
+    feed.close()
+    assert len(pairs) == len(dataset) // 4
+    for (expected, _), (got, bad) in pairs:
+        assert not bad and got[0].is_cuda
+        assert torch.equal(got[1].cpu(), expected[1])
+        assert ((got[0].cpu() - expected[0]).abs().mean(dim=(1, 2, 3)) < 0.03).all()
+
+
+@cuda
+def test_noise_drawn_from_a_cpu_generator_is_the_same_for_an_image_on_the_gpu():
+    from plugins import ops
+    image = torch.rand(3, 16, 16) * 2 - 1
+    on_cpu = ops.degrade(image, "noise", generator=torch.Generator().manual_seed(4))
+    on_gpu = ops.degrade(image.cuda(), "noise", generator=torch.Generator().manual_seed(4))
+    assert torch.allclose(on_gpu.cpu(), on_cpu)

@@ -407,3 +407,27 @@ def test_live_tensors_do_not_grow_over_steps(registry, tmp_path, monkeypatch):
     assert len(counts) == 10
     # batches waiting in the prefetch queue move the count by a few; one tensor kept per step would add 30
     assert max(counts[5:]) <= max(counts[1:5]) + 6, counts
+
+
+def test_a_stop_asked_at_an_epoch_end_saves_without_evaluating_first(registry, tmp_path, monkeypatch):
+    module = tmp_path / "epoch_end_signal.py"
+    module.write_text(textwrap.dedent("""
+        import os
+        import signal
+
+        from zoo import hookimpl
+
+        class StopAtEpochEnd:
+            @hookimpl
+            def on_epoch_end(self, run, epoch):
+                os.kill(os.getpid(), signal.SIGINT)
+    """))
+    local = registry_with_hook(tmp_path, monkeypatch, "epoch_end_signal", "StopAtEpochEnd", "stop_at_epoch_end")
+    config = tiny_config(tmp_path / "run", hooks=["stop_at_epoch_end"], max_steps=None, epochs=3)
+    prepare_new(tmp_path / "run", overwrite=True)
+    trainer = Trainer(config, local, tmp_path / "run")
+    with pytest.raises(Interrupted):
+        trainer.fit()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert not [r for r in records if r["kind"] == "eval"]  # evaluating could take minutes: saved first
+    assert checkpoint.list_steps(tmp_path / "run")[-1][0] == trainer.steps_per_epoch

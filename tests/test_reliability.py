@@ -191,6 +191,8 @@ def write_images(root: Path, count: int, size: int = 32) -> list[Path]:
     (lambda d: None, ["--dataset", "imagefolder", "--data", "{d}/missing"], "missing"),
     (lambda d: (d / "empty" / "train").mkdir(parents=True), ["--dataset", "imagefolder", "--data", "{d}/empty"],
      "empty"),
+    (lambda d: (write_images(d / "one" / "train" / "cats", 3), (d / "one" / "train" / "dogs").mkdir()),
+     ["--dataset", "imagefolder", "--data", "{d}/one"], "train/dogs has no images"),
     (lambda d: None, ["--model", "resnet_i2i", "--loss", "l1", "--model-opt", "ngf=8",
                       "--dataset", "glob_patches", "--data", "{d}/*.nothing"], "*.nothing"),
     (lambda d: write_images(d / "small", 3, size=16), ["--model", "resnet_i2i", "--loss", "l1",
@@ -217,6 +219,58 @@ def test_a_corrupt_image_is_named_and_can_be_skipped(zoo_cli, tmp_path):
     code, _, err = zoo_cli(*common, "--skip-bad-files", "--run-dir", str(tmp_path / "b"))
     assert code == 0, err
     assert re.search(r"skipped 1 unreadable sample\(s\)(, \d+ times in all)? \(first: .*img03\.png", err)
+
+
+def test_a_corrupt_image_mid_run_keeps_the_steps_done_and_resume_can_skip_it(zoo_cli, tmp_path):
+    from plugins.datasets.imagefolder import ImageFolderDataset
+    from zoo.engine.feed import EpochOrder
+    images = write_images(tmp_path / "data" / "train" / "blue", 40)
+    dataset = ImageFolderDataset("train", task="generation", data=str(tmp_path / "data"))
+    late = dataset.files[EpochOrder(len(dataset), seed=0, shuffle=True).order()[20]][0]  # read in step 3
+    Path(late).write_bytes(Path(late).read_bytes()[:40])
+    run = tmp_path / "run"
+    code, _, err = zoo_cli("train", *TINY, "--dataset", "imagefolder", "--data", str(tmp_path / "data"),
+                           "--epochs", "1", "--run-dir", str(run))
+    assert code == 1
+    assert Path(late).name in one_error_line(err)
+    assert f"step 2 is saved; remove the file and resume, or go on with: zoo train --resume {run} " \
+           f"--skip-bad-files" in err
+    assert checkpoint.list_steps(run)[-1][0] == 2
+    code, _, err = zoo_cli("train", "--resume", str(run), "--skip-bad-files")
+    assert code == 0, err
+    assert "skipped 1 unreadable sample(s)" in err and checkpoint.list_steps(run)[-1][0] == 4
+
+
+def test_resume_logs_each_step_once_even_past_a_lost_checkpoint(zoo_cli, tmp_path):
+    run = tmp_path / "run"
+    assert zoo_cli("train", *TINY, *TINY_SHAPES, "--max-steps", "4", "--save-every", "2", "--eval-every", "2",
+                   "--keep", "5", "--run-dir", str(run))[0] == 0
+    os.rename(run / "checkpoints" / "step-4", tmp_path / "lost")  # steps 3 and 4 were logged, not kept
+    code, _, err = zoo_cli("train", "--resume", str(run), "--max-steps", "4")
+    assert code == 0, err
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3, 4]
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [2, 4]
+
+
+def test_a_finished_run_says_which_limit_to_raise(zoo_cli, tmp_path):
+    run = tmp_path / "run"
+    assert zoo_cli("train", *TINY, *TINY_SHAPES, "--epochs", "1", "--run-dir", str(run))[0] == 0
+    code, _, err = zoo_cli("train", "--resume", str(run), "--max-steps", "9")
+    assert code == 0, err
+    assert "already complete at step 4; its --epochs 1 ends it at step 4; extend it with --epochs 2 or more." in err
+    code, _, err = zoo_cli("train", "--resume", str(run), "--epochs", "3", "--max-steps", "4")
+    assert code == 0 and "already complete at step 4; extend it with --max-steps beyond 4." in err
+
+
+def test_a_cache_folder_that_cannot_be_made_is_one_line(zoo_cli, tmp_path, monkeypatch):
+    (tmp_path / "afile").write_text("not a folder")
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "afile"))
+    code, _, err = zoo_cli("train", *TINY, *TINY_SHAPES, "--max-steps", "1", "--cache-decoded",
+                           "--run-dir", str(tmp_path / "run"))
+    assert code == 1
+    line = one_error_line(err)
+    assert str(tmp_path / "afile") in line and "set ZOO_CACHE_DIR to a writable folder" in line
 
 
 def test_truncated_mnist_files_are_named(zoo_cli, tmp_path):

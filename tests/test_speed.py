@@ -98,10 +98,16 @@ def test_fast_on_cuda_trains_and_records_peak_memory(zoo_cli, tmp_path):
 
 
 @needs_cuda
-@pytest.mark.parametrize("flags", [[], ["--fast"]])
-def test_gpu_memory_stays_flat_over_steps(zoo_cli, tmp_path, flags):
-    code, _, err = zoo_cli("train", *TINY, "--max-steps", "60", "--log-every", "6", "--device", "cuda", *flags,
-                           "--run-dir", str(tmp_path / "run"))
+@pytest.mark.parametrize("flags", [[], ["--fast"], ["--decode-on-device", "--cache-decoded"]])
+def test_gpu_memory_stays_flat_over_steps(zoo_cli, tmp_path, monkeypatch, flags):
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
+    data = []
+    if "--decode-on-device" in flags:
+        from test_device_decode import write_jpeg_folder
+        write_jpeg_folder(tmp_path / "data", count=40)
+        data = ["--dataset", "imagefolder", "--data", str(tmp_path / "data"), "--workers", "2"]
+    code, _, err = zoo_cli("train", *TINY, *data, "--max-steps", "60", "--log-every", "6", "--device", "cuda",
+                           *flags, "--run-dir", str(tmp_path / "run"))
     assert code == 0, err
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     allocated = [r["memory_gib"] for r in records if r["kind"] == "train"]

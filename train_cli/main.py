@@ -16,6 +16,8 @@ import zoo
 from zoo.errors import ZooError
 from zoo.registry import get_registry
 
+ABORTED = "zoo: aborted; nothing more was saved (--resume goes on from the last checkpoint, if one was written)."
+
 _WARNED = False
 
 
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"zoo: error: {exc.format_message()} (see '{command} --help')", err=True)
         code = 2
     except click.exceptions.Abort:
-        click.echo("zoo: aborted; nothing more was saved (earlier checkpoints remain for --resume).", err=True)
+        click.echo(ABORTED, err=True)
         code = 130
     except ZooError as exc:
         if debug:
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         code = 0
     except Exception as exc:  # a bug: say so in one line unless debugging
         if _caused_by_interrupt(exc):  # Ctrl-C while a module was importing surfaces wrapped
-            click.echo("zoo: aborted; nothing more was saved (earlier checkpoints remain for --resume).", err=True)
+            click.echo(ABORTED, err=True)
             sys.exit(130)
         if debug:
             traceback.print_exc()

@@ -38,7 +38,7 @@ from zoo.options import split_assignments, split_hook_assignments
               help="Train in N processes through torchrun (DDP-style data parallel; NCCL on GPUs, gloo on CPU).")
 @click.option("--sync-bn", is_flag=True, default=None, help="With several processes: synchronise BatchNorm statistics.")
 @click.option("--cache-decoded", is_flag=True, default=None,
-              help="Decode images once into a memory-mapped uint8 cache ($ZOO_CACHE_DIR or ~/.cache/zoo).")
+              help="Decode images once into a memory-mapped uint8 cache ($ZOO_CACHE_DIR or ~/.cache/zoo/decoded).")
 @click.option("--decode-on-device", is_flag=True, default=None,
               help="Decode training JPEGs on the GPU a batch at a time; workers only read files (falls back if not possible).")
 @click.option("--accumulate", type=int, help="Batches per optimizer step (virtual batch; default 1).")

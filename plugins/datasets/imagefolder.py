@@ -43,7 +43,12 @@ def _scan(split_dir: str) -> dict[str, list[str]]:
     except OSError as exc:
         raise UsageError(f"cannot list {split_dir}: {exc.strerror}; check the folder and its "
                          f"permissions (expected {LAYOUT})") from exc
-    return {name: _list_class_files(os.path.join(split_dir, name)) for name in names}
+    classes = {name: _list_class_files(os.path.join(split_dir, name)) for name in names}
+    empty = [name for name, files in classes.items() if not files]
+    if empty and len(empty) < len(classes):  # all empty: the caller names the folder
+        raise UsageError(f"class folder {os.path.join(split_dir, empty[0])} has no images: add some, or remove "
+                         f"the folder (a class with no samples)")
+    return classes
 
 
 class ImageFolderDataset(ZooDataset):

@@ -112,10 +112,19 @@ class DecodedCache(Dataset):
         return RunError(f"could not write the decoded cache {self.path} ({exc.strerror or exc}); free some "
                         f"space, set ZOO_CACHE_DIR to another folder, or drop --cache-decoded.")
 
+    def _make_folder(self) -> None:
+        """Create the cache's folder; a RunError names it when it cannot be one."""
+        folder = self.path.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunError(f"cannot use {folder} as the decoded-image cache folder ({exc.strerror or exc}); "
+                           f"set ZOO_CACHE_DIR to a writable folder, or drop --cache-decoded.") from None
+
     def _create(self, tmp: Path) -> np.memmap:
         """A new zero-filled image file of the cache's shape at ``tmp``."""
+        self._make_folder()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             return np.memmap(tmp, dtype=np.uint8, mode="w+", shape=self.shape)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
@@ -124,7 +133,7 @@ class DecodedCache(Dataset):
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """Hold the cache's lock file: runs sharing a cache create and publish it one at a time."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._make_folder()
         with open(self.path.with_name(f".{self.path.name}.lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import torch
 from torch.utils.data import Dataset, default_collate
@@ -41,13 +41,24 @@ class EncodedItem(NamedTuple):
     index: int
     seed: int
     payload: torch.Tensor
-    decoded: bool
+    is_image: bool  # payload is a decoded image, not a file's bytes
+
+
+def _source(dataset: Any) -> tuple[DecodedCache | None, Any]:
+    """The decoded cache (if any) and the dataset it serves."""
+    return (dataset, dataset.dataset) if isinstance(dataset, DecodedCache) else (None, dataset)
 
 
 def supports_device_decode(dataset: Any) -> bool:
     """True when the dataset (or the dataset a decoded cache serves) can decode batches on a device."""
-    source = dataset.dataset if isinstance(dataset, DecodedCache) else dataset
-    return all(callable(getattr(source, name, None)) for name in DEVICE_METHODS)
+    source = _source(dataset)[1]
+    return all(callable(getattr(source, name, None)) for name in DEVICE_METHODS) \
+        and isinstance(getattr(source, "device_decode_method", None), str)
+
+
+def cache_decoder_name(dataset: Any) -> str:
+    """What keys a decoded cache filled by the device: the dataset's device decoding, named."""
+    return f"device:{_source(dataset)[1].device_decode_method}"
 
 
 @functools.lru_cache(maxsize=None)
@@ -65,12 +76,18 @@ def _probe_error(device: torch.device) -> str | None:
 def blocker(dataset: Any, device: torch.device, cache_built_first: bool) -> str | None:
     """Why this run's training images cannot be decoded on ``device``, or None when they can."""
     if device.type != "cuda":
-        return f"decoding on the device needs a CUDA device, not {device.type}"
+        return f"it needs a CUDA device, not {device.type}"
     if not supports_device_decode(dataset):
-        return "the dataset offers no batch decoding on a device (encoded and decode_batch)"
+        return (f"dataset {type(_source(dataset)[1]).__name__} does not offer it (it needs "
+                f"{', '.join(DEVICE_METHODS)} and device_decode_method)")
     if cache_built_first:
         return "with several processes the decoded cache is built before training"
     return _probe_error(device)
+
+
+def _is_device_failure(exc: BaseException) -> bool:
+    """Out of memory or a CUDA error: the device is in trouble, not the file, so it must surface."""
+    return isinstance(exc, torch.OutOfMemoryError) or "CUDA error" in str(exc)
 
 
 class EncodedItems(Dataset):
@@ -78,11 +95,12 @@ class EncodedItems(Dataset):
 
     Takes the ``(index, seed)`` keys of ``zoo.engine.feed.EpochOrder``; a failure
     comes back as a :class:`~zoo.engine.feed.BadItem`, as from ``SeededItems``.
+    Items in ``cpu_only`` (files the device could not decode) are decoded here.
     """
 
-    def __init__(self, source: Any) -> None:
-        self.cache = source if isinstance(source, DecodedCache) else None
-        self.dataset = source.dataset if self.cache is not None else source
+    def __init__(self, source: Any, cpu_only: set[int] | None = None) -> None:
+        self.cache, self.dataset = _source(source)
+        self.cpu_only = cpu_only if cpu_only is not None else set()
 
     def __getitem__(self, key: tuple[int, int]) -> EncodedItem | BadItem:
         index, seed = key
@@ -91,7 +109,7 @@ class EncodedItems(Dataset):
                 stored = self.cache.stored(index)
                 if stored is not None:
                     return EncodedItem(index, seed, stored, True)
-            data = self.dataset.encoded(index)
+            data = None if index in self.cpu_only else self.dataset.encoded(index)
             if data is not None:
                 return EncodedItem(index, seed, data, False)
             decoded = self.dataset.decode(index)  # a file only the CPU reads (a PNG, say)
@@ -106,54 +124,81 @@ class EncodedItems(Dataset):
 
 
 class EncodedBatch(NamedTuple):
-    """A batch as the workers send it: the already decoded images stacked, the files' bytes apart."""
+    """A batch as the workers send it: decoded images stacked, files' bytes joined (a few tensors, not one each)."""
 
     keys: list[tuple[int, int]]  # (index, seed) of every readable item, in batch order
-    decoded_at: list[int]  # positions in ``keys`` of the images in ``decoded``
-    decoded: torch.Tensor | None  # uint8 (n, C, H, W): one copy to the device for all of them
-    encoded_at: list[int]
-    encoded: list[torch.Tensor]  # files' bytes, one per position in ``encoded_at``
+    image_at: list[int]  # positions in ``keys`` of the rows of ``images``
+    images: torch.Tensor | None  # uint8 (n, C, H, W): one copy to the device for all of them
+    file_at: list[int]  # positions in ``keys`` of the files in ``file_bytes``
+    file_bytes: torch.Tensor | None  # the files' bytes one after another
+    file_sizes: list[int]
+
+    def files(self) -> list[torch.Tensor]:
+        """Each file's bytes, as views of ``file_bytes``."""
+        return list(torch.split(self.file_bytes, self.file_sizes)) if self.file_bytes is not None else []
 
 
 def collate_encoded(items: list[EncodedItem | BadItem]) -> tuple[EncodedBatch | None, list[BadItem]]:
-    """Stack a batch's decoded images, keep its files' bytes as a list (lengths differ); set bad items apart."""
+    """Stack a batch's decoded images and join its files' bytes; set bad items apart.
+
+    One tensor per kind, not one per file: each tensor crossing from a worker holds
+    a shared-memory file open, and a batch of hundreds would exhaust the open-file limit.
+    """
     good = [item for item in items if isinstance(item, EncodedItem)]
     bad = [item for item in items if isinstance(item, BadItem)]
     if not good:
         return None, bad
-    decoded_at = [position for position, item in enumerate(good) if item.decoded]
-    encoded_at = [position for position, item in enumerate(good) if not item.decoded]
-    return EncodedBatch([(item.index, item.seed) for item in good], decoded_at, torch.stack([good[p].payload for p in decoded_at]) if decoded_at else None,
-                        encoded_at, [good[p].payload for p in encoded_at]), bad
+    image_at = [position for position, item in enumerate(good) if item.is_image]
+    file_at = [position for position, item in enumerate(good) if not item.is_image]
+    images = torch.stack([good[p].payload for p in image_at]) if image_at else None
+    file_bytes = torch.cat([good[p].payload for p in file_at]) if file_at else None
+    return EncodedBatch([(item.index, item.seed) for item in good], image_at, images, file_at, file_bytes,
+                        [len(good[p].payload) for p in file_at]), bad
 
 
 class DeviceDecoder:
     """Main-process side: decodes an :class:`EncodedBatch` on the device and finishes its items there."""
 
-    def __init__(self, source: Any, device: torch.device) -> None:
-        self.cache = source if isinstance(source, DecodedCache) else None
-        self.dataset = source.dataset if self.cache is not None else source
+    def __init__(self, source: Any, device: torch.device, say: Callable[[str], None] = lambda line: None) -> None:
+        self.cache, self.dataset = _source(source)
         self.device = device
+        self.say = say
+        self.cpu_only: set[int] = set()  # files the device rejected: later epochs decode them in the workers
 
-    def _decode(self, indices: list[int], encoded: list[torch.Tensor]) -> tuple[list[torch.Tensor | None], list[BadItem]]:
-        """Decode a batch of bytes at once; where that fails, each alone, then on the CPU (a bad file: None)."""
+    def items(self, source: Any) -> EncodedItems:
+        """The workers' side of this decoder (``make_loader``'s ``items``): it learns which files to decode itself."""
+        return EncodedItems(source, self.cpu_only)
+
+    def _decode(self, indices: list[int], files: list[torch.Tensor]) -> tuple[list[torch.Tensor | None], list[BadItem]]:
+        """Decode files on the device at once; where that fails, each alone, then on the CPU (a bad file: None).
+
+        Out of memory and CUDA errors are raised: they are the device's trouble, not a file's.
+        """
         try:
-            return list(self.dataset.decode_batch(encoded, self.device)), []
-        except Exception:  # one file the device cannot read fails the whole batch: find it
-            pass
+            return list(self.dataset.decode_batch(files, self.device)), []
+        except Exception as exc:  # one file the device cannot read fails the whole batch: find it
+            if _is_device_failure(exc):
+                raise
         images: list[torch.Tensor | None] = []
         bad: list[BadItem] = []
-        for index, data in zip(indices, encoded):
+        for index, data in zip(indices, files):
             try:
                 images.append(self.dataset.decode_batch([data], self.device)[0])
                 continue
-            except Exception:
-                pass
+            except Exception as exc:
+                if _is_device_failure(exc):
+                    raise
+                rejected = first_line(exc)
             try:
                 images.append(self.dataset.decode(index).to(self.device))
             except Exception as exc:
                 images.append(None)
                 bad.append(as_bad_item(index, exc))
+                continue
+            if not self.cpu_only:
+                self.say(f"zoo: the device could not decode sample {index} ({rejected}); such files are decoded "
+                         f"on the CPU instead.")
+            self.cpu_only.add(index)
         return images, bad
 
     def __call__(self, sent: tuple[EncodedBatch | None, list[BadItem]]) -> tuple[Any, list[BadItem]]:
@@ -162,14 +207,14 @@ class DeviceDecoder:
         if batch is None:
             return None, bad
         images: list[torch.Tensor | None] = [None] * len(batch.keys)
-        if batch.decoded is not None:
-            for position, image in zip(batch.decoded_at, batch.decoded.to(self.device, non_blocking=True)):
+        if batch.images is not None:
+            for position, image in zip(batch.image_at, batch.images.to(self.device, non_blocking=True)):
                 images[position] = image
-        if batch.encoded_at:
-            indices = [batch.keys[p][0] for p in batch.encoded_at]
-            decoded, failed = self._decode(indices, batch.encoded)
+        if batch.file_at:
+            indices = [batch.keys[p][0] for p in batch.file_at]
+            decoded, failed = self._decode(indices, batch.files())
             bad = bad + failed
-            for position, image in zip(batch.encoded_at, decoded):
+            for position, image in zip(batch.file_at, decoded):
                 images[position] = image
             self._store([(i, image) for i, image in zip(indices, decoded) if image is not None])
         kept = [(key, image) for key, image in zip(batch.keys, images) if image is not None]
@@ -196,17 +241,20 @@ class DeviceDecoder:
         self.cache.store([index for index, _ in decoded], torch.stack([image for _, image in decoded]).cpu())
 
     def fill_rest(self, batch_size: int) -> None:
-        """Decode on the device what the first pass left out of the cache (the dropped last batch), before it is published."""
+        """Decode on the device what the first pass left out of the cache (the dropped last batch).
+
+        Run before the cache is published; files only the CPU reads, and bad ones, are left
+        to ``finalize``, which decodes them and records errors as a build does.
+        """
         if self.cache is None or self.cache.complete:
             return
         missing = [index for index in self.cache.missing() if index not in self.cache.bad]
         for start in range(0, len(missing), batch_size):
-            chunk = missing[start:start + batch_size]
             readable = []
-            for index in chunk:
+            for index in missing[start:start + batch_size]:
                 try:
-                    data = self.dataset.encoded(index)
-                except Exception:  # left to finalize, which records the error as a build does
+                    data = None if index in self.cpu_only else self.dataset.encoded(index)
+                except Exception:  # left to finalize
                     continue
                 if data is not None:
                     readable.append((index, data))
@@ -214,4 +262,3 @@ class DeviceDecoder:
                 indices = [index for index, _ in readable]
                 decoded, _ = self._decode(indices, [data for _, data in readable])
                 self._store([(i, image) for i, image in zip(indices, decoded) if image is not None])
-

@@ -101,6 +101,10 @@ def collate_items(items: list[Any]) -> tuple[Any, list[BadItem]]:
     return (default_collate(good) if good else None), bad
 
 
+class BadSampleError(RunError):
+    """A sample could not be read and --skip-bad-files is off."""
+
+
 class BadItems:
     """Stops the run naming an unreadable sample, or counts it with ``--skip-bad-files``."""
 
@@ -115,8 +119,8 @@ class BadItems:
         if not bad:
             return
         if not self.skip:
-            raise RunError(f"{bad[0].message.rstrip('.')}; or pass --skip-bad-files to skip unreadable "
-                           f"samples and count them.")
+            raise BadSampleError(f"{bad[0].message.rstrip('.')}; or pass --skip-bad-files to skip unreadable "
+                                 f"samples and count them.")
         self.count += len(bad)
         self.distinct.update(item.index for item in bad)
         self.first = self.first or bad[0].message
@@ -201,7 +205,8 @@ class DeviceFeed:
         if self.stream is not None:
             self._preload()
 
-    def _copy(self, item: tuple[Any, list[BadItem]]) -> tuple[Any, list[BadItem]]:
+    def _to_device(self, item: tuple[Any, list[BadItem]]) -> tuple[Any, list[BadItem]]:
+        """The loader's batch on the device: assembled there, or copied."""
         batch, bad = self.assemble(item) if self.assemble is not None else item
         if batch is None:
             return None, bad
@@ -214,14 +219,14 @@ class DeviceFeed:
             self._next = StopIteration
             return
         with torch.cuda.stream(self.stream):
-            self._next = self._copy(item)
+            self._next = self._to_device(item)
 
     def __iter__(self) -> "DeviceFeed":
         return self
 
     def __next__(self) -> tuple[Any, list[BadItem]]:
         if self.stream is None:
-            return self._copy(next(self.source))
+            return self._to_device(next(self.source))
         current = torch.cuda.current_stream(self.device)
         current.wait_stream(self.stream)
         item = self._next

@@ -70,15 +70,27 @@ def prepare_new(run_dir: Path, overwrite: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
-def write_json(path: Path, document: dict[str, Any]) -> None:
-    """Write JSON atomically (temporary file, fsync, rename)."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text file atomically (temporary file, fsync, rename): readers see the old or the new."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with tmp.open("w") as handle:
-        json.dump(document, handle, indent=2, sort_keys=False, default=str)
-        handle.write("\n")
+        handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+
+
+def write_json(path: Path, document: dict[str, Any]) -> None:
+    """Write JSON atomically."""
+    write_text_atomic(path, json.dumps(document, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def _step_of(line: str) -> int:
+    """The step of a metrics record (0 for a line without one, or a torn last line)."""
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError, TypeError):
+        return 0
 
 
 class MetricsLog:
@@ -86,6 +98,15 @@ class MetricsLog:
 
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
+
+    def drop_after(self, step: int) -> None:
+        """Forget records of steps after ``step``: a resumed run logs them again."""
+        if not self.path.exists():
+            return
+        lines = self.path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if _step_of(line) <= step]
+        if len(kept) != len(lines):
+            write_text_atomic(self.path, "".join(kept))
 
     def write(self, record: dict[str, Any]) -> None:
         """Append a record and flush it to disk."""

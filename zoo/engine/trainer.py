@@ -26,7 +26,7 @@ from zoo import build
 from zoo.config import TrainConfig
 from zoo.engine import cache, checkpoint, device_decode, distributed, finetune, graphed, rng, speed
 from zoo.engine.evaluate import evaluate
-from zoo.engine.feed import BadItems, DeviceFeed, make_loader, prefetching, to_device
+from zoo.engine.feed import BadItems, BadSampleError, DeviceFeed, make_loader, prefetching, to_device
 from zoo.engine.hooks import HookCaller, RunContext
 from zoo.engine.precision import Precision, resolve_device
 from zoo.engine.rundir import MetricsLog, versions, write_json
@@ -165,14 +165,16 @@ class Trainer:
                     distributed.barrier(self.dist)  # rank 0 builds the cache once
                 # one process: the first pass over each split fills its cache; several: rank 0 builds them first
                 # (the training split's, on the device when it decodes there: another cache, another key)
-                train_decoder = (getattr(self.train_set, "device_decode_method", None)
-                                 or f"{type(self.train_set).__name__}.decode_batch") if decoding_on_device else None
+                train_decoder = device_decode.cache_decoder_name(self.train_set) if decoding_on_device else None
                 self.train_set, self.test_set = (
                     cache.DecodedCache(split, root, workers=config.workers, fill_on_read=not self.dist.enabled,
                                        decoder=decoder)
                     for split, decoder in ((self.train_set, train_decoder), (self.test_set, None)))
                 if self.dist.is_main:
                     distributed.barrier(self.dist)
+                    ready = self.train_set.complete
+                    _echo(f"zoo: decoded images {'read from' if ready else 'kept, as the first epoch decodes them, in'}"
+                          f" {self.train_set.path}")
             else:
                 _echo(f"zoo: dataset '{self.plan.dataset.name}' has no decoded form to cache; "
                       f"--cache-decoded changes nothing.")
@@ -187,12 +189,13 @@ class Trainer:
         self.batches_per_epoch = self.steps_per_epoch * config.accumulate
         pin = self.device.type == "cuda"
         # decoding on the device, the workers send bytes and uint8 images; the device decodes and finishes them
-        self.device_decoder = device_decode.DeviceDecoder(self.train_set, self.device) if decoding_on_device else None
-        sent = dict(items=device_decode.EncodedItems, collate=device_decode.collate_encoded) \
-            if decoding_on_device else {}
+        self.device_decoder = device_decode.DeviceDecoder(self.train_set, self.device, say=_echo) \
+            if decoding_on_device else None
+        worker_side = dict(items=self.device_decoder.items, collate=device_decode.collate_encoded) \
+            if self.device_decoder is not None else {}
         self.loader, self.order = make_loader(self.train_set, config.batch_size, config.seed, config.workers,
                                               shuffle=True, drop_last=True, pin_memory=pin,
-                                              shard=(self.dist.rank, self.dist.world_size), **sent)
+                                              shard=(self.dist.rank, self.dist.world_size), **worker_side)
         self.test_loader, _ = make_loader(self.test_set, config.batch_size, config.seed, config.workers,
                                           shuffle=False, drop_last=False, pin_memory=pin)
 
@@ -203,7 +206,7 @@ class Trainer:
         reason = device_decode.blocker(self.train_set, self.device,
                                        cache_built_first=self.config.cache_decoded and self.dist.enabled)
         if reason:
-            _echo(f"zoo: no decoding on the device: {reason}; images decode in the loader.")
+            _echo(f"zoo: no --decode-on-device: {reason}; the loader's workers prepare the samples.")
         return reason is None
 
     def _fine_tune(self, resume: bool) -> dict[str, Any] | None:
@@ -229,6 +232,14 @@ class Trainer:
         if self.config.epochs is not None or self.config.max_steps is None:
             limits.append((self.config.epochs or DEFAULT_EPOCHS) * self.steps_per_epoch)
         return min(limits)
+
+    def _how_to_extend(self) -> str:
+        """What to pass with --resume to go on, naming the limit that ends the run."""
+        epochs = self.config.epochs or DEFAULT_EPOCHS
+        by_epochs = epochs * self.steps_per_epoch
+        if self.config.max_steps is not None and (self.config.epochs is None or self.config.max_steps <= by_epochs):
+            return f"extend it with --max-steps beyond {self.step}."
+        return f"its --epochs {epochs} ends it at step {by_epochs}; extend it with --epochs {epochs + 1} or more."
 
     def _write_config(self, command_line: list[str], resumed: bool) -> None:
         path = self.run_dir / "config.json"
@@ -273,6 +284,8 @@ class Trainer:
         steps = checkpoint.list_steps(self.run_dir)
         if not steps:
             _echo(f"zoo: {self.run_dir} has no checkpoint yet; starting over with its saved config.")
+            if self.dist.is_main:
+                self.metrics_log.drop_after(0)
             return
         if not self.dist.enabled:
             model_state, state, folder = self._newest_whole_checkpoint(steps)
@@ -317,6 +330,8 @@ class Trainer:
             raise UsageError(f"{folder} was made by {saved_world} process(es), this run has "
                              f"{self.dist.world_size}; resume with --nproc-per-node {saved_world}.")
         rng.restore(state["rng_by_rank"][self.dist.rank] if self.dist.enabled else state["rng"])
+        if self.dist.is_main:
+            self.metrics_log.drop_after(self.step)  # logged after the checkpoint: they come again
         _echo(f"zoo: resuming {self.run_dir} from step {self.step} (epoch {self.epoch + 1}).")
 
     def _newest_whole_checkpoint(self, steps: list[tuple[int, Path]]) -> tuple[dict, dict, Path]:
@@ -344,8 +359,7 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Train until the run's length; save at the end. Raises Interrupted on a signal."""
         if self._last_save_step == self.step and self.step >= self.total_steps:
-            _echo(f"zoo: {self.run_dir} is already complete at step {self.step}; extend it with "
-                  f"--max-steps or --epochs beyond that.")
+            _echo(f"zoo: {self.run_dir} is already complete at step {self.step}; {self._how_to_extend()}")
             return TrainResult(self.run_dir, self.step, self.epoch,
                                checkpoint.checkpoint_dir(self.run_dir, self.step), self.last_eval)
         previous = self._install_signal_handlers()
@@ -400,6 +414,8 @@ class Trainer:
             saved = self.save() if self._last_save_step != self.step else checkpoint.checkpoint_dir(
                 self.run_dir, self.step)
             status = "interrupted" if (self._stop_signal or self.context.stop_reason) else "done"
+        except BadSampleError as exc:
+            raise RunError(f"{exc}\n{self._save_before_failing()}") from None
         except torch.OutOfMemoryError:
             raise RunError(f"out of device memory at step {self.step + 1} (batch size {self.config.batch_size}); "
                            f"use a smaller --batch-size, --accumulate 2 with half the batch, "
@@ -425,6 +441,15 @@ class Trainer:
             _echo(f"zoo: stopped early at step {self.step}: {self.context.stop_reason}")
         _echo(f"zoo: done at step {self.step}; checkpoint {saved}")
         return TrainResult(self.run_dir, self.step, self.epoch, saved, self.last_eval)
+
+    def _save_before_failing(self) -> str:
+        """Save the steps done before an unreadable sample stopped the run; say how to go on."""
+        resume = f"zoo train --resume {self.run_dir} --skip-bad-files"
+        if self.dist.enabled or self.step == 0:  # several processes cannot save alone; nothing done yet
+            return "zoo: no step was saved; replace or remove the file, or start again with --skip-bad-files."
+        if self._last_save_step != self.step:
+            self.save()
+        return f"zoo: step {self.step} is saved; remove the file and resume, or go on with: {resume}"
 
     def _nonfinite_anywhere(self, loss: torch.Tensor) -> bool:
         """True when this loss is not finite here or, when distributed, on any process."""
@@ -629,8 +654,8 @@ class Trainer:
                 self.device_decoder.fill_rest(self.config.batch_size)
             self.train_set.finalize()  # the first epoch filled it: publish it for the next
         self.hooks.call("on_epoch_end", run=self.context, epoch=self.epoch)
-        if self.config.eval_every is None and self.step < self.total_steps:
-            self._evaluate()
+        if self.config.eval_every is None and self.step < self.total_steps and not self._signalled():
+            self._evaluate()  # a stop request saves first: evaluating could take minutes
         if self.config.save_every is None and self.step < self.total_steps and not self._signalled():
             self.save()
 
