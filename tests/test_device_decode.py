@@ -7,6 +7,7 @@ torchvision's decode_jpeg takes the same bytes on either device.
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -223,6 +224,7 @@ def test_a_run_decoding_on_the_device_fills_its_own_cache_and_resumes_exactly(zo
     code, _, err = zoo_cli(*common, "--epochs", "2", "--run-dir", str(tmp_path / "straight"))
     assert code == 0, err
     assert "no --decode-on-device" not in err
+    assert json.loads((tmp_path / "straight" / "config.json").read_text())["resolved"]["decode_on_device"]
     steps_per_epoch = 22 // 4
     assert calls["decode_batch"] == steps_per_epoch + 1  # the first epoch, then the two images it dropped
     cached = sorted((tmp_path / "cache").glob("*.u8"))
@@ -325,6 +327,8 @@ def test_on_the_cpu_the_option_says_one_line_and_trains(zoo_cli, tmp_path):
                            str(tmp_path / "data"), "--batch-size", "4", "--max-steps", "2", "--device", "cpu",
                            "--decode-on-device", "--run-dir", str(tmp_path / "run"))
     assert code == 0, err
+    resolved = json.loads((tmp_path / "run" / "config.json").read_text())["resolved"]
+    assert resolved["decode_on_device"] is False  # what the run did, beside what it was asked
     lines = [line for line in err.splitlines() if "--decode-on-device" in line]
     assert lines == ["zoo: no --decode-on-device: it needs a CUDA device, not cpu; the loader's workers "
                      "prepare the samples."]

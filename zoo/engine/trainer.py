@@ -267,6 +267,7 @@ class Trainer:
                 "loss_weights": getattr(self.loss_fn, "weights_source", None),
                 "device": str(self.device),
                 "speed": self.speed.describe(),
+                "decode_on_device": self.device_decoder is not None,
                 "steps_per_epoch": self.steps_per_epoch,
                 "parameters": sum(p.numel() for p in self.recipe.parameters()),
                 "trainable_parameters": sum(p.numel() for p in self.recipe.parameters() if p.requires_grad),
