@@ -149,7 +149,6 @@ def test_a_jpeg_the_device_rejects_is_decoded_on_the_cpu_and_a_broken_one_is_a_b
 
     monkeypatch.setattr(ImageFolderDataset, "decode_batch", picky)
     items = device_decode.EncodedItems(dataset)
-    decoder = device_decode.DeviceDecoder(dataset, CPU)
     said = []
     decoder = device_decode.DeviceDecoder(dataset, CPU, say=said.append)
     batch, bad = decoder(device_decode.collate_encoded([items[(i, 10 + i)] for i in range(8)]))
@@ -192,6 +191,17 @@ def test_running_out_of_device_memory_is_raised_not_taken_for_bad_files(tmp_path
     with pytest.raises(torch.OutOfMemoryError):
         decoder(device_decode.collate_encoded([items[(i, i)] for i in range(4)]))
     assert not decoder.cpu_only
+
+
+@pytest.mark.parametrize("message, device_trouble", [
+    ("Error while decoding JPEG images: CUDA out of memory. Tried to allocate 2.00 GiB", True),
+    ("Error while decoding JPEG images: Failed to synchronize CUDA stream: 700", True),
+    ("Error while decoding JPEG images: nvjpegDecodeBatched failed: NVJPEG_STATUS_EXECUTION_FAILED", True),
+    ("Error while decoding JPEG images: NVJPEG_STATUS_BAD_JPEG", False),
+    ("Not a JPEG file: starts with 0x89 0x50", False),
+])
+def test_torchvision_errors_that_blame_the_device_are_told_from_bad_files(message, device_trouble):
+    assert device_decode._is_device_failure(RuntimeError(message)) is device_trouble
 
 
 def test_a_missing_file_is_a_bad_item_from_the_worker(tmp_path):

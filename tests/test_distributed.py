@@ -84,3 +84,22 @@ def test_sigterm_under_ddp_saves_once_and_resumes(tmp_path):
     a, b = newest(tmp_path / "straight"), newest(run)
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-6), key
+
+
+def test_an_unreadable_file_met_by_the_second_process_is_named(tmp_path):
+    from PIL import Image
+
+    from plugins.datasets.imagefolder import ImageFolderDataset
+    from zoo.engine.feed import EpochOrder
+    folder = tmp_path / "data" / "train" / "blue"
+    folder.mkdir(parents=True)
+    for i in range(16):
+        Image.new("RGB", (16, 16), (i * 15, 80, 160)).save(folder / f"img{i:02d}.png")
+    dataset = ImageFolderDataset("train", task="generation", data=str(tmp_path / "data"))
+    second = Path(dataset.files[EpochOrder(len(dataset), seed=0, shuffle=True, shard=(1, 2)).order()[0]][0])
+    second.write_bytes(second.read_bytes()[:40])  # the first sample process 1 reads
+    done = zoo("train", "--model", "dcgan", "--loss", "mse", "--model-opt", "ngf=8", "--model-opt", "ndf=8",
+               "--model-opt", "nz=16", "--dataset", "imagefolder", "--data", str(tmp_path / "data"), "--device", "cpu",
+               "--batch-size", "4", "--max-steps", "2", "--nproc-per-node", "2", "--run-dir", str(tmp_path / "run"))
+    assert done.returncode != 0
+    assert second.name in done.stderr and "--skip-bad-files" in done.stderr, done.stderr

@@ -430,4 +430,8 @@ def test_a_stop_asked_at_an_epoch_end_saves_without_evaluating_first(registry, t
         trainer.fit()
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert not [r for r in records if r["kind"] == "eval"]  # evaluating could take minutes: saved first
-    assert checkpoint.list_steps(tmp_path / "run")[-1][0] == trainer.steps_per_epoch
+    first_epoch = trainer.steps_per_epoch
+    assert checkpoint.list_steps(tmp_path / "run")[-1][0] == first_epoch
+    train(registry, tiny_config(tmp_path / "run", max_steps=None, epochs=3), resume=True)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [first_epoch, 2 * first_epoch, 3 * first_epoch]

@@ -208,6 +208,17 @@ def test_bad_data_paths_are_one_line_usage_errors(zoo_cli, tmp_path, setup, extr
     assert message in one_error_line(err)
 
 
+def test_a_test_split_may_lack_a_class_the_training_split_has(zoo_cli, tmp_path):
+    for label in ("cats", "dogs"):
+        write_images(tmp_path / "data" / "train" / label, 4)
+    write_images(tmp_path / "data" / "test" / "cats", 2)
+    (tmp_path / "data" / "test" / "dogs").mkdir()
+    code, _, err = zoo_cli("train", "--model", "mnist_net", "--dataset", "imagefolder", "--data",
+                           str(tmp_path / "data"), "--batch-size", "4", "--device", "cpu", "--max-steps", "1",
+                           "--run-dir", str(tmp_path / "run"))
+    assert code == 0, err
+
+
 def test_a_corrupt_image_is_named_and_can_be_skipped(zoo_cli, tmp_path):
     images = write_images(tmp_path / "data" / "train" / "blue", 20)
     images[3].write_bytes(images[3].read_bytes()[:40])  # truncated PNG
@@ -233,12 +244,34 @@ def test_a_corrupt_image_mid_run_keeps_the_steps_done_and_resume_can_skip_it(zoo
                            "--epochs", "1", "--run-dir", str(run))
     assert code == 1
     assert Path(late).name in one_error_line(err)
-    assert f"step 2 is saved; remove the file and resume, or go on with: zoo train --resume {run} " \
+    assert f"step 2 is saved; replace the file (same name) and resume, or go on with: zoo train --resume {run} " \
            f"--skip-bad-files" in err
     assert checkpoint.list_steps(run)[-1][0] == 2
     code, _, err = zoo_cli("train", "--resume", str(run), "--skip-bad-files")
     assert code == 0, err
     assert "skipped 1 unreadable sample(s)" in err and checkpoint.list_steps(run)[-1][0] == 4
+    code, _, err = zoo_cli("train", *TINY, "--dataset", "imagefolder", "--data", str(tmp_path / "data"),
+                           "--epochs", "1", "--skip-bad-files", "--run-dir", str(tmp_path / "straight"))
+    assert code == 0, err
+    a = checkpoint.load_weights(checkpoint.list_steps(run)[-1][1])
+    b = checkpoint.load_weights(checkpoint.list_steps(tmp_path / "straight")[-1][1])
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the stop changed nothing
+
+
+def test_an_unreadable_test_file_saves_the_epoch_and_the_resumed_run_evaluates_first(zoo_cli, tmp_path):
+    write_images(tmp_path / "data" / "train" / "blue", 16)
+    tests = write_images(tmp_path / "data" / "test" / "blue", 4)
+    tests[1].write_bytes(tests[1].read_bytes()[:40])
+    run = tmp_path / "run"
+    common = [*TINY, "--dataset", "imagefolder", "--data", str(tmp_path / "data")]
+    code, _, err = zoo_cli("train", *common, "--epochs", "2", "--run-dir", str(run))
+    assert code == 1 and "img01.png" in one_error_line(err)
+    assert checkpoint.list_steps(run)[-1][0] == 2  # the first epoch, trained but not evaluated
+    tests[1].write_bytes(tests[0].read_bytes())  # replaced, same name
+    code, _, err = zoo_cli("train", "--resume", str(run))
+    assert code == 0, err
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [2, 4]
 
 
 def test_resume_logs_each_step_once_even_past_a_lost_checkpoint(zoo_cli, tmp_path):
@@ -253,6 +286,17 @@ def test_resume_logs_each_step_once_even_past_a_lost_checkpoint(zoo_cli, tmp_pat
     assert [r["step"] for r in records if r["kind"] == "eval"] == [2, 4]
 
 
+def test_a_torn_last_metrics_line_is_dropped_on_resume(zoo_cli, tmp_path):
+    run = tmp_path / "run"
+    assert zoo_cli("train", *TINY, *TINY_SHAPES, "--max-steps", "2", "--run-dir", str(run))[0] == 0
+    with (run / "metrics.jsonl").open("a") as handle:
+        handle.write('{"kind": "train", "step": 3, "lo')  # killed while writing
+    code, _, err = zoo_cli("train", "--resume", str(run), "--max-steps", "4")
+    assert code == 0, err
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3, 4]
+
+
 def test_a_finished_run_says_which_limit_to_raise(zoo_cli, tmp_path):
     run = tmp_path / "run"
     assert zoo_cli("train", *TINY, *TINY_SHAPES, "--epochs", "1", "--run-dir", str(run))[0] == 0
@@ -261,6 +305,10 @@ def test_a_finished_run_says_which_limit_to_raise(zoo_cli, tmp_path):
     assert "already complete at step 4; its --epochs 1 ends it at step 4; extend it with --epochs 2 or more." in err
     code, _, err = zoo_cli("train", "--resume", str(run), "--epochs", "3", "--max-steps", "4")
     assert code == 0 and "already complete at step 4; extend it with --max-steps beyond 4." in err
+    longer = tmp_path / "longer"
+    assert zoo_cli("train", *TINY, *TINY_SHAPES, "--epochs", "2", "--run-dir", str(longer))[0] == 0
+    code, _, err = zoo_cli("train", "--resume", str(longer), "--epochs", "1")  # fewer than it has done
+    assert code == 0 and "its --epochs 1 ends it at step 4; extend it with --epochs 3 or more." in err
 
 
 def test_a_cache_folder_that_cannot_be_made_is_one_line(zoo_cli, tmp_path, monkeypatch):

@@ -143,7 +143,10 @@ def _train(registry, config: TrainConfig, run_dir: Path, resume: bool, overwrite
         try:
             trainer.fit()
         except ZooError as exc:
-            exc.quiet = not dist_context.is_main  # one message per job, from rank 0
+            from zoo.engine.feed import BadSampleError
+
+            # one message per job, from rank 0, but an unreadable file from the process that met it
+            exc.quiet = not dist_context.is_main and not isinstance(exc, BadSampleError)
             raise
     finally:
         if lock is not None:

@@ -35,8 +35,12 @@ def _list_class_files(folder: str) -> list[str]:
     return sorted(found)
 
 
-def _scan(split_dir: str) -> dict[str, list[str]]:
-    """Map each class folder name under ``split_dir`` to its sorted image files."""
+def _scan(split_dir: str, empty_allowed: bool = False) -> dict[str, list[str]]:
+    """Map each class folder name under ``split_dir`` to its sorted image files.
+
+    An empty class folder beside full ones is a mistake in the training split (a class
+    with no samples); the test split may lack some classes.
+    """
     try:
         names = sorted(entry.name for entry in os.scandir(split_dir)
                        if entry.is_dir() and not entry.name.startswith("."))
@@ -45,7 +49,7 @@ def _scan(split_dir: str) -> dict[str, list[str]]:
                          f"permissions (expected {LAYOUT})") from exc
     classes = {name: _list_class_files(os.path.join(split_dir, name)) for name in names}
     empty = [name for name, files in classes.items() if not files]
-    if empty and len(empty) < len(classes):  # all empty: the caller names the folder
+    if empty and len(empty) < len(classes) and not empty_allowed:  # all empty: the caller names the folder
         raise UsageError(f"class folder {os.path.join(split_dir, empty[0])} has no images: add some, or remove "
                          f"the folder (a class with no samples)")
     return classes
@@ -86,7 +90,7 @@ class ImageFolderDataset(ZooDataset):
 
         test_dir = os.path.join(root, "test")
         if os.path.isdir(test_dir):
-            test = _scan(test_dir)
+            test = _scan(test_dir, empty_allowed=True)
             unknown = [name for name in test if name not in train]
             if unknown:
                 raise UsageError(f"class folder {os.path.join(test_dir, unknown[0])} has no match in "

@@ -85,9 +85,16 @@ def blocker(dataset: Any, device: torch.device, cache_built_first: bool) -> str 
     return _probe_error(device)
 
 
+# Words in a decoder's error that blame the device, not the file (torchvision wraps nvjpeg's and CUDA's
+# errors, out of memory included, in a plain RuntimeError "Error while decoding JPEG images: ...").
+DEVICE_TROUBLE = ("out of memory", "cuda error", "cudaerror", "failed to synchronize", "allocator_failure",
+                  "execution_failed", "internal_error", "arch_mismatch")
+
+
 def _is_device_failure(exc: BaseException) -> bool:
     """Out of memory or a CUDA error: the device is in trouble, not the file, so it must surface."""
-    return isinstance(exc, torch.OutOfMemoryError) or "CUDA error" in str(exc)
+    text = str(exc).lower()
+    return isinstance(exc, torch.OutOfMemoryError) or any(words in text for words in DEVICE_TROUBLE)
 
 
 class EncodedItems(Dataset):

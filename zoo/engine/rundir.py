@@ -85,12 +85,14 @@ def write_json(path: Path, document: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(document, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def _step_of(line: str) -> int:
-    """The step of a metrics record (0 for a line without one, or a torn last line)."""
+def _step_of(line: str) -> int | None:
+    """The step of a metrics record (0 without one); None for a line that is not a whole record."""
+    if not line.endswith("\n"):
+        return None  # the last line of a run killed while writing it
     try:
         return int(json.loads(line).get("step", 0))
     except (ValueError, AttributeError, TypeError):
-        return 0
+        return None
 
 
 class MetricsLog:
@@ -100,13 +102,17 @@ class MetricsLog:
         self.path = Path(run_dir) / "metrics.jsonl"
 
     def drop_after(self, step: int) -> None:
-        """Forget records of steps after ``step``: a resumed run logs them again."""
+        """Forget records of steps after ``step`` (a resumed run logs them again) and torn lines."""
         if not self.path.exists():
             return
         lines = self.path.read_text().splitlines(keepends=True)
-        kept = [line for line in lines if _step_of(line) <= step]
+        kept = [line for line in lines if (found := _step_of(line)) is not None and found <= step]
         if len(kept) != len(lines):
             write_text_atomic(self.path, "".join(kept))
+
+    def clear(self) -> None:
+        """Forget every record: the run starts over."""
+        self.path.unlink(missing_ok=True)
 
     def write(self, record: dict[str, Any]) -> None:
         """Append a record and flush it to disk."""

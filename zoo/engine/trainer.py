@@ -122,6 +122,9 @@ class Trainer:
         self.best: dict[str, Any] | None = None
         self.last_eval: dict[str, float] = {}
         self._last_eval_step = self._last_save_step = self._last_log_step = -1
+        # an evaluation that was due but did not finish (a stop request, an unreadable test file):
+        # the checkpoint says so and a resumed run does it first
+        self._eval_owed = self._saved_eval_owed = False
         self._stop_signal: int | None = None
         self._agreed_signal = False  # the processes' shared view of _stop_signal (distributed runs)
         self.bad_items = BadItems(config.skip_bad_files)
@@ -239,7 +242,8 @@ class Trainer:
         by_epochs = epochs * self.steps_per_epoch
         if self.config.max_steps is not None and (self.config.epochs is None or self.config.max_steps <= by_epochs):
             return f"extend it with --max-steps beyond {self.step}."
-        return f"its --epochs {epochs} ends it at step {by_epochs}; extend it with --epochs {epochs + 1} or more."
+        enough = max(epochs, self.step // self.steps_per_epoch) + 1
+        return f"its --epochs {epochs} ends it at step {by_epochs}; extend it with --epochs {enough} or more."
 
     def _write_config(self, command_line: list[str], resumed: bool) -> None:
         path = self.run_dir / "config.json"
@@ -286,7 +290,7 @@ class Trainer:
         if not steps:
             _echo(f"zoo: {self.run_dir} has no checkpoint yet; starting over with its saved config.")
             if self.dist.is_main:
-                self.metrics_log.drop_after(0)
+                self.metrics_log.clear()
             return
         if not self.dist.enabled:
             model_state, state, folder = self._newest_whole_checkpoint(steps)
@@ -319,6 +323,7 @@ class Trainer:
         self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
         self.context.step, self.context.epoch = self.step, self.epoch
         self.best = state.get("best")
+        self._eval_owed = self._saved_eval_owed = bool(state.get("eval_owed", False))
         self.skipped_nonfinite = state.get("skipped_nonfinite", 0)
         self.hooks.restore(state.get("hooks", {}))
         bad = state.get("bad_samples") or {}
@@ -359,7 +364,7 @@ class Trainer:
     # ------------------------------------------------------------ the loop
     def fit(self) -> TrainResult:
         """Train until the run's length; save at the end. Raises Interrupted on a signal."""
-        if self._last_save_step == self.step and self.step >= self.total_steps:
+        if self._last_save_step == self.step and self.step >= self.total_steps and not self._eval_owed:
             _echo(f"zoo: {self.run_dir} is already complete at step {self.step}; {self._how_to_extend()}")
             return TrainResult(self.run_dir, self.step, self.epoch,
                                checkpoint.checkpoint_dir(self.run_dir, self.step), self.last_eval)
@@ -378,6 +383,8 @@ class Trainer:
         self.recipe.train()
         try:
             self.hooks.call("on_train_start", run=self.context)
+            if self._eval_owed and self.config.eval_every != 0:
+                self._evaluate()  # due at the checkpoint's step, not done before it was saved
             while self.step < self.total_steps and not self._should_stop():
                 if feed is None:
                     feed, bar = self._open_epoch()
@@ -412,11 +419,11 @@ class Trainer:
                 self._log(None)
             if self.config.eval_every != 0 and self._last_eval_step != self.step and not self._signalled():
                 self._evaluate()
-            saved = self.save() if self._last_save_step != self.step else checkpoint.checkpoint_dir(
-                self.run_dir, self.step)
+            saved = self.save() if self._last_save_step != self.step or self._saved_eval_owed != self._eval_owed \
+                else checkpoint.checkpoint_dir(self.run_dir, self.step)
             status = "interrupted" if (self._stop_signal or self.context.stop_reason) else "done"
         except BadSampleError as exc:
-            raise RunError(f"{exc}\n{self._save_before_failing()}") from None
+            raise BadSampleError(f"{exc}\n{self._save_before_failing()}") from None
         except torch.OutOfMemoryError:
             raise RunError(f"out of device memory at step {self.step + 1} (batch size {self.config.batch_size}); "
                            f"use a smaller --batch-size, --accumulate 2 with half the batch, "
@@ -446,11 +453,17 @@ class Trainer:
     def _save_before_failing(self) -> str:
         """Save the steps done before an unreadable sample stopped the run; say how to go on."""
         resume = f"zoo train --resume {self.run_dir} --skip-bad-files"
-        if self.dist.enabled or self.step == 0:  # several processes cannot save alone; nothing done yet
-            return "zoo: no step was saved; replace or remove the file, or start again with --skip-bad-files."
-        if self._last_save_step != self.step:
-            self.save()
-        return f"zoo: step {self.step} is saved; remove the file and resume, or go on with: {resume}"
+        if self.dist.enabled:  # the other processes are not at a step's end: no saving alone
+            return f"zoo: replace the file (same name) and resume from the last checkpoint, or go on with: {resume}"
+        if self.step == 0:
+            return (f"zoo: no step was done; replace the file, or start again with --skip-bad-files "
+                    f"(--overwrite to reuse {self.run_dir}).")
+        if self._last_save_step != self.step or self._saved_eval_owed != self._eval_owed:
+            try:
+                self.save()
+            except ZooError as exc:
+                return f"zoo: and saving step {self.step} failed too: {first_line(exc)}"
+        return f"zoo: step {self.step} is saved; replace the file (same name) and resume, or go on with: {resume}"
 
     def _nonfinite_anywhere(self, loss: torch.Tensor) -> bool:
         """True when this loss is not finite here or, when distributed, on any process."""
@@ -655,8 +668,8 @@ class Trainer:
                 self.device_decoder.fill_rest(self.config.batch_size)
             self.train_set.finalize()  # the first epoch filled it: publish it for the next
         self.hooks.call("on_epoch_end", run=self.context, epoch=self.epoch)
-        if self.config.eval_every is None and self.step < self.total_steps and not self._signalled():
-            self._evaluate()  # a stop request saves first: evaluating could take minutes
+        if self.config.eval_every is None and self.step < self.total_steps:
+            self._evaluate_unless_stopping()
         if self.config.save_every is None and self.step < self.total_steps and not self._signalled():
             self.save()
 
@@ -664,13 +677,21 @@ class Trainer:
         every_eval, every_save = self.config.eval_every, self.config.save_every
         if every_eval and self.step % every_eval == 0 and self._last_eval_step != self.step \
                 and self.step < self.total_steps:
-            self._evaluate()
+            self._evaluate_unless_stopping()
         if every_save and self.step % every_save == 0 and self._last_save_step != self.step \
                 and self.step < self.total_steps:
             self.save()
 
+    def _evaluate_unless_stopping(self) -> None:
+        """Evaluate now, or, when a stop is asked, save first and leave the evaluation to the resumed run."""
+        if self._signalled():  # evaluating could take minutes
+            self._eval_owed = True
+        else:
+            self._evaluate()
+
     def _evaluate(self) -> dict[str, float]:
         self._last_eval_step = self.step
+        self._eval_owed = True  # until it completes
         bar = tqdm(total=len(self.test_loader), desc="eval", unit="batch", leave=False, file=sys.stderr,
                    dynamic_ncols=True, mininterval=0.5, disable=not self.dist.is_main)
         try:
@@ -680,6 +701,7 @@ class Trainer:
             bar.close()
         if isinstance(self.test_set, cache.DecodedCache):
             self.test_set.finalize()  # the first evaluation filled it: publish it for the next
+        self._eval_owed = False
         self.last_eval = metrics
         if self.dist.is_main:
             self.metrics_log.write({"kind": "eval", "step": self.step, "epoch": self._epochs_done(), **metrics})
@@ -721,6 +743,7 @@ class Trainer:
             "world_size": self.dist.world_size,
             "best": self.best,
             "skipped_nonfinite": self.skipped_nonfinite,
+            "eval_owed": self._eval_owed,
             "bad_samples": {"count": self.bad_items.count, "distinct": sorted(self.bad_items.distinct),
                             "first": self.bad_items.first},
             "hooks": self.hooks.state(),
@@ -731,6 +754,7 @@ class Trainer:
             self.best["saved"] = True
         if not self.dist.is_main:
             self._last_save_step = self.step
+            self._saved_eval_owed = self._eval_owed
             folder = checkpoint.checkpoint_dir(self.run_dir, self.step)
             distributed.barrier(self.dist)  # rank 0 has written it when this returns
             self.hooks.call("on_checkpoint_saved", run=self.context, step=self.step, path=folder)
@@ -744,6 +768,7 @@ class Trainer:
             raise RunError(f"could not write checkpoint step-{self.step} in {self.run_dir} ({reason}); {kept}. "
                            f"Free some disk space, then: zoo train --resume {self.run_dir}") from exc
         self._last_save_step = self.step
+        self._saved_eval_owed = self._eval_owed
         protect = (self.best["step"],) if self.best and self.best.get("saved") else ()
         checkpoint.prune(self.run_dir, self.config.keep, protect)
         distributed.barrier(self.dist)
