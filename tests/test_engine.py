@@ -435,3 +435,14 @@ def test_a_stop_asked_at_an_epoch_end_saves_without_evaluating_first(registry, t
     train(registry, tiny_config(tmp_path / "run", max_steps=None, epochs=3), resume=True)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "eval"] == [first_epoch, 2 * first_epoch, 3 * first_epoch]
+
+
+def test_a_resumed_run_tells_tensorboard_to_drop_what_followed_its_checkpoint(registry, tmp_path):
+    from tensorboardX.proto import event_pb2
+    run_dir = tmp_path / "run"
+    train(registry, tiny_config(run_dir, max_steps=4, save_every=2, keep=5))
+    os.rename(run_dir / "checkpoints" / "step-4", tmp_path / "lost")  # steps 3 and 4 were logged, then lost
+    train(registry, tiny_config(run_dir, max_steps=4, save_every=2, keep=5), resume=True)
+    starts = [event.step for event in read_events(run_dir / "tensorboard")
+              if event.session_log.status == event_pb2.SessionLog.START]
+    assert starts == [3]  # TensorBoard discards earlier events from step 3 on

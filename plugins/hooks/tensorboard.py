@@ -18,7 +18,9 @@ class TensorboardHook:
         if run.rank != 0:  # one writer per run: rank 0 of a distributed run
             return
         from tensorboardX import SummaryWriter
-        self.writer = SummaryWriter(logdir=str(run.run_dir / "tensorboard"), flush_secs=30)
+        # resumed: TensorBoard drops what the first part logged after its checkpoint (logged again now)
+        purge = run.step + 1 if run.step > 0 else None
+        self.writer = SummaryWriter(logdir=str(run.run_dir / "tensorboard"), flush_secs=30, purge_step=purge)
 
     @hookimpl
     def on_step_end(self, run, step, scalars):
