@@ -191,6 +191,8 @@ def write_images(root: Path, count: int, size: int = 32) -> list[Path]:
     (lambda d: None, ["--dataset", "imagefolder", "--data", "{d}/missing"], "missing"),
     (lambda d: (d / "empty" / "train").mkdir(parents=True), ["--dataset", "imagefolder", "--data", "{d}/empty"],
      "empty"),
+    (lambda d: write_images(d / "up" / "train" / "cats", 3), ["--dataset", "imagefolder", "--data", "{d}/up/train"],
+     "give the folder above it, --data {d}/up"),
     (lambda d: (write_images(d / "one" / "train" / "cats", 3), (d / "one" / "train" / "dogs").mkdir()),
      ["--dataset", "imagefolder", "--data", "{d}/one"], "train/dogs has no images"),
     (lambda d: None, ["--model", "resnet_i2i", "--loss", "l1", "--model-opt", "ngf=8",
@@ -202,6 +204,7 @@ def write_images(root: Path, count: int, size: int = 32) -> list[Path]:
 def test_bad_data_paths_are_one_line_usage_errors(zoo_cli, tmp_path, setup, extra, message):
     setup(tmp_path)
     extra = [arg.replace("{d}", str(tmp_path)) for arg in extra]
+    message = message.replace("{d}", str(tmp_path))
     args = TINY + extra if extra[0] != "--model" else ["--batch-size", "2", "--device", "cpu", *extra]
     code, _, err = zoo_cli("train", *args, "--run-dir", str(tmp_path / "run"))
     assert code == 2, err

@@ -77,6 +77,10 @@ class ImageFolderDataset(ZooDataset):
                              f"give --data ROOT laid out as {LAYOUT}")
         train_dir = os.path.join(root, "train")
         if not os.path.isdir(train_dir):
+            parent = os.path.dirname(os.path.normpath(root))
+            if os.path.basename(os.path.normpath(root)) in ("train", "test") and \
+                    os.path.isdir(os.path.join(parent, "train")):
+                raise UsageError(f"no train/ folder in {root}: give the folder above it, --data {parent or '.'}")
             raise UsageError(f"no train/ folder in {root}: lay the images out as {LAYOUT}")
         train = _scan(train_dir)
         if not train:
