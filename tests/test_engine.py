@@ -405,8 +405,9 @@ def test_live_tensors_do_not_grow_over_steps(registry, tmp_path, monkeypatch):
                              eval_every=30, save_every=30))
     counts = sys.modules["tensor_counting_hook"].COUNTS
     assert len(counts) == 10
-    # batches waiting in the prefetch queue move the count by a few; one tensor kept per step would add 30
-    assert max(counts[5:]) <= max(counts[1:5]) + 6, counts
+    # batches waiting in the prefetch queue move the count by up to 6 or so; one tensor kept per step
+    # would add 30 over the second half
+    assert max(counts[5:]) <= max(counts[1:5]) + 12, counts
 
 
 def test_a_stop_asked_at_an_epoch_end_saves_without_evaluating_first(registry, tmp_path, monkeypatch):
