@@ -200,12 +200,14 @@ def read_jpeg_bytes(path: str) -> torch.Tensor | None:
     """The bytes of ``path`` as a 1-D uint8 tensor when it is a JPEG file, else ``None``; RunError names a bad file."""
     try:
         with open(path, "rb") as file:
-            data = file.read()
+            if file.read(len(JPEG_MAGIC)) != JPEG_MAGIC:
+                return None  # another format: read no further
+            data = torch.empty(os.fstat(file.fileno()).st_size, dtype=torch.uint8)
+            file.seek(0)
+            count = file.readinto(data.numpy())  # straight into the tensor, no copy between
     except OSError as exc:
         raise RunError(f"cannot read image {path}: {exc.strerror or exc}; replace or remove the file") from exc
-    if not data.startswith(JPEG_MAGIC):
-        return None
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    return data[:count]
 
 
 def decode_jpegs(encoded: list[torch.Tensor], channels: int, size: int, device: torch.device) -> torch.Tensor:

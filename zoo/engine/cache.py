@@ -205,9 +205,8 @@ class DecodedCache(Dataset):
                 self.complete = True
                 self._load_bad()
                 return
-            flags = np.array(np.memmap(self.flags_path, dtype=np.uint8, mode="r", shape=(self.shape[0],)))
             array = np.memmap(self.partial_path, dtype=np.uint8, mode="r+", shape=self.shape)
-            self._build(np.flatnonzero(flags != FILLED), array, keep_on_failure=True)
+            self._build(self.missing(), array, keep_on_failure=True)
             self.flags_path.unlink(missing_ok=True)
 
     def _open(self) -> None:

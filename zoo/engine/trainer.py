@@ -419,8 +419,7 @@ class Trainer:
                 self._log(None)
             if self.config.eval_every != 0 and self._last_eval_step != self.step and not self._signalled():
                 self._evaluate()
-            saved = self.save() if self._last_save_step != self.step or self._saved_eval_owed != self._eval_owed \
-                else checkpoint.checkpoint_dir(self.run_dir, self.step)
+            saved = self.save() if self._unsaved() else checkpoint.checkpoint_dir(self.run_dir, self.step)
             status = "interrupted" if (self._stop_signal or self.context.stop_reason) else "done"
         except BadSampleError as exc:
             raise BadSampleError(f"{exc}\n{self._save_before_failing()}") from None
@@ -450,6 +449,10 @@ class Trainer:
         _echo(f"zoo: done at step {self.step}; checkpoint {saved}")
         return TrainResult(self.run_dir, self.step, self.epoch, saved, self.last_eval)
 
+    def _unsaved(self) -> bool:
+        """Whether this step, or what it owes (an evaluation), differs from the newest checkpoint."""
+        return self._last_save_step != self.step or self._saved_eval_owed != self._eval_owed
+
     def _save_before_failing(self) -> str:
         """Save the steps done before an unreadable sample stopped the run; say how to go on."""
         resume = f"zoo train --resume {self.run_dir} --skip-bad-files"
@@ -458,7 +461,7 @@ class Trainer:
         if self.step == 0:
             return (f"zoo: no step was done; replace the file, or start again with --skip-bad-files "
                     f"(--overwrite to reuse {self.run_dir}).")
-        if self._last_save_step != self.step or self._saved_eval_owed != self._eval_owed:
+        if self._unsaved():
             try:
                 self.save()
             except ZooError as exc:
