@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from typing import TypeVar
+from typing import Sequence, TypeVar
 
 import torch
 import torchvision.transforms.v2.functional as TF
@@ -45,12 +45,28 @@ def from_unit_range(image: torch.Tensor) -> torch.Tensor:
     return image * 2.0 - 1.0
 
 
-def degrade(image: torch.Tensor, kind: str, generator: torch.Generator | None = None,
+def _standard_noise(image: torch.Tensor,
+                    generator: torch.Generator | Sequence[torch.Generator] | None) -> torch.Tensor:
+    """Unit normal noise shaped like ``image``, on its device, from one generator or one per batch item.
+
+    Drawn where each generator lives (a CPU item generator for an image on the GPU
+    too), so an item's noise is the same whichever device or batch it lands in.
+    """
+    if generator is None or isinstance(generator, torch.Generator):
+        source = generator.device if generator is not None else image.device
+        return torch.randn(image.shape, generator=generator, dtype=image.dtype, device=source).to(image.device)
+    drawn = [torch.randn(image.shape[1:], generator=g, dtype=image.dtype, device=g.device) for g in generator]
+    return torch.stack(drawn).to(image.device)
+
+
+def degrade(image: torch.Tensor, kind: str,
+            generator: torch.Generator | Sequence[torch.Generator] | None = None,
             strength: float = 1.0) -> torch.Tensor:
     """Return a degraded copy of ``image`` (``[-1, 1]``): ``noise``, ``blur`` or ``downscale``.
 
     ``strength`` scales the default degradation (0 leaves the image unchanged);
-    ``generator`` drives the noise (the global torch RNG when ``None``).
+    ``generator`` drives the noise (the global torch RNG when ``None``); for a batch
+    ``(N, C, H, W)`` it may be one generator per item, as each item alone would use.
     """
     if kind not in DEGRADE_KINDS:
         raise ValueError(f"unknown degradation {kind!r}: use one of {', '.join(DEGRADE_KINDS)}")
@@ -60,10 +76,7 @@ def degrade(image: torch.Tensor, kind: str, generator: torch.Generator | None = 
         return image.clone()
     height, width = image.shape[-2:]
     if kind == "noise":
-        # drawn where the generator lives (a CPU item generator for an image on the GPU too): same noise
-        source = generator.device if generator is not None else image.device
-        noise = torch.randn(image.shape, generator=generator, dtype=image.dtype, device=source).to(image.device)
-        out = image + noise * (_NOISE_STD * strength)
+        out = image + _standard_noise(image, generator) * (_NOISE_STD * strength)
     elif kind == "blur":
         sigma = _BLUR_SIGMA * strength
         # Odd kernel covering +-3 sigma; reflect padding needs it below twice the side.
@@ -238,6 +251,12 @@ def decode_jpegs(encoded: list[torch.Tensor], channels: int, size: int, device: 
             group = TF.center_crop(group, [size, size]).round_().clamp_(0, 255).to(torch.uint8)
             out[torch.tensor(chunk, device=device)] = group
     return out
+
+
+def host_values_to(values: list, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A small tensor of Python values on ``device``; pinned first on CUDA so the copy does not stall the host."""
+    on_cuda = device.type == "cuda"
+    return torch.tensor(values, dtype=dtype, pin_memory=on_cuda).to(device, non_blocking=on_cuda)
 
 
 def _short_side_size(width: int, height: int, short_side: int) -> tuple[int, int]:

@@ -25,13 +25,13 @@ from zoo.engine.feed import BadItem, DeviceFeed, make_loader
 CPU = torch.device("cpu")
 
 
-def write_jpeg_folder(root, count=10, size=(56, 44), png_every=0):
+def write_jpeg_folder(root, count=10, size=(56, 44), png_every=0, test_count=2):
     """Two classes of left-right asymmetric photos-like images (a flip shows), JPEG quality 90.
 
     Every ``png_every``-th image is a PNG instead, and the last red one is larger.
     """
     rng = np.random.default_rng(0)
-    for split, n in (("train", count), ("test", 2)):
+    for split, n in (("train", count), ("test", test_count)):
         for label, tint in (("red", (1.0, 0.4, 0.3)), ("blue", (0.3, 0.5, 1.0))):
             folder = root / split / label
             folder.mkdir(parents=True)
@@ -47,8 +47,8 @@ def write_jpeg_folder(root, count=10, size=(56, 44), png_every=0):
                     image.save(folder / f"{i:02d}.jpg", quality=90)
 
 
-def dataset_of(root, split="train", task="classification", channels=3, size=32):
-    return ImageFolderDataset(split, task=task, data=str(root), image_size=size, channels=channels)
+def dataset_of(root, split="train", task="classification", channels=3, size=32, degrade="noise"):
+    return ImageFolderDataset(split, task=task, data=str(root), image_size=size, channels=channels, degrade=degrade)
 
 
 class BothOrders:
@@ -97,10 +97,13 @@ def test_only_jpeg_files_come_as_bytes(tmp_path):
             assert bytes(data.numpy()) == open(path, "rb").read()
 
 
-@pytest.mark.parametrize("task", ["image_to_image", "classification"])  # finish per item; finish_batch
-def test_batches_from_png_files_equal_the_usual_loader_exactly(tmp_path, task):
-    write_jpeg_folder(tmp_path / "data", png_every=1)  # all PNG: decoded in the worker as usual
-    dataset = dataset_of(tmp_path / "data", task=task)  # noise and flips from each item's generator
+@pytest.mark.parametrize("task, degrade", [("image_to_image", "noise"), ("image_to_image", "downscale"),
+                                           ("classification", "noise")])
+@pytest.mark.parametrize("split", ["train", "test"])  # test: no flips, noise fixed per image
+def test_batches_from_png_files_equal_the_usual_loader_exactly(tmp_path, task, degrade, split):
+    write_jpeg_folder(tmp_path / "data", png_every=1, test_count=10)  # all PNG: decoded in the worker as usual
+    # finish_batch draws each item's flip and noise from its own generator
+    dataset = dataset_of(tmp_path / "data", split=split, task=task, degrade=degrade)
     plain, encoded, order = loaders(dataset)
     decoder = device_decode.DeviceDecoder(dataset, CPU)
     for epoch in (0, 1):

@@ -145,18 +145,20 @@ class ImageFolderDataset(ZooDataset):
         return ops.decode_jpegs(encoded, self.image_shape[0], self.size, device)
 
     def finish_batch(self, decoded: torch.Tensor, indices: list[int],
-                     generators: list[torch.Generator]) -> list[torch.Tensor] | None:
-        """``finish`` for a batch ``(N, C, H, W)`` at once, as the collated items; ``None`` for image_to_image.
+                     generators: list[torch.Generator]) -> list[torch.Tensor]:
+        """``finish`` for a batch ``(N, C, H, W)`` at once, as the collated items.
 
-        Each item's flip comes from its own generator, as in ``finish``, so the values are the same.
+        Each item's flip (and noise) comes from its own generator, as in ``finish``, so the values are the same.
         """
-        if self.task == "image_to_image":
-            return None
         clean = ops.from_unit_range(decoded.to(torch.float32) / 255.0)
         if self.split == "train":
-            flips = torch.tensor([torch.rand((), generator=g).item() < 0.5 for g in generators])
-            clean = torch.where(flips.to(clean.device)[:, None, None, None], clean.flip(-1), clean)
-        return [clean, torch.tensor([self.files[index][1] for index in indices])]
+            flips = ops.host_values_to([torch.rand((), generator=g).item() < 0.5 for g in generators], clean.device)
+            clean = torch.where(flips[:, None, None, None], clean.flip(-1), clean)
+        if self.task == "image_to_image":
+            if self.split == "test":  # fixed noise per image, as in finish
+                generators = [torch.Generator().manual_seed(index) for index in indices]
+            return [ops.degrade(clean, self.degrade, generator=generators), clean]
+        return [clean, ops.host_values_to([self.files[index][1] for index in indices], clean.device)]
 
     def finish(self, decoded: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor | int]:
         """The rest of an item from its decoded image: range, random flip, degradation, label."""
