@@ -206,3 +206,95 @@ def test_broken_links_and_hidden_files_are_not_listed_so_the_cache_key_can_stat_
     names = sorted(os.path.basename(path) for path, _ in dataset.files)
     assert names == ["00.png", "00.png", "01.png", "01.png", "02.png", "02.png", "linked.png"]
     assert DecodedCache(dataset, tmp_path / "cache").complete
+
+
+def small_split(tmp_path, count=3):
+    """The train split of a small image folder (2 classes x ``count`` images at 16x16)."""
+    write_folder(tmp_path / "data", count=count)
+    return ImageFolderDataset("train", task="classification", data=str(tmp_path / "data"), image_size=16)
+
+
+def assert_serves_the_decoded_images(cached, dataset):
+    for index in range(len(dataset)):
+        assert torch.equal(cached.stored(index), dataset.decode(index))
+
+
+@pytest.mark.parametrize("fill_on_read", [False, True])
+def test_a_cut_short_cache_file_is_named_and_rebuilt(tmp_path, capsys, fill_on_read):
+    dataset = small_split(tmp_path)
+    built = DecodedCache(dataset, tmp_path / "cache")
+    whole = built.path.read_bytes()
+    built.path.write_bytes(whole[:1000])
+    capsys.readouterr()
+    again = DecodedCache(dataset, tmp_path / "cache", fill_on_read=fill_on_read)
+    err = capsys.readouterr().err
+    assert f"zoo: decoded cache {built.path} is damaged (1000 bytes, expected {len(whole)}); rebuilding it." in err
+    if fill_on_read:  # rebuilt as on a first run: the first pass fills it
+        assert not again.complete and not again.path.exists()
+        for index in range(len(dataset)):
+            again[index]
+        again.finalize()
+    assert again.complete and again.path.read_bytes() == whole
+    assert_serves_the_decoded_images(again, dataset)
+    assert sorted(p.name for p in (tmp_path / "cache").glob(".*")) == [f".{again.path.name}.lock"]
+
+
+def test_a_cache_file_cut_short_during_a_run_is_named(tmp_path):
+    dataset = small_split(tmp_path, count=2)
+    cached = DecodedCache(dataset, tmp_path / "cache")
+    cached.path.write_bytes(cached.path.read_bytes()[:100])
+    with pytest.raises(RunError, match=f"decoded cache {cached.path} changed during this run"):
+        cached.stored(0)
+
+
+@pytest.mark.parametrize("record", ['{"1": "sample 1: cut', '["sample 1"]', '{"99": "sample 99: unreadable"}'])
+def test_a_damaged_record_of_unreadable_files_rebuilds_the_cache(tmp_path, capsys, record):
+    dataset, broken = folder_with_a_broken_file(tmp_path, 4)
+    built = DecodedCache(dataset, tmp_path / "cache")
+    whole, bad = built.path.read_bytes(), built.bad
+    assert built.bad_path.exists() and list(bad) == [[path for path, _ in dataset.files].index(str(broken))]
+    built.bad_path.write_text(record)
+    capsys.readouterr()
+    again = DecodedCache(dataset, tmp_path / "cache")
+    err = capsys.readouterr().err
+    assert f"zoo: decoded cache {built.path} is damaged (its record of unreadable files " in err
+    assert again.complete and again.bad == bad and again.path.read_bytes() == whole
+    assert DecodedCache(dataset, tmp_path / "cache").bad == bad  # the record written again reads back
+    with pytest.raises(RunError, match="03.png"):
+        again[list(bad)[0]]
+
+
+def test_a_cut_short_partial_file_is_started_again(tmp_path, capsys):
+    dataset = small_split(tmp_path)
+    filling = DecodedCache(dataset, tmp_path / "cache", fill_on_read=True)
+    for index in range(3):
+        filling[index]
+    filling._array = filling._flags = None
+    filling.partial_path.write_bytes(filling.partial_path.read_bytes()[:500])
+    capsys.readouterr()
+    again = DecodedCache(dataset, tmp_path / "cache", fill_on_read=True)
+    assert f"zoo: partly filled decoded cache {again.partial_path} is damaged (500 bytes" in capsys.readouterr().err
+    assert again.missing() == list(range(len(dataset)))  # its flags went with it
+    again.finalize()
+    assert again.path.read_bytes() == DecodedCache(dataset, tmp_path / "built").path.read_bytes()
+
+
+def test_training_on_a_cut_short_cache_rebuilds_it_and_matches_uncached(zoo_cli, tmp_path, monkeypatch):
+    write_folder(tmp_path / "data", count=4)
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
+    common = ["train", "--model", "mnist_net", "--dataset", "imagefolder", "--data", str(tmp_path / "data"),
+              "--batch-size", "4", "--epochs", "1", "--device", "cpu"]
+    code, _, err = zoo_cli(*common, "--run-dir", str(tmp_path / "plain"))
+    assert code == 0, err
+    code, _, err = zoo_cli(*common, "--cache-decoded", "--run-dir", str(tmp_path / "first"))
+    assert code == 0, err
+    train_file = next((tmp_path / "cache").glob("*-8x*.u8"))
+    size = train_file.stat().st_size
+    train_file.write_bytes(train_file.read_bytes()[:size // 2])
+    code, _, err = zoo_cli(*common, "--cache-decoded", "--skip-bad-files", "--run-dir", str(tmp_path / "again"))
+    assert code == 0, err
+    assert f"zoo: decoded cache {train_file} is damaged ({size // 2} bytes, expected {size}); rebuilding it." in err
+    assert "skipped" not in err and train_file.stat().st_size == size
+    a = checkpoint.load_weights(checkpoint.list_steps(tmp_path / "plain")[-1][1])
+    b = checkpoint.load_weights(checkpoint.list_steps(tmp_path / "again")[-1][1])
+    assert all(torch.equal(a[k], b[k]) for k in a)

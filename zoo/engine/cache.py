@@ -12,6 +12,10 @@ decodes each item where it is read (in the loader's workers) and stores it in a
 shared partial file with a flag per item; ``finalize`` then decodes what the pass
 left out and publishes the file. So the first epoch costs one decode per
 image, as without a cache, and a run stopped half-way keeps what it decoded.
+
+A published file is checked when opened: its size against its shape, its record of
+unreadable items (``<file>.bad.json``) against its length. One that does not match
+(cut short by a full disk, say) is named in one line, removed, and rebuilt.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import math
 import os
 import signal
 import sys
@@ -40,6 +45,17 @@ FILLED = 1  # an item's flag in the partial file once its decoded image is store
 def default_root() -> Path:
     """``$ZOO_CACHE_DIR``, else ``~/.cache/zoo/decoded``."""
     return Path(os.environ.get("ZOO_CACHE_DIR") or Path.home() / ".cache" / "zoo" / "decoded")
+
+
+def _say(message: str) -> None:
+    """One line on stderr that leaves a progress bar intact."""
+    tqdm.write(message, file=sys.stderr)
+
+
+def _size_problem(path: Path, expected: int) -> str | None:
+    """``"N bytes, expected M"`` when the file at ``path`` is not ``expected`` bytes long, else ``None``."""
+    size = path.stat().st_size
+    return None if size == expected else f"{size} bytes, expected {expected}"
 
 
 def supports_cache(dataset: Any) -> bool:
@@ -96,17 +112,59 @@ class DecodedCache(Dataset):
         self._array: np.memmap | None = None
         self._flags: np.memmap | None = None
         self.bad: dict[int, str] = {}
-        self.complete = self.path.exists()
+        self.complete = self._check_published()
         if self.complete:
-            self._load_bad()
-        elif fill_on_read:
+            return
+        if fill_on_read:
             self._prepare_partial()
         else:
             self._build(range(self.shape[0]), self._create(self.path.with_name(f".{self.path.name}.{os.getpid()}")))
 
-    def _load_bad(self) -> None:
-        self.bad = {int(k): v for k, v in json.loads(self.bad_path.read_text()).items()} \
-            if self.bad_path.exists() else {}
+    def _read_published(self) -> str | None:
+        """Load the published file's record of unreadable items; why the two cannot be served, else ``None``.
+
+        The file holds raw images only, so its size and the record are all there is to check.
+        """
+        size_problem = _size_problem(self.path, math.prod(self.shape))
+        if size_problem:
+            return size_problem
+        if not self.bad_path.exists():
+            self.bad = {}
+            return None
+        try:
+            record = json.loads(self.bad_path.read_text())
+            bad = {int(k): v for k, v in record.items()}
+        except (ValueError, AttributeError):  # not JSON, not an object, a key not a number
+            return f"its record of unreadable files {self.bad_path.name} does not parse"
+        if not all(0 <= k < self.shape[0] and isinstance(v, str) for k, v in bad.items()):
+            return f"its record of unreadable files {self.bad_path.name} does not fit its {self.shape[0]} images"
+        self.bad = bad
+        return None
+
+    def _check_published(self, *, locked: bool = False) -> bool:
+        """Whether a sound published file is there (its record loaded); a damaged one is named and removed.
+
+        ``locked``: the caller holds the cache's lock; otherwise it is taken to remove a damaged file,
+        so a run that has just rebuilt it keeps its file. A sound file is read without the lock.
+        """
+        if not self.path.exists():
+            return False
+        problem = self._read_published()
+        if problem is None:
+            return True
+        if not locked:
+            try:
+                with self._locked():
+                    return self._check_published(locked=True)
+            except OSError as exc:
+                raise RunError(f"decoded cache {self.path} is damaged ({problem}) and cannot be removed "
+                               f"({exc.strerror or exc}); remove it, set ZOO_CACHE_DIR to a writable folder, "
+                               f"or drop --cache-decoded.") from None
+        _say(f"zoo: decoded cache {self.path} is damaged ({problem}); rebuilding it.")
+        self.path.unlink(missing_ok=True)  # first: the record never outlives the images it describes
+        self.bad_path.unlink(missing_ok=True)
+        self.bad = {}
+        return False
 
     def _write_error(self, exc: OSError) -> RunError:
         return RunError(f"could not write the decoded cache {self.path} ({exc.strerror or exc}); free some "
@@ -144,12 +202,16 @@ class DecodedCache(Dataset):
     def _prepare_partial(self) -> None:
         """Create (or keep, from an earlier or a parallel run) the partial file and its flags."""
         with self._locked():
-            if self.path.exists():  # another run published it meanwhile
+            if self._check_published(locked=True):  # another run published it meanwhile
                 self.complete = True
-                self._load_bad()
                 return
             if self.partial_path.exists() and self.flags_path.exists():
-                return
+                problem = _size_problem(self.partial_path, math.prod(self.shape)) or \
+                    _size_problem(self.flags_path, self.shape[0])
+                if problem is None:
+                    return
+                _say(f"zoo: partly filled decoded cache {self.partial_path} is damaged ({problem}); "
+                     f"starting it again.")
             try:
                 self._create(self.partial_path).flush()
                 np.memmap(self.flags_path, dtype=np.uint8, mode="w+", shape=(self.shape[0],)).flush()
@@ -177,8 +239,13 @@ class DecodedCache(Dataset):
                     progress.update(len(done) + len(failed))
             array.flush()
             del array
-            if bad:
-                self.bad_path.write_text(json.dumps(bad))
+            if bad:  # whole or not at all: a record cut short would make the cache look damaged
+                bad_tmp = self.bad_path.with_name(f".{self.bad_path.name}.{os.getpid()}")
+                try:
+                    bad_tmp.write_text(json.dumps(bad))
+                    os.replace(bad_tmp, self.bad_path)
+                finally:
+                    bad_tmp.unlink(missing_ok=True)
             else:
                 self.bad_path.unlink(missing_ok=True)  # left by an earlier build of these same files
             os.replace(tmp, self.path)
@@ -201,9 +268,8 @@ class DecodedCache(Dataset):
             return
         self._array = self._flags = None
         with self._locked():
-            if self.path.exists():  # another run sharing the cache published it first
+            if self._check_published(locked=True):  # another run sharing the cache published it first
                 self.complete = True
-                self._load_bad()
                 return
             array = np.memmap(self.partial_path, dtype=np.uint8, mode="r+", shape=self.shape)
             self._build(self.missing(), array, keep_on_failure=True)
@@ -211,8 +277,12 @@ class DecodedCache(Dataset):
 
     def _open(self) -> None:
         """Map the files in this process (each loader worker maps them itself)."""
-        if self.complete or self.path.exists():
+        if self.complete or self._check_published():  # or another run sharing the cache published it
             self.complete = True
+            problem = _size_problem(self.path, math.prod(self.shape))
+            if problem:  # sound when this run opened it
+                raise RunError(f"decoded cache {self.path} changed during this run ({problem}); "
+                               f"run again to rebuild it.")
             self._array = np.memmap(self.path, dtype=np.uint8, mode="r", shape=self.shape)
         else:
             self._array = np.memmap(self.partial_path, dtype=np.uint8, mode="r+", shape=self.shape)
@@ -220,10 +290,10 @@ class DecodedCache(Dataset):
 
     def stored(self, index: int) -> torch.Tensor | None:
         """The decoded image of ``index`` if the cache has it, else ``None``; RunError for a known bad file."""
+        if self._array is None:
+            self._open()  # first: switching to a file another run published loads its record of bad files
         if index in self.bad:
             raise RunError(self.bad[index])
-        if self._array is None:
-            self._open()
         if self._flags is not None and self._flags[index] != FILLED:
             return None
         return torch.from_numpy(np.array(self._array[index]))
