@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import pickle
 import sys
 import urllib.parse
 from typing import Any, Callable
@@ -30,8 +31,37 @@ def read_state_dict(path: str) -> dict[str, Any]:
         return load_file(path, device="cpu")
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict):
-        raise TypeError(f"expected a state dict, found {type(state).__name__}")
+        raise TypeError(f"it holds {type(state).__name__}, not a dict of tensors")
+    wrong = next((k for k, v in state.items() if not isinstance(k, str) or not torch.is_tensor(v)), None)
+    if wrong is not None:
+        raise TypeError(f"entry {wrong!r} holds {type(state[wrong]).__name__}, not a tensor")
     return state
+
+
+def _format_of(path: str) -> str | None:
+    """``"safetensors"`` or ``"torch"`` when the file's first bytes show that format, else ``None``."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(9)
+    except OSError:
+        return None
+    if head.startswith(b"PK\x03\x04"):  # torch.save writes a zip archive
+        return "torch"
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
+        return "safetensors"  # an 8-byte header length, then the JSON header
+    return None
+
+
+def _unreadable_reason(path: str, exc: BaseException) -> str:
+    """Why ``path`` could not be read, in a few words (the loaders' own first line when it is short)."""
+    if os.path.getsize(path) == 0:
+        return "the file is empty"
+    if isinstance(exc, pickle.UnpicklingError) and exc.__context__ is not None:
+        exc = exc.__context__  # torch's weights-only wrapper: the cause is the useful part
+    reason = first_line(exc)
+    if len(reason) > 120:
+        reason = reason.split(". ")[0]  # the first sentence
+    return reason if len(reason) <= 120 else reason[:117] + "..."
 
 
 def download(url: str) -> dict[str, Any]:
@@ -68,12 +98,27 @@ def pretrained_state(url: str, what: str, strict: bool,
 
 
 def state_from_path(path: str, what: str) -> dict[str, Any]:
-    """A state dict from a user-given file; a missing or unreadable file is a usage error."""
+    """A state dict from a user-given file.
+
+    A missing file or a wrong suffix is a usage error; a file that cannot be read
+    as a state dict is a one-line run error naming the file and the fix.
+    """
     if not os.path.isfile(path):
-        raise UsageError(f"{what} weights {path!r}: no such file")
+        raise UsageError(f"{what} weights {path!r}: no such file; pass the path of a .safetensors, .pth or .pt "
+                         f"state dict")
     if not path.endswith((".safetensors", ".pth", ".pt")):
         raise UsageError(f"{what} weights {path!r}: use a .safetensors, .pth or .pt state dict")
     try:
         return read_state_dict(path)
+    except OSError as exc:
+        raise RunError(f"could not read {what} weights {path} ({first_line(exc)})") from None
     except Exception as exc:  # torch/safetensors raise many types for a bad file
-        raise UsageError(f"could not load {what} weights from {path}: {first_line(exc)}") from None
+        reason = _unreadable_reason(path, exc)
+        found = _format_of(path)
+        if path.endswith(".safetensors"):
+            fix = ("it is a torch.save file: rename it to .pth" if found == "torch"
+                   else "give a state dict saved with safetensors.torch.save_file")
+            raise RunError(f"{path} is not a safetensors weights file ({reason}); {fix}") from None
+        fix = ("it is a safetensors file: rename it to .safetensors" if found == "safetensors"
+               else f"give {what} a state dict saved with torch.save(model.state_dict(), PATH)")
+        raise RunError(f"{path} is not a PyTorch weights file ({reason}); {fix}") from None

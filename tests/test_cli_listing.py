@@ -36,8 +36,8 @@ def _sections(stdout: str) -> dict[str, list[list[str]]]:
 
 
 def _option(stdout: str, name: str) -> tuple[str, str]:
-    """(type, default) of one option line of ``zoo info``."""
-    match = re.search(rf"^\s+{name}\s+(\S+)\s+default (.+)$", stdout, re.MULTILINE)
+    """(type, default) of one option line of ``zoo info``; the type with its range, if any (``int >= 1``)."""
+    match = re.search(rf"^\s+{name}\s+(\S+(?: (?:>=|in) \S+(?: \S+)?)?)\s+default (.+)$", stdout, re.MULTILINE)
     assert match, f"no option {name} in:\n{stdout}"
     return match.group(1), match.group(2)
 
@@ -194,8 +194,9 @@ def test_info_model(info):
     assert out.startswith(f"dcgan  (model from plugin builtin {zoo.__version__}; builtin:dcgan)\n")
     assert "  target: plugins.models.dcgan:DCGAN" in out
     assert _field(out, "task") == "generation"
-    for option, default in [("nz", "100"), ("ngf", "64"), ("ndf", "64"), ("nc", "3"), ("image_size", "64")]:
-        assert _option(out, option) == ("int", default)
+    for option, default in [("nz", "100"), ("ngf", "64"), ("ndf", "64"), ("nc", "3")]:
+        assert _option(out, option) == ("int >= 1", default)
+    assert _option(out, "image_size") == ("int", "64")
     assert {"perceptual", "mse", "l1"} <= set(re.findall(r"\w+", _field(out, "losses that fit")))
     datasets = _field(out, "datasets that fit")
     assert "shapes (default)" in datasets and "imagefolder" in datasets

@@ -293,7 +293,7 @@ def test_perceptual_refuses_pickled_code(tmp_path):
     state = distinct_vgg19_state()
     state["features.0.weight"] = _RunsCode(str(marker))
     torch.save(state, path)
-    with pytest.raises(UsageError, match="evil.pth") as info:
+    with pytest.raises(RunError, match="evil.pth is not a PyTorch weights file") as info:
         PerceptualLoss(weights=str(path))
     assert "\n" not in str(info.value)
     assert not marker.exists()
@@ -326,7 +326,7 @@ def test_perceptual_bad_weights_value(value):
 def test_perceptual_bad_files(tmp_path):
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"\x00garbage")
-    with pytest.raises(UsageError, match="corrupt.pth"):
+    with pytest.raises(RunError, match="corrupt.pth is not a PyTorch weights file"):
         PerceptualLoss(weights=str(corrupt))
 
     other = tmp_path / "other.pth"

@@ -349,3 +349,53 @@ def test_batch_psnr_values():
     assert torch.allclose(batch_psnr(grey, grey), torch.full((2,), 100.0))
     half = torch.cat([black[:1], grey[:1]])
     assert torch.allclose(batch_psnr(half, grey), torch.tensor([10 * math.log10(4), 100.0]))
+
+
+# --- option ranges ----------------------------------------------------------------------
+
+
+RANGE_CASES = [
+    ("dcgan", "ngf=0", "model 'dcgan' option ngf must be at least 1, got 0."),
+    ("dcgan", "ngf=-4", "model 'dcgan' option ngf must be at least 1, got -4."),
+    ("dcgan", "nz=0", "model 'dcgan' option nz must be at least 1, got 0."),
+    ("dcgan", "ndf=0", "model 'dcgan' option ndf must be at least 1, got 0."),
+    ("dcgan", "extra_weight=-1", "model 'dcgan' option extra_weight must be at least 0, got -1.0."),
+    ("resnet_i2i", "blocks=-1", "model 'resnet_i2i' option blocks must be at least 0, got -1."),
+    ("resnet_i2i", "ngf=0", "model 'resnet_i2i' option ngf must be at least 1, got 0."),
+    ("resnet_i2i", "image_size=3", "model 'resnet_i2i' option image_size must be at least 4, got 3."),
+    ("mnist_net", "num_classes=0", "model 'mnist_net' option num_classes must be at least 1, got 0."),
+    ("mnist_net", "dropout=1.5", "model 'mnist_net' option dropout must be between 0 and 1, got 1.5."),
+    ("tv_resnet18", "num_classes=0", "model 'tv_resnet18' option num_classes must be at least 1, got 0."),
+]
+
+
+@pytest.mark.parametrize("model, option, message", RANGE_CASES, ids=[f"{m}-{o}" for m, o, _ in RANGE_CASES])
+def test_out_of_range_model_options_are_one_line_usage_errors(zoo_cli, tmp_path, model, option, message):
+    code, _, err = zoo_cli("train", "--model", model, "--model-opt", option, "--device", "cpu",
+                           "--max-steps", "2", "--run-dir", str(tmp_path / "run"))
+    assert code == 2, err
+    assert err.strip() == f"zoo: error: {message}"
+
+
+def test_option_ranges_apply_to_typed_values_and_show_in_info(zoo_cli):
+    from zoo.errors import UsageError
+    from zoo.options import option_specs, parse_options
+
+    assert parse_options("model 'dcgan'", DCGAN, {"ngf": 1, "nz": "1", "extra_weight": 0}) == {
+        "ngf": 1, "nz": 1, "extra_weight": 0.0}
+    with pytest.raises(UsageError, match=r"option ngf must be at least 1, got 0\."):  # a config file's int
+        parse_options("model 'dcgan'", DCGAN, {"ngf": 0})
+    with pytest.raises(UsageError, match=r"option extra_weight must be at least 0, got nan\."):  # NaN fits no range
+        parse_options("model 'dcgan'", DCGAN, {"extra_weight": float("nan")})
+    types = {spec.name: spec.type_name for spec in option_specs(ResnetI2I)}
+    assert types == {"channels": "int >= 1", "ngf": "int >= 1", "blocks": "int >= 0", "image_size": "int >= 4"}
+    code, out, _ = zoo_cli("info", "mnist_net")
+    assert code == 0
+    assert any(line.split() == ["dropout", "float", "in", "[0,", "1]", "default", "0.5"]
+               for line in out.splitlines()), out
+
+
+def test_resnet_i2i_runs_at_the_smallest_sizes_its_ranges_allow():
+    recipe = ResnetI2I(channels=1, ngf=1, blocks=0, image_size=4)
+    x = images(1, 4)
+    assert recipe.net(x).shape == x.shape

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -172,3 +173,63 @@ def test_imagenet_weights_offline_fail_naming_the_file_and_folder(tmp_path, monk
         TorchvisionClassifier("resnet18", num_classes=5, weights="imagenet")
     message = str(failed.value)
     assert "resnet18-" in message and str(tmp_path / "hub" / "checkpoints") in message
+
+
+def _write_safetensors(path: Path) -> None:
+    from safetensors.torch import save_file
+    save_file({"fc.bias": torch.zeros(5)}, str(path))
+
+
+@pytest.mark.parametrize("name, content, reason", [
+    ("junk.pth", b"\x80\x02j\x35\x76\x6b\x0a", r"\(KeyError: 174814773\)"),  # pickle-like bytes
+    ("junk.pth", bytes(range(256)) * 4, r"\(UnpicklingError: [^\n]*\)"),
+    ("empty.pth", b"", r"\(the file is empty\)"),
+    ("tensor.pth", torch.zeros(2), r"\(TypeError: it holds Tensor, not a dict of tensors\)"),
+    ("checkpoint.pth", {"epoch": 1}, r"\(TypeError: entry 'epoch' holds int, not a tensor\)"),
+], ids=["pickle-like", "random-bytes", "empty", "tensor", "checkpoint"])
+def test_unreadable_pth_weights_are_one_line_run_errors(tmp_path, name, content, reason):
+    from plugins import hub
+    from zoo.errors import RunError
+
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(content, path)
+    expected = rf"^{re.escape(str(path))} is not a PyTorch weights file {reason}; " \
+        r"give torchvision resnet18 a state dict saved with torch\.save"
+    with pytest.raises(RunError, match=expected) as failed:
+        hub.state_from_path(str(path), "torchvision resnet18")
+    assert "\n" not in str(failed.value) and "weights_only" not in str(failed.value)
+
+
+def test_weights_in_the_other_format_say_to_rename(tmp_path):
+    from plugins import hub
+    from zoo.errors import RunError
+
+    _write_safetensors(tmp_path / "st.pth")
+    with pytest.raises(RunError, match=r"st\.pth is not a PyTorch weights file .*rename it to \.safetensors$"):
+        hub.state_from_path(str(tmp_path / "st.pth"), "VGG19")
+    torch.save({"fc.bias": torch.zeros(5)}, tmp_path / "torch.safetensors")
+    with pytest.raises(RunError, match=r"torch\.safetensors is not a safetensors weights file .*rename it to \.pth$"):
+        hub.state_from_path(str(tmp_path / "torch.safetensors"), "VGG19")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x01" * 64)
+    with pytest.raises(RunError, match=r"junk\.safetensors is not a safetensors weights file \(SafetensorError"):
+        hub.state_from_path(str(tmp_path / "junk.safetensors"), "VGG19")
+    _write_safetensors(tmp_path / "good.safetensors")
+    assert set(hub.state_from_path(str(tmp_path / "good.safetensors"), "VGG19")) == {"fc.bias"}
+
+
+def test_cli_bad_weights_file_exits_1_and_a_missing_one_2(zoo_cli, tmp_path):
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"\x80\x02j\x35\x76\x6b\x0a")
+    common = ("train", "--model", "tv_squeezenet1_1", "--device", "cpu", "--max-steps", "2",
+              "--run-dir", str(tmp_path / "run"), "--model-opt")
+    code, _, err = zoo_cli(*common, f"weights={junk}")
+    assert code == 1, err
+    assert err.strip() == (f"zoo: error: {junk} is not a PyTorch weights file (KeyError: 174814773); give "
+                           "torchvision squeezenet1_1 a state dict saved with torch.save(model.state_dict(), PATH)")
+    code, _, err = zoo_cli(*common, f"weights={tmp_path / 'missing.pth'}")
+    assert code == 2, err
+    assert err.strip().startswith("zoo: error: ") and "missing.pth" in err and "no such file" in err
+    assert len(err.strip().splitlines()) == 1

@@ -1,7 +1,8 @@
 """Plugin options: read from a factory's signature, parsed and checked against it.
 
 ``--model-opt ngf=32`` becomes ``{"ngf": 32}`` after checking that the model's
-constructor takes ``ngf`` and that ``32`` fits its annotated type.
+constructor takes ``ngf``, that ``32`` fits its annotated type and, for an option
+declared as ``ngf: Annotated[int, Range(1)] = 64``, that it lies in the range.
 """
 
 from __future__ import annotations
@@ -21,12 +22,39 @@ _FALSE = {"0", "false", "no", "off"}
 
 
 @dataclasses.dataclass(frozen=True)
+class Range:
+    """Inclusive bounds of a numeric option: ``ngf: Annotated[int, Range(1)] = 64``."""
+
+    low: float | None = None
+    high: float | None = None
+
+    def __str__(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"in [{self.low}, {self.high}]"
+        return f">= {self.low}" if self.low is not None else f"<= {self.high}"
+
+    def describe(self) -> str:
+        """The range in words, e.g. ``at least 1`` or ``between 0 and 1``."""
+        if self.low is not None and self.high is not None:
+            return f"between {self.low} and {self.high}"
+        return f"at least {self.low}" if self.low is not None else f"at most {self.high}"
+
+    def contains(self, value: Any) -> bool:
+        """True for ``None``, non-numbers (the type check reports those) and numbers in range."""
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            return True
+        # written as "not below, not above" so that NaN fits no range
+        return (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
+
+
+@dataclasses.dataclass(frozen=True)
 class OptionSpec:
-    """One option of a plugin: its name, type, default and whether it is required."""
+    """One option of a plugin: its name, type, default, range and whether it is required."""
 
     name: str
     annotation: Any
     default: Any
+    range: Range | None = None
 
     @property
     def required(self) -> bool:
@@ -35,12 +63,14 @@ class OptionSpec:
 
     @property
     def type_name(self) -> str:
-        """A short readable type, e.g. ``int`` or ``str | None``."""
+        """A short readable type and range, e.g. ``str | None`` or ``int >= 1``."""
         if self.annotation is _MISSING:
-            return type(self.default).__name__ if not self.required and self.default is not None else "any"
-        if isinstance(self.annotation, type):
-            return self.annotation.__name__
-        return str(self.annotation).replace("typing.", "")
+            name = type(self.default).__name__ if not self.required and self.default is not None else "any"
+        elif isinstance(self.annotation, type):
+            name = self.annotation.__name__
+        else:
+            name = str(self.annotation).replace("typing.", "")
+        return f"{name} {self.range}" if self.range is not None else name
 
 
 def _callable_of(factory: Callable[..., Any]) -> Callable[..., Any]:
@@ -51,7 +81,7 @@ def option_specs(factory: Callable[..., Any], exclude: Iterable[str] = ()) -> li
     """The keyword options a class or function takes, minus ``exclude``."""
     target = _callable_of(factory)
     try:
-        hints = typing.get_type_hints(target)
+        hints = typing.get_type_hints(target, include_extras=True)
     except Exception:  # unresolvable annotations: fall back to defaults' types
         hints = {}
     skip = set(exclude) | {"self"}
@@ -65,7 +95,11 @@ def option_specs(factory: Callable[..., Any], exclude: Iterable[str] = ()) -> li
                 annotation = eval(annotation, getattr(target, "__globals__", {}))  # noqa: S307 - plugin code
             except Exception:
                 annotation = _MISSING  # fall back to the default's type
-        specs.append(OptionSpec(param.name, annotation, param.default))
+        bounds = None
+        if typing.get_origin(annotation) is typing.Annotated:
+            bounds = next((m for m in annotation.__metadata__ if isinstance(m, Range)), None)
+            annotation = typing.get_args(annotation)[0]
+        specs.append(OptionSpec(param.name, annotation, param.default, bounds))
     return specs
 
 
@@ -142,7 +176,7 @@ def parse_options(what: str, factory: Callable[..., Any], raw: dict[str, Any],
     """Check ``raw`` option values against ``factory``'s signature and convert them.
 
     ``what`` names the plugin in messages, e.g. ``"model 'dcgan'"``. Unknown keys
-    and values of the wrong type are usage errors with a fix.
+    and values of the wrong type or out of range are usage errors with a fix.
     """
     specs = {spec.name: spec for spec in option_specs(factory, exclude)}
     parsed: dict[str, Any] = {}
@@ -156,6 +190,9 @@ def parse_options(what: str, factory: Callable[..., Any], raw: dict[str, Any],
             parsed[key] = _coerce_typed(value, specs[key])
         except ValueError as exc:
             raise UsageError(f"{what} option {key} expects {exc}, got {value!r}.") from None
+        bounds = specs[key].range
+        if bounds is not None and not bounds.contains(parsed[key]):
+            raise UsageError(f"{what} option {key} must be {bounds.describe()}, got {parsed[key]}.")
     return parsed
 
 

@@ -7,7 +7,7 @@ the example, so its ``netG``/``netD`` state dicts load under ``generator.``/``di
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Annotated, Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +15,7 @@ from torch import nn
 
 from plugins.layers import dcgan_weights_init
 from plugins.losses import match_batch_statistics
+from zoo.options import Range
 from zoo.recipe import Recipe
 
 IMAGE_SIZES = (64, 32)
@@ -94,8 +95,10 @@ class DCGAN(Recipe):
     default_lr = 2e-4
     capturable = True  # the same device work every step: CUDA graphs may hold it
 
-    def __init__(self, image_size: int = 64, nz: int = 100, ngf: int = 64, ndf: int = 64,
-                 nc: int = 3, extra_weight: float = 1.0) -> None:
+    def __init__(self, image_size: int = 64, nz: Annotated[int, Range(1)] = 100,
+                 ngf: Annotated[int, Range(1)] = 64, ndf: Annotated[int, Range(1)] = 64,
+                 nc: Annotated[int, Range(1)] = 3,
+                 extra_weight: Annotated[float, Range(0)] = 1.0) -> None:
         super().__init__()
         _num_resamplings(image_size)  # validate before building anything
         self.image_size = image_size

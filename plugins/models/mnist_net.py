@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Annotated, Any, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.options import Range
 from zoo.recipe import Recipe
 
 INPUT_SHAPE = (1, 28)
@@ -45,7 +46,8 @@ class MnistNet(Recipe):
     default_lr = 1.0
     capturable = True  # the same device work every step: CUDA graphs may hold it
 
-    def __init__(self, num_classes: int = 10, dropout: float = 0.5) -> None:
+    def __init__(self, num_classes: Annotated[int, Range(1)] = 10,
+                 dropout: Annotated[float, Range(0, 1)] = 0.5) -> None:
         super().__init__()
         self.net = MnistClassifier(num_classes, dropout)
 

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Annotated, Any, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from plugins.layers import ConvBlock, ResnetBlock
+from zoo.options import Range
 from zoo.recipe import Recipe
 
 _EDGE = 1e-3  # keeps atanh of the input finite at -1 and 1
 _MIN_MSE = 1e-10  # caps the PSNR of a perfect prediction at 100 dB
+MIN_IMAGE_SIZE = 4  # the 7x7 reflect-padded convolutions need more than 3 pixels a side
 
 
 def batch_psnr(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -57,8 +59,9 @@ class ResnetI2I(Recipe):
     default_lr = 2e-4
     capturable = True  # the same device work every step: CUDA graphs may hold it
 
-    def __init__(self, channels: int = 3, ngf: int = 32, blocks: int = 4,
-                 image_size: int = 64) -> None:
+    def __init__(self, channels: Annotated[int, Range(1)] = 3, ngf: Annotated[int, Range(1)] = 32,
+                 blocks: Annotated[int, Range(0)] = 4,
+                 image_size: Annotated[int, Range(MIN_IMAGE_SIZE)] = 64) -> None:
         super().__init__()
         self.image_size = image_size  # for shape bookkeeping: the net is fully convolutional
         self.net = RestorationNet(channels, ngf, blocks)

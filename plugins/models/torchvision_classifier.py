@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import functools
 import sys
-from typing import Any, ClassVar, Iterator
+from typing import Annotated, Any, ClassVar, Iterator
 
 import torch
 import torchvision
@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 from plugins import hub
 from zoo.errors import UsageError
+from zoo.options import Range
 from zoo.recipe import Recipe
 
 # Architectures whose input size is fixed by construction (positional embeddings, window grids).
@@ -107,8 +108,8 @@ class TorchvisionClassifier(Recipe):
     default_lr: ClassVar[float] = 1e-3
     capturable: ClassVar[bool] = True  # the same device work every step: CUDA graphs may hold it
 
-    def __init__(self, arch: str, num_classes: int = 1000, channels: int = 3, image_size: int = 224,
-                 weights: str = "none") -> None:
+    def __init__(self, arch: str, num_classes: Annotated[int, Range(1)] = 1000, channels: int = 3,
+                 image_size: int = 224, weights: str = "none") -> None:
         super().__init__()
         check_arch(arch)
         if channels != 3:
