@@ -72,3 +72,29 @@ def test_init_from_a_safetensors_file_and_bad_sources(zoo_cli, tmp_path, base_ru
     assert code == 2 and "no pickled .pth" in err
     code, _, err = zoo_cli("train", *CLASSIFIER, "--freeze", "net.nothing*", "--run-dir", str(tmp_path / "y"))
     assert code == 2 and "matches no parameter" in err
+
+
+def test_init_from_a_run_of_another_model_is_refused_when_nothing_fits(zoo_cli, tmp_path):
+    other = tmp_path / "gan"
+    code, _, err = zoo_cli("train", "--model", "dcgan", "--model-opt", "ngf=8", "--model-opt", "ndf=8",
+                       "--model-opt", "nz=16", "--dataset-opt", "train_count=16", "--dataset-opt", "test_count=8",
+                       "--batch-size", "8", "--device", "cpu", "--max-steps", "1", "--run-dir", str(other))
+    assert code == 0, err
+    held = len(newest(other)[0])
+    for strictness in ([], ["--no-strict"]):
+        run = tmp_path / f"tuned{len(strictness)}"
+        code, _, err = zoo_cli("train", *CLASSIFIER, "--max-steps", "1", "--init-from", str(other), *strictness,
+                           "--run-dir", str(run))
+        assert code == 2, err
+        assert f"none of its {held} tensors fit model 'mnist_net' (it holds a 'dcgan'); give a run of the same " \
+               f"model, or drop --init-from." in err
+        assert "unexpected keys" not in err and not checkpoint.list_steps(run)
+
+
+def test_init_from_no_strict_says_how_many_tensors_it_loaded(zoo_cli, tmp_path, base_run):
+    code, _, err = zoo_cli("train", *CLASSIFIER, "--model-opt", "num_classes=7", "--max-steps", "1",
+                       "--init-from", str(base_run), "--no-strict", "--run-dir", str(tmp_path / "loose"))
+    assert code == 0, err
+    assert "zoo: --init-from loaded 6 of the model's 8 tensors; the rest start as initialised." in err
+    saved = json.loads((tmp_path / "loose" / "config.json").read_text())
+    assert saved["init_from"]["loaded"] == 6 and saved["init_from"]["model_tensors"] == 8

@@ -294,9 +294,9 @@ def test_cli_other_commands_warn_once_and_still_work(slow_cli):
     result = slow_cli["info acme:dcgan"]  # zoo info of a dcgan model, with broken plugins installed
     assert result.returncode == 0, result.stderr
     warning = _one_line(result.stderr)
-    assert warning.startswith("zoo: warning: broken plugin(s) skipped:")
+    assert warning.startswith("zoo: warning: plugin(s) skipped:")
     for name in ("acme_gpu", "acme_raise", "acme_sig"):
-        assert warning.count(name + " (") == 1
+        assert warning.count(name + " (broken: ") == 1
     assert "ImportError: acme_gpu needs libfoo 9" in warning and "register exploded" in warning
     assert "zoo list plugins" in warning
     assert "parameters:" in result.stdout and "  options:" in result.stdout
@@ -368,3 +368,30 @@ def test_cli_did_you_mean(slow_cli, run_zoo):
         assert line.startswith("zoo: error:")
         assert "dcgna" in line and "Did you mean: dcgan?" in line and "'zoo list" in line
         assert result.stdout == ""
+
+
+CLASHING_L1 = """
+    from zoo import hookimpl
+
+    @hookimpl
+    def zoo_register(registry):
+        registry.loss("l1", "torch.nn:L1Loss", "another plugin's l1")
+"""
+
+
+def test_a_models_default_loss_comes_from_its_own_plugin_despite_a_clash(make_plugin, discover_with):
+    from zoo import build
+
+    registry = discover_with(make_plugin("clash", CLASHING_L1))
+    plan = build.plan_run(registry, "resnet_i2i", None, None, [], [])  # default loss l1: builtin's
+    assert plan.loss.qualified_name == "builtin:l1"
+    with pytest.raises(UsageError, match="offered by several plugins; pick one of"):
+        build.plan_run(registry, "resnet_i2i", "l1", None, [], [])  # the user's bare --loss stays ambiguous
+    assert build.plan_run(registry, "resnet_i2i", "clash:l1", None, [], []).loss.qualified_name == "clash:l1"
+
+
+def test_a_name_of_a_disabled_plugin_says_the_plugin_is_skipped(make_plugin, discover_with):
+    registry = discover_with(make_plugin("clash", CLASHING_L1), disabled=("clash",))
+    with pytest.raises(UsageError, match=r"^loss 'clash:l1' comes from plugin 'clash', which is skipped: "
+                                         r"disabled by the user\.$"):
+        registry.resolve("loss", "clash:l1")

@@ -38,6 +38,15 @@ def test_fast_on_the_cpu_says_it_changes_nothing(zoo_cli, tmp_path):
     assert speed == {"precision": "32", "channels_last": False, "compile": False, "cuda_graph": False}
 
 
+def test_float16_on_the_cpu_runs_and_records_bf16(zoo_cli, tmp_path):
+    code, _, err = zoo_cli("train", *TINY, "--device", "cpu", "--precision", "16-mixed",
+                           "--run-dir", str(tmp_path / "run"))
+    assert code == 0, err
+    assert err.count("--precision 16-mixed needs a CUDA device; using bf16 on cpu.") == 1
+    speed = json.loads((tmp_path / "run" / "config.json").read_text())["resolved"]["speed"]
+    assert speed["precision"] == "bf16"
+
+
 def test_a_model_that_cannot_be_compiled_falls_back_in_one_line(zoo_cli, tmp_path, monkeypatch):
     from plugins.models.dcgan import DCGAN
     monkeypatch.setattr(DCGAN, "compilable", False)

@@ -92,7 +92,8 @@ def list_command(ctx, args: tuple[str, ...], as_json: bool) -> None:
     else:
         broken = registry.broken()
         if broken:
-            lines.append(f"note: {len(broken)} broken plugin(s) skipped ({', '.join(p.name for p in broken)}); "
+            skipped = ", ".join(f"{p.name}: {p.status}" for p in broken)
+            lines.append(f"note: {len(broken)} plugin(s) skipped ({skipped}); "
                          f"'zoo list plugins' shows why.")
     if not show_plugins and not entries:
         what = _PLURAL_OF[kind] if kind else "entries"

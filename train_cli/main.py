@@ -35,8 +35,8 @@ class Context:
         broken = registry.broken()
         if warn and broken and not _WARNED:
             _WARNED = True
-            names = ", ".join(f"{p.name} ({p.error})" for p in broken)
-            click.echo(f"zoo: warning: broken plugin(s) skipped: {names}; 'zoo list plugins' shows details.",
+            names = ", ".join(f"{p.name} ({p.status}: {p.error})" for p in broken)
+            click.echo(f"zoo: warning: plugin(s) skipped: {names}; 'zoo list plugins' shows details.",
                        err=True)
         return registry
 
@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app and turn errors into one line and an exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = _debug_requested(argv)
+    if debug:  # --debug may follow the command too (zoo train --debug ...): the group takes it
+        argv = ["--debug", *(arg for arg in argv if arg != "--debug")]
     try:
         code = cli.main(args=argv, prog_name="zoo", standalone_mode=False)
     except click.exceptions.Exit as exc:
@@ -123,8 +125,8 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(130)
         if debug:
             traceback.print_exc()
-        click.echo(f"zoo: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
-                   err=True)
+        hint = "" if debug else " (run with --debug for the traceback)"
+        click.echo(f"zoo: internal error: {type(exc).__name__}: {exc}{hint}", err=True)
         code = 1
     sys.exit(code or 0)
 

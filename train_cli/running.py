@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from zoo.config import TrainConfig, load_toml, merge, resume_config
+from zoo.config import TrainConfig, absolute_data, load_toml, merge, resume_config
 from zoo.errors import UsageError, ZooError
 from zoo.options import split_assignments, split_hook_assignments
 
@@ -84,14 +85,20 @@ def train_command(ctx, resume: str | None, overwrite: bool, config_file: str | N
     given["hook_opt"] = split_hook_assignments(given["hook_opt"])
     nproc = given.pop("nproc_per_node")
     if resume:
+        if overwrite:
+            raise UsageError("--overwrite starts a run over and --resume goes on with it; drop one of them.")
         if config_file:
             raise UsageError("--config cannot be combined with --resume; the run keeps its saved config.")
         saved = read_config(Path(resume))
         config = resume_config(saved.get("config", {}), given)
+        if config.data != absolute_data(saved.get("config", {}).get("data")):
+            click.echo(f"zoo: the run's data {saved['config']['data']} is gone; reading {config.data} instead.",
+                       err=True)
         run_dir = Path(resume)
     else:
         file_values = load_toml(config_file) if config_file else {}
         config = TrainConfig.from_dict(merge(file_values, given), config_file or "options")
+        config.data = absolute_data(config.data)
         if not config.model:
             raise UsageError("--model is required; 'zoo list models' shows the choices.")
         model_entry = registry.resolve("model", config.model)  # a typo fails before any folder is made
@@ -174,7 +181,10 @@ def _launch(nproc: int, run_dir: Path, given_run_dir: bool) -> None:
         argv += ["--run-dir", str(run_dir)]
     command = [sys.executable, "-m", "train_cli.launch", "--standalone", "--nnodes=1",
                f"--nproc-per-node={nproc}", "-m", "train_cli", *argv]
-    process = subprocess.Popen(command)
+    env = dict(os.environ)
+    # torchrun sets 1 thread per process and prints a banner saying so; share the cores instead, quietly
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    process = subprocess.Popen(command, env=env)
     received: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:  # the launcher stops its workers cleanly
@@ -195,19 +205,23 @@ def _launch(nproc: int, run_dir: Path, given_run_dir: bool) -> None:
 
 @click.command("test")
 @click.option("--run", "run_dir", required=True, type=click.Path(), help="A run folder made by 'zoo train'.")
+@click.option("--step", type=click.IntRange(min=0), help="Use checkpoints/step-N (default: the newest).")
 @click.option("--checkpoint", help="A checkpoint folder (default: the run's newest).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Batch size (default: the run's).")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Loader workers.")
+@click.option("--data", help="Where the run's data is now, if it moved (default: the run's --data).")
+@click.option("--skip-bad-files", is_flag=True, help="Skip unreadable samples (counted) instead of failing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
-def test_command(ctx, run_dir: str, checkpoint: str | None, device: str, batch_size: int | None,
-                 workers: int, as_json: bool) -> None:
+def test_command(ctx, run_dir: str, step: int | None, checkpoint: str | None, device: str, batch_size: int | None,
+                 workers: int, data: str | None, skip_bad_files: bool, as_json: bool) -> None:
     """Evaluate a run's checkpoint on its dataset's test split; saves test-metrics.json."""
     from zoo.engine.tester import evaluate_run
 
-    result = evaluate_run(ctx.registry(), Path(run_dir), chosen=checkpoint, device=device,
-                          batch_size=batch_size, workers=workers)
+    result = evaluate_run(ctx.registry(), Path(run_dir), step=step, chosen=checkpoint, device=device,
+                          batch_size=batch_size, workers=workers, data=absolute_data(data),
+                          skip_bad_files=skip_bad_files)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return

@@ -300,10 +300,21 @@ def choose_checkpoint(run_dir: Path, step: int | None = None, folder: str | Path
                      f"{_steps_text(steps)}.")
 
 
-def _load_weights(recipe: Any, folder: Path, model_name: str) -> None:
-    """Load ``model.safetensors`` into the recipe, refusing a checkpoint of another shape."""
+def _load_weights(recipe: Any, folder: Path, model_name: str, run_dir: Path) -> None:
+    """Load ``model.safetensors`` into the recipe, refusing a checkpoint of another shape.
+
+    A damaged checkpoint's error names the run's other steps, one of which may be whole.
+    """
     from zoo.engine import checkpoint as ckpt
-    ckpt.load_into(recipe, ckpt.load_weights(folder), folder, model_name, "was the run's config.json changed?")
+    try:
+        weights = ckpt.load_weights(folder)
+    except ckpt.CheckpointError as exc:
+        others = [(number, path) for number, path in ckpt.list_steps(run_dir) if path != folder]
+        if not others:
+            raise
+        raise ckpt.CheckpointError(f"{str(exc).rstrip('.')}; pick another checkpoint with --step N "
+                                   f"(steps {_steps_text(others)}).") from None
+    ckpt.load_into(recipe, weights, folder, model_name, "the run's config.json may have been changed")
 
 
 def load_run(run_dir: str | Path, step: int | None = None, device: str | Any = "cpu", *,
@@ -344,7 +355,7 @@ def load_run(run_dir: str | Path, step: int | None = None, device: str | Any = "
         recipe, test_set = parts.recipe, parts.test_set
         input_shape = tuple(int(v) for v in test_set.image_shape)
         classes = getattr(test_set, "classes", None)
-    _load_weights(recipe, folder, plan.model.name)
+    _load_weights(recipe, folder, plan.model.name, run_dir)
     recipe.to(torch_device)
     recipe.eval()
     number = int(folder.name.split("-")[-1]) if folder.name.startswith("step-") and \

@@ -53,6 +53,18 @@ def load_loss_class(entry: Entry) -> Any:
     return _load_class(entry, nn.Module, "torch.nn.Module subclass")
 
 
+def _default_loss_entry(registry: Registry, model_entry: Entry, name: str) -> Entry:
+    """A model's default loss: its own plugin's loss of that name first, so another plugin's clash cannot hide it."""
+    own = [e for e in registry.entries("loss") if e.name == name and e.plugin == model_entry.plugin]
+    if len(own) == 1:
+        return own[0]
+    try:
+        return registry.resolve("loss", name)
+    except UsageError as exc:
+        raise UsageError(f"model '{model_entry.name}' trains with loss '{name}' by default: {exc}".replace(
+            "pick one of", "pass --loss with one of")) from None
+
+
 def plan_run(registry: Registry, model: str, loss: str | None, dataset: str | None,
              hooks: list[str], no_hooks: list[str]) -> Plan:
     """Resolve every name of a run and check that the pieces fit together."""
@@ -61,7 +73,8 @@ def plan_run(registry: Registry, model: str, loss: str | None, dataset: str | No
     loss_entry = None
     loss_name = loss or recipe_cls.default_loss
     if loss_name:
-        loss_entry = registry.resolve("loss", loss_name)
+        loss_entry = registry.resolve("loss", loss_name) if loss else _default_loss_entry(registry, model_entry,
+                                                                                         loss_name)
         if recipe_cls.losses and loss_entry.name not in recipe_cls.losses:
             raise UsageError(f"model '{model_entry.name}' cannot train with loss '{loss_entry.name}'; "
                              f"losses that fit: {', '.join(recipe_cls.losses)}.")

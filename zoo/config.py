@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import glob
+import os
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -161,14 +163,38 @@ def merge(file_values: dict[str, Any], cli_values: dict[str, Any]) -> dict[str, 
     return merged
 
 
+def data_present(data: str) -> bool:
+    """Whether ``--data`` names something on disk: a file or folder, or a glob pattern with matches."""
+    path = os.path.expanduser(data)
+    return os.path.exists(path) or (glob.has_magic(path) and bool(glob.glob(path, recursive=True)))
+
+
+def absolute_data(data: str | None) -> str | None:
+    """``--data`` as an absolute path where it names something on disk, so the run reads it from any folder.
+
+    A value that names nothing (a dataset may take other strings) is kept as given.
+    """
+    if data is None or not data_present(data):
+        return data
+    return os.path.abspath(os.path.expanduser(data))
+
+
 def resume_config(saved: dict[str, Any], overrides: dict[str, Any]) -> TrainConfig:
-    """The saved config of a run, with only the options that extend or observe it replaced."""
+    """The saved config of a run, with only the options that extend or observe it replaced.
+
+    ``--data`` may name the same data by another path, or new data where the saved one is gone (moved).
+    """
+    overrides = dict(overrides, data=absolute_data(overrides.get("data")))
+    saved = dict(saved, data=absolute_data(saved.get("data")))  # a run saved before paths were made absolute
+    saved_data = saved["data"]
+    moved = saved_data is not None and overrides["data"] is not None and not data_present(saved_data)
     refused = [key for key, value in overrides.items()
-               if value not in (None, [], {}) and key not in RESUME_OVERRIDABLE and saved.get(key) != value]
+               if value not in (None, [], {}) and key not in RESUME_OVERRIDABLE and saved.get(key) != value
+               and not (key == "data" and moved)]
     if refused:
         flags = ", ".join(_flag(k) for k in refused)
         raise UsageError(
             f"{flags} cannot change when resuming: the run keeps its model, data and folder. Drop it, "
             f"or start a new run (--init-from RUN_DIR starts from its weights).")
-    values = merge(saved, {key: overrides.get(key) for key in RESUME_OVERRIDABLE})
+    values = merge(saved, {key: overrides.get(key) for key in RESUME_OVERRIDABLE + (("data",) if moved else ())})
     return TrainConfig.from_dict(values, "saved config")

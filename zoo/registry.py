@@ -181,6 +181,10 @@ class Registry:
         raise UsageError(self._unknown_message(kind, name))
 
     def _unknown_message(self, kind: str, name: str) -> str:
+        plugin = name.rpartition(":")[0]
+        info = self.plugins.get(plugin)
+        if info is not None and info.status != "ok":
+            return f"{kind} '{name}' comes from plugin '{plugin}', which is skipped: {info.error}."
         pool = {e.name for e in self._entries if e.kind == kind}
         pool |= {e.qualified_name for e in self._entries if e.kind == kind}
         close = difflib.get_close_matches(name, sorted(pool), n=4, cutoff=0.6)

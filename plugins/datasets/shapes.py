@@ -56,7 +56,7 @@ class ShapesDataset(ZooDataset):
 
     tasks = ("generation", "classification", "image_to_image")
     needs_data = False
-    data_help = "nothing (the shapes are drawn on the fly; --data is ignored)"
+    data_help = "nothing (the shapes are drawn on the fly)"
 
     def __init__(self, split: str, *, task: str, data: str | None = None,
                  image_size: int | None = None, channels: int | None = None,

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+
+from tqdm import tqdm
+
 from zoo import hookimpl
 
 
@@ -24,6 +28,7 @@ class EarlyStoppingHook:
         self.mode = mode
         self.best: float | None = None
         self.bad_evals = 0
+        self.warned = False
 
     def state_dict(self) -> dict:
         """What a resumed run needs to stop exactly where a straight run would."""
@@ -41,6 +46,7 @@ class EarlyStoppingHook:
             name, mode = declared if declared else ("loss", "min")
         mode = mode or ("max" if declared and declared[0] == name and declared[1] == "max" else "min")
         if name not in metrics:
+            self._warn_absent(run, name, metrics)
             return
         value = metrics[name]
         improved = self.best is None or (value > self.best + self.min_delta if mode == "max"
@@ -52,3 +58,12 @@ class EarlyStoppingHook:
         if self.bad_evals >= self.patience:
             run.request_stop(f"{name} has not improved for {self.patience} evaluations "
                              f"(best {self.best:.4g})")
+
+    def _warn_absent(self, run, name: str, metrics: dict[str, float]) -> None:
+        """Say once per run (rank 0) that the watched metric is not among the evaluation's metrics."""
+        if self.warned or run.rank != 0:
+            return
+        self.warned = True
+        reported = ", ".join(sorted(metrics)) or "nothing"
+        tqdm.write(f"zoo: early_stopping watches '{name}', which this run's evaluation does not report "
+                   f"(it reports: {reported}); pass --hook-opt early_stopping.metric=NAME.", file=sys.stderr)

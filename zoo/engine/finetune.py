@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import json
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +39,33 @@ def initial_weights(source: str) -> tuple[dict[str, torch.Tensor], str]:
     raise UsageError(f"--init-from {source} does not exist; pass a run folder or a .safetensors file.")
 
 
+def source_model(source: str) -> str | None:
+    """The model named in the config.json of the run that ``source`` (a checkpoint folder) belongs to."""
+    path = Path(source)
+    for folder in ([path] if path.is_dir() else []) + list(path.parents)[:3]:
+        if (folder / "config.json").is_file():
+            try:
+                model = json.loads((folder / "config.json").read_text())["config"]["model"]
+            except (OSError, ValueError, KeyError, TypeError):
+                return None
+            return model if isinstance(model, str) else None
+    return None
+
+
 def apply_initial_weights(recipe: nn.Module, weights: dict[str, torch.Tensor], strict: bool,
-                          source: str) -> dict[str, list[str]]:
+                          source: str, model_name: str | None = None) -> dict[str, Any]:
     """Load ``weights`` into ``recipe``; strict unless asked otherwise, listing what did not fit."""
     own = recipe.state_dict()
     missing = sorted(set(own) - set(weights))
     unexpected = sorted(set(weights) - set(own))
     mismatched = sorted(k for k in set(own) & set(weights) if own[k].shape != weights[k].shape)
+    loaded = len(set(own) & set(weights)) - len(mismatched)
+    if own and not loaded:
+        model = f"model '{model_name}'" if model_name else "this model"
+        other = source_model(source)
+        holds = f" (it holds a '{other}')" if other and other != model_name else ""
+        raise UsageError(f"--init-from {source}: none of its {len(weights)} tensors fit {model}{holds}; "
+                         f"give a run of the same model, or drop --init-from.")
     if strict and (missing or unexpected or mismatched):
         parts = [f"{label} {keys[:3]}{' ...' if len(keys) > 3 else ''}" for label, keys in
                  (("missing", missing), ("unexpected", unexpected), ("other shapes", mismatched)) if keys]
@@ -52,7 +73,8 @@ def apply_initial_weights(recipe: nn.Module, weights: dict[str, torch.Tensor], s
                          f"Pass --no-strict to load what fits.")
     usable = {k: v for k, v in weights.items() if k in own and k not in mismatched}
     recipe.load_state_dict(usable, strict=False)
-    return {"missing": missing, "unexpected": unexpected, "mismatched": mismatched}
+    return {"missing": missing, "unexpected": unexpected, "mismatched": mismatched, "loaded": loaded,
+            "model_tensors": len(own)}
 
 
 def freeze(recipe: nn.Module, patterns: list[str]) -> list[str]:
@@ -72,7 +94,12 @@ def freeze(recipe: nn.Module, patterns: list[str]) -> list[str]:
 
 
 def describe_fit(report: dict[str, Any]) -> list[str]:
-    """Lines that list the keys --no-strict left out."""
-    return [f"zoo: --init-from {label}: {', '.join(keys)}" for label, keys in
-            (("missing keys (kept as initialised)", report["missing"]), ("unexpected keys (ignored)",
-             report["unexpected"]), ("other shapes (kept as initialised)", report["mismatched"])) if keys]
+    """Lines that list the keys --no-strict left out and say how many of the model's tensors were loaded."""
+    lines = [f"zoo: --init-from {label}: {', '.join(keys)}" for label, keys in
+             (("missing keys (kept as initialised)", report["missing"]), ("unexpected keys (ignored)",
+              report["unexpected"]), ("other shapes (kept as initialised)", report["mismatched"])) if keys]
+    if lines and "loaded" in report:
+        rest = "; the rest start as initialised" if report["loaded"] < report["model_tensors"] else ""
+        lines.append(f"zoo: --init-from loaded {report['loaded']} of the model's {report['model_tensors']} "
+                     f"tensors{rest}.")
+    return lines

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 from typing import ContextManager
 
 import torch
@@ -37,15 +36,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 class Precision:
-    """Autocast settings and the grad scaler for ``--precision 32|bf16|16-mixed``."""
+    """Autocast settings and the grad scaler for ``--precision 32|bf16|16-mixed`` (as ``speed.resolve`` left it)."""
 
     def __init__(self, mode: str, device: torch.device) -> None:
         self.mode = mode
         self.device = device
         self.dtype: torch.dtype | None = None
         if mode == "16-mixed" and device.type != "cuda":
-            print(f"zoo: --precision 16-mixed needs a CUDA device; using bf16 on {device.type}.", file=sys.stderr)
-            mode = self.mode = "bf16"
+            raise ValueError("16-mixed precision needs a CUDA device (speed.resolve falls back to bf16)")
         if mode == "bf16":
             self.dtype = torch.bfloat16
         elif mode == "16-mixed":

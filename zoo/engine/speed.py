@@ -29,7 +29,8 @@ class SpeedSettings:
 
 
 def resolve(config: Any, device: torch.device, say: Callable[[str], None]) -> SpeedSettings:
-    """Turn ``--fast``, ``--channels-last``, ``--compile`` and ``--cuda-graph`` into settings this device can take.
+    """Turn ``--precision``, ``--fast``, ``--channels-last``, ``--compile`` and ``--cuda-graph`` into settings this
+    device can take.
 
     ``--fast`` is bf16, channels-last and whole-step CUDA graphs (see bench/train_speed.py);
     torch.compile stays a separate switch.
@@ -43,6 +44,9 @@ def resolve(config: Any, device: torch.device, say: Callable[[str], None]) -> Sp
             settings.channels_last = settings.cuda_graph = True
         else:
             say(f"zoo: --fast speeds up CUDA runs; on {device.type} it changes nothing.")
+    if settings.precision == "16-mixed" and device.type != "cuda":  # its gradient scaler is CUDA's
+        say(f"zoo: --precision 16-mixed needs a CUDA device; using bf16 on {device.type}.")
+        settings.precision = "bf16"
     if settings.cuda_graph and device.type != "cuda":
         say(f"zoo: --cuda-graph needs a CUDA device; on {device.type} steps run eagerly.")
         settings.cuda_graph = False

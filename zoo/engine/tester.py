@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torchvision.utils import make_grid, save_image
 
-from zoo.api import choose_checkpoint, load_run
+from zoo.api import load_run
 from zoo.engine import speed
 from zoo.engine.evaluate import evaluate
 from zoo.engine.feed import BadItems, make_loader
@@ -20,23 +20,24 @@ from zoo.engine.rundir import write_json
 from zoo.registry import Registry
 
 
-def pick_checkpoint(run_dir: Path, chosen: str | None) -> Path:
-    """The checkpoint to read: the one given, or the run's newest."""
-    return choose_checkpoint(Path(run_dir), folder=chosen or None)
+def evaluate_run(registry: Registry, run_dir: Path, *, step: int | None = None, chosen: str | None = None,
+                 device: str = "auto", batch_size: int | None = None, workers: int = 0, data: str | None = None,
+                 skip_bad_files: bool = False) -> dict[str, Any]:
+    """Evaluate a checkpoint; write ``test-metrics.json`` (and a sample grid for generative models).
 
-
-def evaluate_run(registry: Registry, run_dir: Path, *, chosen: str | None = None, device: str = "auto",
-             batch_size: int | None = None, workers: int = 0) -> dict[str, Any]:
-    """Evaluate a checkpoint; write ``test-metrics.json`` (and a sample grid for generative models)."""
+    ``data`` reads the test split from there instead of the run's ``--data`` (data that moved).
+    """
     run_dir = Path(run_dir)
-    run = load_run(run_dir, device=device, checkpoint=chosen or None, registry=registry)
+    run = load_run(run_dir, step, device=device, checkpoint=chosen or None, registry=registry)
     config, folder, recipe, torch_device = run.config, run.checkpoint, run.recipe, run.device
+    if data is not None:
+        config.data = data
     loss_fn = run.build_loss()
     loader, _ = make_loader(run.test_set, batch_size or config.batch_size, config.seed, workers,
                             shuffle=False, drop_last=False, pin_memory=torch_device.type == "cuda")
     settings = speed.resolve(config, torch_device, lambda _message: None)  # --fast picks the precision
     precision = Precision(settings.precision, torch_device)
-    bad_items = BadItems(config.skip_bad_files)
+    bad_items = BadItems(skip_bad_files or config.skip_bad_files)
     metrics = evaluate(recipe, loss_fn, loader, torch_device, precision.autocast, config.seed, bad_items)
     if bad_items.summary():
         print(bad_items.summary(), file=sys.stderr)

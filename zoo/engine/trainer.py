@@ -114,6 +114,7 @@ class Trainer:
         self.schedulers = self.recipe.configure_schedulers(self.optimizers)
         self.params = {name: [p for group in opt.param_groups for p in group["params"] if p.requires_grad]
                        for name, opt in self.optimizers.items()}
+        self._check_trainable()
         self.hooks = HookCaller(build.build_hooks(self.plan.hooks, config.hook_opt))
         self.metrics_log = MetricsLog(self.run_dir)
         self.context = RunContext(self.run_dir, config, self.recipe, self.device, self.sample_grid,
@@ -137,7 +138,7 @@ class Trainer:
             self._resume()
         self.step_graph = self._make_step_graph()
         self._compiled_step_ran = False
-        if self.dist.is_main:
+        if self.dist.is_main and not (resume and self._complete()):  # a resume with nothing to do changes nothing
             self._write_config(command_line or [], resume)
 
     # ----------------------------------------------------------------- setup
@@ -160,6 +161,9 @@ class Trainer:
         parts = build.build_parts(self.registry, config)
         self.plan, self.recipe, self.model_options = parts.plan, parts.recipe, parts.model_options
         self.train_set, self.test_set = parts.train_set, parts.test_set
+        if config.data and not getattr(self.train_set, "needs_data", True) and self.dist.is_main:
+            _echo(f"zoo: dataset '{self.plan.dataset.name}' does not read --data {config.data}; to train on "
+                  f"those files pick a dataset that reads them, e.g. --dataset imagefolder ('zoo list datasets').")
         decoding_on_device = self._decoding_on_device()
         if config.cache_decoded:
             if cache.supports_cache(self.train_set):
@@ -217,7 +221,8 @@ class Trainer:
         report = None
         if self.config.init_from and not resume:
             weights, source = finetune.initial_weights(self.config.init_from)
-            fit = finetune.apply_initial_weights(self.recipe, weights, not self.config.no_strict, source)
+            fit = finetune.apply_initial_weights(self.recipe, weights, not self.config.no_strict, source,
+                                                 model_name=self.plan.model.name)
             for line in finetune.describe_fit(fit):
                 _echo(line)
             report = {"source": source, **fit}
@@ -225,6 +230,19 @@ class Trainer:
             frozen = finetune.freeze(self.recipe, self.config.freeze)
             _echo(f"zoo: froze {len(frozen)} parameter tensor(s) matching {', '.join(self.config.freeze)}")
         return report
+
+    def _check_trainable(self) -> None:
+        """Refuse a run that would train nothing; say which optimizers --freeze leaves without parameters."""
+        idle = [name for name, params in self.params.items() if not params]
+        if len(idle) == len(self.params):
+            if not self.config.freeze:
+                raise PluginError(f"model '{self.plan.model.qualified_name}' gave its optimizers no trainable "
+                                  f"parameter.")
+            raise UsageError(f"--freeze {' '.join(self.config.freeze)} leaves no trainable parameter, so nothing "
+                             f"would train; freeze fewer parameters.")
+        if idle:
+            _echo(f"zoo: no trainable parameter left for optimizer {', '.join(idle)}; its loss is logged, "
+                  f"not stepped.")
 
     @property
     def total_steps(self) -> int:
@@ -236,14 +254,26 @@ class Trainer:
             limits.append((self.config.epochs or DEFAULT_EPOCHS) * self.steps_per_epoch)
         return min(limits)
 
+    def _ending_limit(self) -> str:
+        """The option whose value ends the run, as a flag and value (``--max-steps 300``)."""
+        epochs = self.config.epochs or DEFAULT_EPOCHS
+        if self.config.max_steps is not None and \
+                (self.config.epochs is None or self.config.max_steps <= epochs * self.steps_per_epoch):
+            return f"--max-steps {self.config.max_steps}"
+        return f"--epochs {epochs}"
+
     def _how_to_extend(self) -> str:
         """What to pass with --resume to go on, naming the limit that ends the run."""
-        epochs = self.config.epochs or DEFAULT_EPOCHS
-        by_epochs = epochs * self.steps_per_epoch
-        if self.config.max_steps is not None and (self.config.epochs is None or self.config.max_steps <= by_epochs):
+        if self._ending_limit().startswith("--max-steps"):
             return f"extend it with --max-steps beyond {self.step}."
+        epochs = self.config.epochs or DEFAULT_EPOCHS
         enough = max(epochs, self.step // self.steps_per_epoch) + 1
-        return f"its --epochs {epochs} ends it at step {by_epochs}; extend it with --epochs {enough} or more."
+        return (f"its --epochs {epochs} ends it at step {epochs * self.steps_per_epoch}; "
+                f"extend it with --epochs {enough} or more.")
+
+    def _complete(self) -> bool:
+        """Whether the run has reached its length, saved, with nothing owed: a resume has nothing to do."""
+        return self._last_save_step == self.step and self.step >= self.total_steps and not self._eval_owed
 
     def _write_config(self, command_line: list[str], resumed: bool) -> None:
         path = self.run_dir / "config.json"
@@ -350,7 +380,10 @@ class Trainer:
                 if missing:
                     raise checkpoint.CheckpointError(f"checkpoint {folder} lacks {', '.join(missing)}.")
             except checkpoint.CheckpointError as exc:
-                damaged.append((folder, str(exc).split(folder.name, 1)[-1].strip(" .:")))
+                reason = str(exc).split(folder.name, 1)[-1].strip(" .:")
+                if reason.startswith("is damaged (") and reason.endswith(")"):
+                    reason = reason[len("is damaged ("):-1]
+                damaged.append((folder, reason))
                 continue
             for bad, reason in damaged:
                 aside = bad.with_name(f"damaged-{bad.name}")
@@ -364,7 +397,7 @@ class Trainer:
     # ------------------------------------------------------------ the loop
     def fit(self) -> TrainResult:
         """Train until the run's length; save at the end. Raises Interrupted on a signal."""
-        if self._last_save_step == self.step and self.step >= self.total_steps and not self._eval_owed:
+        if self._complete():
             _echo(f"zoo: {self.run_dir} is already complete at step {self.step}; {self._how_to_extend()}")
             return TrainResult(self.run_dir, self.step, self.epoch,
                                checkpoint.checkpoint_dir(self.run_dir, self.step), self.last_eval)
@@ -446,7 +479,8 @@ class Trainer:
                 _echo(line)
         if self.context.stop_reason:
             _echo(f"zoo: stopped early at step {self.step}: {self.context.stop_reason}")
-        _echo(f"zoo: done at step {self.step}; checkpoint {saved}")
+        reached = f" ({self._ending_limit()} reached)" if self.step >= self.total_steps else ""
+        _echo(f"zoo: done at step {self.step}{reached}; checkpoint {saved}")
         return TrainResult(self.run_dir, self.step, self.epoch, saved, self.last_eval)
 
     def _unsaved(self) -> bool:
@@ -590,8 +624,10 @@ class Trainer:
                         scaler.update()  # the scaler saw the updates already made this step
                     return None
                 scaled = loss / len(batches) if len(batches) > 1 else loss
-                scaler.scale(scaled).backward(inputs=self.params[name])
                 add(name, scaled)
+                if not self.params[name]:  # all frozen: logged, not stepped
+                    continue
+                scaler.scale(scaled).backward(inputs=self.params[name])
                 if index == last:
                     if self.dist.enabled:
                         distributed.average_gradients(self.params[name], self.dist)

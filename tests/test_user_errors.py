@@ -1,0 +1,143 @@
+"""What a user meets beyond the happy path: moved data, frozen networks, refused resumes, --debug."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from zoo.engine import checkpoint
+
+TINY = ["--model", "dcgan", "--loss", "mse", "--model-opt", "ngf=8", "--model-opt", "ndf=8",
+        "--model-opt", "nz=16", "--batch-size", "4", "--device", "cpu", "--log-every", "1"]
+SHAPES = ["--dataset-opt", "train_count=16", "--dataset-opt", "test_count=4"]
+
+
+def write_folder(root: Path, count: int = 8) -> None:
+    """ROOT/train/blue and ROOT/test/blue with ``count`` and 4 small PNGs."""
+    for split, n in (("train", count), ("test", 4)):
+        folder = root / split / "blue"
+        folder.mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (32, 32), (i * 25, 90, 160)).save(folder / f"{i:02d}.png")
+
+
+def saved_config(run: Path) -> dict:
+    return json.loads((run / "config.json").read_text())
+
+
+def test_relative_data_is_kept_absolute_and_moved_data_can_be_named_again(zoo_cli, tmp_path, monkeypatch):
+    write_folder(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    common = [*TINY, "--dataset", "imagefolder", "--model-opt", "image_size=32"]
+    code, _, err = zoo_cli("train", *common, "--data", "data", "--max-steps", "2", "--run-dir", str(run))
+    assert code == 0, err
+    assert saved_config(run)["config"]["data"] == str(tmp_path / "data")
+
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert zoo_cli("test", "--run", str(run))[0] == 0  # read from any folder
+    code, _, err = zoo_cli("train", "--resume", str(run), "--data", "../data", "--max-steps", "3")
+    assert code == 0, err  # the same data by another path is no change
+    code, _, err = zoo_cli("train", "--resume", str(run), "--data", str(tmp_path / "elsewhere"), "--max-steps", "4")
+    assert code == 2 and "--data cannot change when resuming" in err
+
+    shutil.move(tmp_path / "data", tmp_path / "moved")
+    code, _, err = zoo_cli("test", "--run", str(run))
+    assert code == 2 and f"data folder {tmp_path / 'data'} does not exist" in err
+    code, out, err = zoo_cli("test", "--run", str(run), "--data", str(tmp_path / "moved"))
+    assert code == 0 and "on 4 test samples" in out, err
+    code, _, err = zoo_cli("train", "--resume", str(run), "--data", "../moved", "--max-steps", "4")
+    assert code == 0, err
+    assert f"the run's data {tmp_path / 'data'} is gone; reading {tmp_path / 'moved'} instead." in err
+    assert saved_config(run)["config"]["data"] == str(tmp_path / "moved")
+    assert checkpoint.list_steps(run)[-1][0] == 4
+
+
+def test_a_resume_with_nothing_to_do_leaves_the_config_as_it_was(zoo_cli, tmp_path):
+    run = tmp_path / "run"
+    code, _, err = zoo_cli("train", *TINY, *SHAPES, "--epochs", "1", "--run-dir", str(run))
+    assert code == 0 and "done at step 4 (--epochs 1 reached)" in err
+    before = (run / "config.json").read_bytes()
+    code, _, err = zoo_cli("train", "--resume", str(run), "--max-steps", "3")
+    assert code == 0 and "already complete at step 4" in err
+    assert (run / "config.json").read_bytes() == before
+    code, _, err = zoo_cli("train", "--resume", str(run), "--epochs", "2")
+    assert code == 0 and "done at step 8 (--epochs 2 reached)" in err
+    code, _, err = zoo_cli("train", "--resume", str(run), "--epochs", "3", "--max-steps", "10")
+    assert code == 0 and "done at step 10 (--max-steps 10 reached)" in err
+
+
+def test_resume_and_overwrite_together_are_refused(zoo_cli, tmp_path):
+    run = tmp_path / "run"
+    assert zoo_cli("train", *TINY, *SHAPES, "--max-steps", "1", "--run-dir", str(run))[0] == 0
+    code, _, err = zoo_cli("train", "--resume", str(run), "--overwrite")
+    assert code == 2 and "drop one of them" in err
+
+
+def test_freezing_everything_is_refused_and_a_frozen_network_is_not_stepped(zoo_cli, tmp_path):
+    code, _, err = zoo_cli("train", *TINY, *SHAPES, "--freeze", "*", "--max-steps", "2",
+                           "--run-dir", str(tmp_path / "all"))
+    assert code == 2 and "--freeze * leaves no trainable parameter" in err, err
+    assert not (tmp_path / "all").exists()
+    weights = {}
+    for steps in ("2", "4"):
+        run = tmp_path / steps
+        code, _, err = zoo_cli("train", *TINY, *SHAPES, "--freeze", "generator.*", "--max-steps", steps,
+                               "--run-dir", str(run))
+        assert code == 0, err
+        assert "no trainable parameter left for optimizer generator; its loss is logged, not stepped." in err
+        weights[steps] = checkpoint.load_weights(checkpoint.list_steps(run)[-1][1])
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert all("generator" in r for r in records if r["kind"] == "train")
+    buffers = ("running_mean", "running_var", "num_batches_tracked")  # BatchNorm statistics still move
+    trained = [k for k in weights["2"] if not torch.equal(weights["2"][k], weights["4"][k])
+               and not k.endswith(buffers)]
+    assert trained and all(k.startswith("discriminator.") for k in trained)
+
+
+def test_zoo_test_skips_bad_files_on_request_and_names_older_checkpoints(zoo_cli, tmp_path):
+    write_folder(tmp_path / "data")
+    run = tmp_path / "run"
+    code, _, err = zoo_cli("train", *TINY, "--dataset", "imagefolder", "--data", str(tmp_path / "data"),
+                           "--model-opt", "image_size=32", "--max-steps", "4", "--save-every", "2",
+                           "--run-dir", str(run))
+    assert code == 0, err
+    bad = tmp_path / "data" / "test" / "blue" / "01.png"
+    bad.write_bytes(bad.read_bytes()[:40])
+    code, _, err = zoo_cli("test", "--run", str(run))
+    assert code == 1 and "01.png" in err and "--skip-bad-files" in err
+    code, out, err = zoo_cli("test", "--run", str(run), "--skip-bad-files")
+    assert code == 0 and "skipped 1 unreadable sample(s)" in err, err
+
+    newest = run / "checkpoints" / "step-4" / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:100])
+    code, _, err = zoo_cli("test", "--run", str(run), "--skip-bad-files")
+    assert code == 1 and "step-4 is damaged" in err and "pick another checkpoint with --step N (steps 2)" in err
+    code, _, err = zoo_cli("test", "--run", str(run), "--skip-bad-files", "--step", "2")
+    assert code == 0, err
+    assert json.loads((run / "test-metrics.json").read_text())["step"] == 2
+
+
+def test_data_for_a_dataset_that_reads_none_is_named(zoo_cli, tmp_path):
+    code, _, err = zoo_cli("train", *TINY, *SHAPES, "--data", str(tmp_path), "--max-steps", "1",
+                           "--run-dir", str(tmp_path / "run"))
+    assert code == 0, err
+    assert f"dataset 'shapes' does not read --data {tmp_path}; to train on those files pick a dataset" in err
+
+
+def test_debug_may_follow_the_command_and_shows_the_traceback(zoo_cli, monkeypatch):
+    def broken_registry(*_args):
+        raise RuntimeError("registry exploded")
+
+    monkeypatch.setattr("train_cli.main.get_registry", broken_registry)
+    code, _, err = zoo_cli("info", "dcgan")
+    assert code == 1 and err.strip() == ("zoo: internal error: RuntimeError: registry exploded "
+                                         "(run with --debug for the traceback)")
+    code, _, err = zoo_cli("info", "--debug", "dcgan")
+    assert code == 1 and "Traceback" in err
+    assert err.strip().splitlines()[-1] == "zoo: internal error: RuntimeError: registry exploded"
