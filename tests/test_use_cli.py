@@ -199,6 +199,25 @@ def test_predict_image_to_image_writes_restored_images_with_the_input_names(zoo_
     assert code == 2 and "would overwrite the input" in err
 
 
+def test_predict_restores_whole_images_at_their_size_unless_asked_to_crop(zoo_cli, runs, tmp_path):
+    run = api.load_run(runs["i2i"])
+    rng = np.random.default_rng(0)
+    photo = tmp_path / "in" / "wide.png"
+    photo.parent.mkdir()
+    Image.fromarray(rng.integers(0, 255, (61, 71, 3), dtype=np.uint8)).save(photo)
+    code, _, err = zoo_cli("predict", "--run", str(runs["i2i"]), str(photo), "--out", str(tmp_path / "whole"))
+    assert code == 0, err
+    with Image.open(tmp_path / "whole" / "wide.png") as image:
+        assert image.size == (71, 61)
+        restored = np.array(image)
+    expected = api.to_image(run.predict(run.preprocess(photo, whole=True)[None])[0])  # the model on all of it
+    assert np.array_equal(restored, np.array(expected))
+    code, _, err = zoo_cli("predict", "--run", str(runs["i2i"]), str(photo), "--crop", "--out", str(tmp_path / "crop"))
+    assert code == 0, err
+    with Image.open(tmp_path / "crop" / "wide.png") as image:
+        assert image.size == (32, 32)
+
+
 @pytest.mark.parametrize("command, run, extra, message", [
     ("sample", "classifier", [], "use 'zoo predict --run"),
     ("sample", "i2i", [], "use 'zoo predict --run"),

@@ -157,9 +157,11 @@ def _expand_images(images: tuple[str, ...]) -> list[Path]:
               help="Folder for restored images, named like the inputs (image-to-image; default RUN/predictions).")
 @click.option("--step", type=click.IntRange(min=0), help="Use checkpoints/step-N (default: the newest).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--crop", is_flag=True, help="Resize and centre-crop to the training size even where the model "
+              "restores whole images.")
 @click.pass_obj
 def predict_command(ctx, run_dir: str, images: tuple[str, ...], top_k: int, as_json: bool, out: str | None,
-                    step: int | None, device: str) -> None:
+                    step: int | None, device: str, crop: bool) -> None:
     """Classify images (top-k classes) or restore them (image-to-image), with the run's own preprocessing."""
     run_path = Path(run_dir)
     task = _saved_task(run_path)
@@ -192,9 +194,11 @@ def predict_command(ctx, run_dir: str, images: tuple[str, ...], top_k: int, as_j
         raise UsageError("--out is for image-to-image runs; a classifier prints its predictions "
                          "(add --json to save them).")
     results: list[dict[str, Any]] = []
-    for start in range(0, len(paths), PREDICT_BATCH):
-        chunk = paths[start:start + PREDICT_BATCH]
-        batch = torch.stack([run.preprocess(read_image(p)) for p in chunk])
+    whole = run.task == "image_to_image" and getattr(run.recipe, "any_image_size", False) and not crop
+    per_batch = 1 if whole else PREDICT_BATCH  # whole images differ in size
+    for start in range(0, len(paths), per_batch):
+        chunk = paths[start:start + per_batch]
+        batch = torch.stack([run.preprocess(read_image(p), whole) for p in chunk])
         outputs = run.predict(batch).float().cpu()
         if run.task == "image_to_image":
             for path, image in zip(chunk, outputs):

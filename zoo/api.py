@@ -158,13 +158,14 @@ def read_image(path: str | Path) -> PILImage.Image:
         raise UsageError(f"cannot read image {path}: {reason}; pass an image file (png, jpg, ...).") from None
 
 
-def preprocess_image(image: PILImage.Image, input_shape: Sequence[int]) -> torch.Tensor:
+def preprocess_image(image: PILImage.Image, input_shape: Sequence[int], whole: bool = False) -> torch.Tensor:
     """Turn a PIL image into a model input of ``input_shape`` ``(C, H, W)``, in ``[-1, 1]``.
 
     The same steps the file-based datasets take for their test split: 16-bit
     grey keeps its top 8 bits, the image becomes grey (``C == 1``) or RGB, its
     shorter side is resized to the input size (antialiased) and the centre
-    cropped to it, and pixels map from ``0..255`` to ``[-1, 1]``. Returns a
+    cropped to it, and pixels map from ``0..255`` to ``[-1, 1]``. ``whole``
+    keeps the image's own size (for a model that takes any size). Returns a
     float32 ``(C, H, W)`` tensor on the CPU.
     """
     import torch
@@ -175,15 +176,22 @@ def preprocess_image(image: PILImage.Image, input_shape: Sequence[int]) -> torch
     if image.mode in ("I", "I;16"):  # 16-bit grey: keep the top 8 bits, as the datasets do
         image = image.point(lambda value: value * (1 / 256)).convert("L")
     image = image.convert("L" if channels == 1 else "RGB")
+    if not whole:
+        image = _resize_and_crop(image, height, width)
+    tensor = TF.pil_to_tensor(image).to(torch.float32) / 255.0
+    return tensor * 2.0 - 1.0
+
+
+def _resize_and_crop(image: PILImage.Image, height: int, width: int) -> PILImage.Image:
+    """Resize (antialiased) to cover ``height`` x ``width``, then crop the centre to it."""
+    import torchvision.transforms.v2.functional as TF
     if height == width:
         image = TF.resize(image, [height], antialias=True)
     else:  # cover the wanted rectangle, then crop it
         scale = max(height / image.height, width / image.width)
         image = TF.resize(image, [max(height, round(image.height * scale)), max(width, round(image.width * scale))],
                           antialias=True)
-    image = TF.center_crop(image, [height, width])
-    tensor = TF.pil_to_tensor(image).to(torch.float32) / 255.0
-    return tensor * 2.0 - 1.0
+    return TF.center_crop(image, [height, width])
 
 
 def to_image(tensor: torch.Tensor) -> PILImage.Image:
@@ -236,16 +244,17 @@ class LoadedRun:
                                            image_size=size, channels=channels)
         return self._test_set
 
-    def preprocess(self, image: PILImage.Image | str | Path) -> torch.Tensor:
+    def preprocess(self, image: PILImage.Image | str | Path, whole: bool = False) -> torch.Tensor:
         """A PIL image (or an image file) as the model's ``(C, H, W)`` input, on the run's device.
 
         Resized and centre-cropped to the run's input size, converted to its
         channels and mapped to ``[-1, 1]``, as the dataset does for its test
-        split (see :func:`preprocess_image`). Add the batch axis with ``[None]``.
+        split (see :func:`preprocess_image`); ``whole`` keeps its size, for a
+        model with ``any_image_size``. Add the batch axis with ``[None]``.
         """
         if isinstance(image, (str, Path)):
             image = read_image(image)
-        return preprocess_image(image, self.input_shape).to(self.device)
+        return preprocess_image(image, self.input_shape, whole).to(self.device)
 
     def predict(self, inputs: torch.Tensor) -> torch.Tensor:
         """Run a batch through the model in eval mode without gradients.

@@ -42,6 +42,8 @@ class Recipe(nn.Module):
     # True once training_step is known to run the same device work every step: no host syncs,
     # no Python-side state a CUDA graph would freeze (--cuda-graph and --fast capture only then)
     capturable: ClassVar[bool] = False
+    # True for a fully convolutional image-to-image model: zoo predict restores whole images at their own size
+    any_image_size: ClassVar[bool] = False
 
     @classmethod
     def adapt_to_data(cls, shape: tuple[int, int, int], num_classes: int | None,
