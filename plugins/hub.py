@@ -34,7 +34,10 @@ def read_state_dict(path: str) -> dict[str, Any]:
         raise TypeError(f"it holds {type(state).__name__}, not a dict of tensors")
     wrong = next((k for k, v in state.items() if not isinstance(k, str) or not torch.is_tensor(v)), None)
     if wrong is not None:
-        raise TypeError(f"entry {wrong!r} holds {type(state[wrong]).__name__}, not a tensor")
+        held = state[wrong]
+        if isinstance(held, dict) and held and all(torch.is_tensor(v) for v in held.values()):
+            raise TypeError(f"it is a training checkpoint: save its {wrong!r} entry, a dict of tensors, on its own")
+        raise TypeError(f"entry {wrong!r} holds {type(held).__name__}, not a tensor")
     return state
 
 

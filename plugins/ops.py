@@ -55,8 +55,11 @@ def _standard_noise(image: torch.Tensor,
     if generator is None or isinstance(generator, torch.Generator):
         source = generator.device if generator is not None else image.device
         return torch.randn(image.shape, generator=generator, dtype=image.dtype, device=source).to(image.device)
-    drawn = [torch.randn(image.shape[1:], generator=g, dtype=image.dtype, device=g.device) for g in generator]
-    return torch.stack(drawn).to(image.device)
+    noise = torch.stack([torch.randn(image.shape[1:], generator=g, dtype=image.dtype, device=g.device)
+                         for g in generator])
+    if image.device.type == "cuda" and noise.device.type == "cpu":  # pinned: the copy does not stall the host
+        return noise.pin_memory().to(image.device, non_blocking=True)
+    return noise.to(image.device)
 
 
 def degrade(image: torch.Tensor, kind: str,

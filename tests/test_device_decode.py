@@ -98,7 +98,7 @@ def test_only_jpeg_files_come_as_bytes(tmp_path):
 
 
 @pytest.mark.parametrize("task, degrade", [("image_to_image", "noise"), ("image_to_image", "downscale"),
-                                           ("classification", "noise")])
+                                           ("image_to_image", "blur"), ("classification", "noise")])
 @pytest.mark.parametrize("split", ["train", "test"])  # test: no flips, noise fixed per image
 def test_batches_from_png_files_equal_the_usual_loader_exactly(tmp_path, task, degrade, split):
     write_jpeg_folder(tmp_path / "data", png_every=1, test_count=10)  # all PNG: decoded in the worker as usual

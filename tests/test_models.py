@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from plugins.losses import CrossEntropyLoss, L1Loss, MSELoss, PerceptualLoss
 from plugins.models.dcgan import DCGAN
 from plugins.models.mnist_net import MnistNet
 from plugins.models.resnet_i2i import ResnetI2I, batch_psnr
+from zoo.options import Range
 
 BATCH = 4
 
@@ -393,6 +395,29 @@ def test_option_ranges_apply_to_typed_values_and_show_in_info(zoo_cli):
     assert code == 0
     assert any(line.split() == ["dropout", "float", "in", "[0,", "1]", "default", "0.5"]
                for line in out.splitlines()), out
+
+
+class _MarkedOptions:
+    """A third-party factory whose hints nest Annotated: marks other than Range, and Range under ``| None``."""
+
+    def __init__(self, plain: Annotated[int, "a note"] = 1, maybe: Annotated[int, Range(1)] | None = None,
+                 sizes: list[Annotated[int, "a note"]] | None = None) -> None:
+        pass
+
+
+def test_nested_annotated_hints_convert_and_keep_their_range():
+    from zoo.errors import UsageError
+    from zoo.options import option_specs, parse_options
+
+    assert parse_options("model 'x'", _MarkedOptions, {"plain": "3", "maybe": "2", "sizes": "1,2"}) == {
+        "plain": 3, "maybe": 2, "sizes": [1, 2]}
+    assert parse_options("model 'x'", _MarkedOptions, {"maybe": "none"}) == {"maybe": None}
+    with pytest.raises(UsageError, match=r"option maybe must be at least 1, got 0\."):
+        parse_options("model 'x'", _MarkedOptions, {"maybe": "0"})
+    types = {spec.name: spec.type_name for spec in option_specs(_MarkedOptions)}
+    assert types["plain"] == "int" and types["maybe"].endswith(">= 1") and "Annotated" not in types["sizes"]
+    with pytest.raises(ValueError, match="low or a high bound"):
+        Range()
 
 
 def test_resnet_i2i_runs_at_the_smallest_sizes_its_ranges_allow():

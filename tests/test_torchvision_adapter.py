@@ -186,7 +186,9 @@ def _write_safetensors(path: Path) -> None:
     ("empty.pth", b"", r"\(the file is empty\)"),
     ("tensor.pth", torch.zeros(2), r"\(TypeError: it holds Tensor, not a dict of tensors\)"),
     ("checkpoint.pth", {"epoch": 1}, r"\(TypeError: entry 'epoch' holds int, not a tensor\)"),
-], ids=["pickle-like", "random-bytes", "empty", "tensor", "checkpoint"])
+    ("wrapped.pth", {"model": {"fc.weight": torch.zeros(2)}, "epoch": 3},
+     r"\(TypeError: it is a training checkpoint: save its 'model' entry, a dict of tensors, on its own\)"),
+], ids=["pickle-like", "random-bytes", "empty", "tensor", "checkpoint", "wrapped"])
 def test_unreadable_pth_weights_are_one_line_run_errors(tmp_path, name, content, reason):
     from plugins import hub
     from zoo.errors import RunError

@@ -57,6 +57,12 @@ def test_relative_data_is_kept_absolute_and_moved_data_can_be_named_again(zoo_cl
     assert saved_config(run)["config"]["data"] == str(tmp_path / "moved")
     assert checkpoint.list_steps(run)[-1][0] == 4
 
+    shutil.move(tmp_path / "moved", tmp_path / "again")  # a complete run keeps only the new place
+    code, _, err = zoo_cli("train", "--resume", str(run), "--data", "../again", "--max-steps", "4")
+    assert code == 0 and "already complete" in err, err
+    assert saved_config(run)["config"]["data"] == str(tmp_path / "again")
+    assert zoo_cli("test", "--run", str(run))[0] == 0
+
 
 def test_a_resume_with_nothing_to_do_leaves_the_config_as_it_was(zoo_cli, tmp_path):
     run = tmp_path / "run"

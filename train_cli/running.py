@@ -84,6 +84,7 @@ def train_command(ctx, resume: str | None, overwrite: bool, config_file: str | N
         given[table] = split_assignments(given[table], "--" + table.replace("_", "-"))
     given["hook_opt"] = split_hook_assignments(given["hook_opt"])
     nproc = given.pop("nproc_per_node")
+    moved_from = None  # the saved --data of a resumed run whose data has moved
     if resume:
         if overwrite:
             raise UsageError("--overwrite starts a run over and --resume goes on with it; drop one of them.")
@@ -92,8 +93,7 @@ def train_command(ctx, resume: str | None, overwrite: bool, config_file: str | N
         saved = read_config(Path(resume))
         config = resume_config(saved.get("config", {}), given)
         if config.data != absolute_data(saved.get("config", {}).get("data")):
-            click.echo(f"zoo: the run's data {saved['config']['data']} is gone; reading {config.data} instead.",
-                       err=True)
+            moved_from = saved["config"]["data"]
         run_dir = Path(resume)
     else:
         file_values = load_toml(config_file) if config_file else {}
@@ -107,6 +107,8 @@ def train_command(ctx, resume: str | None, overwrite: bool, config_file: str | N
     from zoo.engine.distributed import broadcast_object, launched_by_torchrun, teardown  # imports torch
     from zoo.engine.distributed import setup as distributed_setup
 
+    if moved_from is not None and not launched_by_torchrun():  # said once: by the launcher or the lone process
+        click.echo(f"zoo: the run's data {moved_from} is gone; reading {config.data} instead.", err=True)
     if nproc is not None and not launched_by_torchrun():
         _launch(nproc, run_dir, given_run_dir=bool(resume or config.run_dir))
         return
@@ -183,7 +185,8 @@ def _launch(nproc: int, run_dir: Path, given_run_dir: bool) -> None:
                f"--nproc-per-node={nproc}", "-m", "train_cli", *argv]
     env = dict(os.environ)
     # torchrun sets 1 thread per process and prints a banner saying so; share the cores instead, quietly
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, cores // nproc)))
     process = subprocess.Popen(command, env=env)
     received: list[int] = []
 

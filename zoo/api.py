@@ -318,7 +318,7 @@ def _load_weights(recipe: Any, folder: Path, model_name: str, run_dir: Path) -> 
     try:
         weights = ckpt.load_weights(folder)
     except ckpt.CheckpointError as exc:
-        others = [(number, path) for number, path in ckpt.list_steps(run_dir) if path != folder]
+        others = [(number, path) for number, path in ckpt.list_steps(run_dir) if path.resolve() != folder.resolve()]
         if not others:
             raise
         raise ckpt.CheckpointError(f"{str(exc).rstrip('.')}; pick another checkpoint with --step N "
@@ -327,7 +327,8 @@ def _load_weights(recipe: Any, folder: Path, model_name: str, run_dir: Path) -> 
 
 
 def load_run(run_dir: str | Path, step: int | None = None, device: str | Any = "cpu", *,
-             checkpoint: str | Path | None = None, registry: Registry | None = None) -> LoadedRun:
+             checkpoint: str | Path | None = None, registry: Registry | None = None,
+             data: str | None = None) -> LoadedRun:
     """Load a run made by ``zoo train``: its model with trained weights, in eval mode, on ``device``.
 
     ``step`` picks ``checkpoints/step-<step>`` (default: the newest);
@@ -335,7 +336,8 @@ def load_run(run_dir: str | Path, step: int | None = None, device: str | Any = "
     ``auto``, ``cuda``, ``cuda:N``, ``mps`` or a ``torch.device``. The model is
     rebuilt from the options saved in ``config.json`` (no data is read); a
     missing run, a run without checkpoints or an unknown step is a one-line
-    :class:`zoo.UsageError`.
+    :class:`zoo.UsageError`. ``data`` replaces the run's ``--data`` for its
+    ``test_set`` (data that has moved).
     """
     import torch
 
@@ -349,6 +351,8 @@ def load_run(run_dir: str | Path, step: int | None = None, device: str | Any = "
     if not isinstance(saved.get("config"), dict) or not saved["config"].get("model"):
         raise UsageError(f"{run_dir}/config.json names no model; pass a folder made by 'zoo train'.")
     config = TrainConfig.from_dict(saved["config"], f"{run_dir}/config.json")
+    if data is not None:
+        config.data = data
     folder = choose_checkpoint(run_dir, step, checkpoint)
     torch_device = device if isinstance(device, torch.device) else resolve_device(str(device))
     registry = registry or get_registry()

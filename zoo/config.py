@@ -166,7 +166,7 @@ def merge(file_values: dict[str, Any], cli_values: dict[str, Any]) -> dict[str, 
 def data_present(data: str) -> bool:
     """Whether ``--data`` names something on disk: a file or folder, or a glob pattern with matches."""
     path = os.path.expanduser(data)
-    return os.path.exists(path) or (glob.has_magic(path) and bool(glob.glob(path, recursive=True)))
+    return os.path.exists(path) or (glob.has_magic(path) and next(glob.iglob(path, recursive=True), None) is not None)
 
 
 def absolute_data(data: str | None) -> str | None:

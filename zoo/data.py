@@ -31,7 +31,8 @@ class ZooDataset(Dataset):
     """Base class of zoo datasets; subclasses set the attributes below."""
 
     tasks: ClassVar[tuple[str, ...]] = ("generation", "classification")
-    needs_data: ClassVar[bool] = True
+    needs_data: ClassVar[bool] = True  # --data is required
+    reads_data: ClassVar[bool] = True  # False: --data means nothing to it (a run that gives one is told so)
     data_help: ClassVar[str] = "a folder"
 
     image_shape: tuple[int, int, int]

@@ -28,6 +28,12 @@ class Range:
     low: float | None = None
     high: float | None = None
 
+    def __post_init__(self) -> None:
+        if self.low is None and self.high is None:
+            raise ValueError("Range needs a low or a high bound")
+        if self.low is not None and self.high is not None and self.low > self.high:
+            raise ValueError(f"Range low {self.low} is above high {self.high}")
+
     def __str__(self) -> str:
         if self.low is not None and self.high is not None:
             return f"in [{self.low}, {self.high}]"
@@ -80,27 +86,43 @@ def _callable_of(factory: Callable[..., Any]) -> Callable[..., Any]:
 def option_specs(factory: Callable[..., Any], exclude: Iterable[str] = ()) -> list[OptionSpec]:
     """The keyword options a class or function takes, minus ``exclude``."""
     target = _callable_of(factory)
-    try:
-        hints = typing.get_type_hints(target, include_extras=True)
+    try:  # the types (typing strips Annotated at every depth), and the hints with their Range marks
+        hints, marked = typing.get_type_hints(target), typing.get_type_hints(target, include_extras=True)
     except Exception:  # unresolvable annotations: fall back to defaults' types
-        hints = {}
+        hints, marked = {}, {}
     skip = set(exclude) | {"self"}
     specs = []
     for param in inspect.signature(target).parameters.values():
         if param.name in skip or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
-        annotation = hints.get(param.name, param.annotation)
+        annotation = marked.get(param.name, param.annotation)
         if isinstance(annotation, str):  # one unresolvable hint spoils get_type_hints: resolve this one alone
             try:
                 annotation = eval(annotation, getattr(target, "__globals__", {}))  # noqa: S307 - plugin code
             except Exception:
                 annotation = _MISSING  # fall back to the default's type
-        bounds = None
-        if typing.get_origin(annotation) is typing.Annotated:
-            bounds = next((m for m in annotation.__metadata__ if isinstance(m, Range)), None)
-            annotation = typing.get_args(annotation)[0]
+        bounds = _range_of(annotation)
+        annotation = hints.get(param.name, _without_annotated(annotation))
         specs.append(OptionSpec(param.name, annotation, param.default, bounds))
     return specs
+
+
+def _range_of(annotation: Any) -> Range | None:
+    """The Range marking an option's number: on the hint itself or on the non-None member of ``X | None``."""
+    candidates = [annotation]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        candidates += [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+    for candidate in candidates:
+        if typing.get_origin(candidate) is typing.Annotated:
+            found = next((mark for mark in candidate.__metadata__ if isinstance(mark, Range)), None)
+            if found is not None:
+                return found
+    return None
+
+
+def _without_annotated(annotation: Any) -> Any:
+    """``Annotated[T, ...]`` as ``T`` (the top level: deeper ones are rare where typing could not resolve)."""
+    return typing.get_args(annotation)[0] if typing.get_origin(annotation) is typing.Annotated else annotation
 
 
 def _convert(text: str, annotation: Any, default: Any) -> Any:

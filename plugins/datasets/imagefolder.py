@@ -55,6 +55,11 @@ def _scan(split_dir: str, empty_allowed: bool = False) -> dict[str, list[str]]:
     return classes
 
 
+def _test_noise(index: int) -> torch.Generator:
+    """The generator of a test image's degradation: fixed per image, so evaluations compare."""
+    return torch.Generator().manual_seed(index)
+
+
 class ImageFolderDataset(ZooDataset):
     """Images sorted into one folder per class; the test split is ROOT/test or every 10th train file."""
 
@@ -155,8 +160,8 @@ class ImageFolderDataset(ZooDataset):
             flips = ops.host_values_to([torch.rand((), generator=g).item() < 0.5 for g in generators], clean.device)
             clean = torch.where(flips[:, None, None, None], clean.flip(-1), clean)
         if self.task == "image_to_image":
-            if self.split == "test":  # fixed noise per image, as in finish
-                generators = [torch.Generator().manual_seed(index) for index in indices]
+            if self.split == "test":
+                generators = [_test_noise(index) for index in indices]
             return [ops.degrade(clean, self.degrade, generator=generators), clean]
         return [clean, ops.host_values_to([self.files[index][1] for index in indices], clean.device)]
 
@@ -167,6 +172,6 @@ class ImageFolderDataset(ZooDataset):
         if self.split == "train" and torch.rand((), generator=item_rng()).item() < 0.5:
             clean = TF.hflip(clean)
         if self.task == "image_to_image":
-            generator = torch.Generator().manual_seed(index) if self.split == "test" else item_rng()
+            generator = _test_noise(index) if self.split == "test" else item_rng()
             return ops.degrade(clean, self.degrade, generator=generator), clean
         return clean, label

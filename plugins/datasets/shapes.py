@@ -55,7 +55,7 @@ class ShapesDataset(ZooDataset):
     """Procedural circles, squares, triangles and crosses: the default dataset, no files needed."""
 
     tasks = ("generation", "classification", "image_to_image")
-    needs_data = False
+    needs_data = reads_data = False
     data_help = "nothing (the shapes are drawn on the fly)"
 
     def __init__(self, split: str, *, task: str, data: str | None = None,

@@ -6,7 +6,7 @@ where only ``decode`` can read it) and ``decode_batch(encoded, device)`` (those 
 decoded on ``device`` to uint8 ``(N, C, H, W)``, the geometry ``decode`` gives), and
 names that decoding in ``device_decode_method`` (it keys a decoded cache the device fills).
 An optional ``finish_batch(decoded, indices, generators)`` finishes a whole batch at
-once with the items' generators, returning the collated batch.
+once with the items' generators, returning the collated batch (or ``None``: per item).
 
 Each item is then finished (range, random flip, degradation) on the device, in the
 main process, with the same per-item generator as in a worker, so augmentation and
@@ -231,8 +231,10 @@ class DeviceDecoder:
         """The dataset's ``finish_batch`` where it has one (one pass over the batch), else ``finish`` per item."""
         finish_batch = getattr(self.dataset, "finish_batch", None)
         if finish_batch is not None:
-            return finish_batch(torch.stack([image for _, image in kept]), [index for (index, _), _ in kept],
-                                [item_generator(seed) for (_, seed), _ in kept])
+            batch = finish_batch(torch.stack([image for _, image in kept]), [index for (index, _), _ in kept],
+                                 [item_generator(seed) for (_, seed), _ in kept])
+            if batch is not None:  # None: this dataset finishes such batches per item
+                return batch
         finished = []
         for (index, seed), image in kept:
             with seeded_item(seed):

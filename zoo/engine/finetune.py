@@ -43,7 +43,7 @@ def source_model(source: str) -> str | None:
     """The model named in the config.json of the run that ``source`` (a checkpoint folder) belongs to."""
     path = Path(source)
     for folder in ([path] if path.is_dir() else []) + list(path.parents)[:3]:
-        if (folder / "config.json").is_file():
+        if (folder / "config.json").is_file() and (folder / "checkpoints").is_dir():  # a run folder
             try:
                 model = json.loads((folder / "config.json").read_text())["config"]["model"]
             except (OSError, ValueError, KeyError, TypeError):

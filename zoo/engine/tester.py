@@ -28,10 +28,8 @@ def evaluate_run(registry: Registry, run_dir: Path, *, step: int | None = None, 
     ``data`` reads the test split from there instead of the run's ``--data`` (data that moved).
     """
     run_dir = Path(run_dir)
-    run = load_run(run_dir, step, device=device, checkpoint=chosen or None, registry=registry)
+    run = load_run(run_dir, step, device=device, checkpoint=chosen or None, registry=registry, data=data)
     config, folder, recipe, torch_device = run.config, run.checkpoint, run.recipe, run.device
-    if data is not None:
-        config.data = data
     loss_fn = run.build_loss()
     loader, _ = make_loader(run.test_set, batch_size or config.batch_size, config.seed, workers,
                             shuffle=False, drop_last=False, pin_memory=torch_device.type == "cuda")

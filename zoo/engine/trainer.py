@@ -138,8 +138,11 @@ class Trainer:
             self._resume()
         self.step_graph = self._make_step_graph()
         self._compiled_step_ran = False
-        if self.dist.is_main and not (resume and self._complete()):  # a resume with nothing to do changes nothing
-            self._write_config(command_line or [], resume)
+        if self.dist.is_main:
+            if resume and self._complete():  # a resume with nothing to do changes nothing but where data moved
+                self._record_moved_data()
+            else:
+                self._write_config(command_line or [], resume)
 
     # ----------------------------------------------------------------- setup
     def _make_step_graph(self) -> graphed.StepGraph | None:
@@ -161,7 +164,7 @@ class Trainer:
         parts = build.build_parts(self.registry, config)
         self.plan, self.recipe, self.model_options = parts.plan, parts.recipe, parts.model_options
         self.train_set, self.test_set = parts.train_set, parts.test_set
-        if config.data and not getattr(self.train_set, "needs_data", True) and self.dist.is_main:
+        if config.data and not getattr(self.train_set, "reads_data", True) and self.dist.is_main:
             _echo(f"zoo: dataset '{self.plan.dataset.name}' does not read --data {config.data}; to train on "
                   f"those files pick a dataset that reads them, e.g. --dataset imagefolder ('zoo list datasets').")
         decoding_on_device = self._decoding_on_device()
@@ -244,36 +247,45 @@ class Trainer:
             _echo(f"zoo: no trainable parameter left for optimizer {', '.join(idle)}; its loss is logged, "
                   f"not stepped.")
 
+    def _limits(self) -> list[tuple[str, int, int]]:
+        """The options that end the run: (option, its value, the step it ends the run at)."""
+        limits = []
+        if self.config.max_steps is not None:
+            limits.append(("max-steps", self.config.max_steps, self.config.max_steps))
+        if self.config.epochs is not None or self.config.max_steps is None:
+            epochs = self.config.epochs or DEFAULT_EPOCHS
+            limits.append(("epochs", epochs, epochs * self.steps_per_epoch))
+        return limits
+
     @property
     def total_steps(self) -> int:
         """The step at which the run ends: --max-steps or --epochs, whichever comes first."""
-        limits = []
-        if self.config.max_steps is not None:
-            limits.append(self.config.max_steps)
-        if self.config.epochs is not None or self.config.max_steps is None:
-            limits.append((self.config.epochs or DEFAULT_EPOCHS) * self.steps_per_epoch)
-        return min(limits)
+        return self._ending_limit()[2]
 
-    def _ending_limit(self) -> str:
-        """The option whose value ends the run, as a flag and value (``--max-steps 300``)."""
-        epochs = self.config.epochs or DEFAULT_EPOCHS
-        if self.config.max_steps is not None and \
-                (self.config.epochs is None or self.config.max_steps <= epochs * self.steps_per_epoch):
-            return f"--max-steps {self.config.max_steps}"
-        return f"--epochs {epochs}"
+    def _ending_limit(self) -> tuple[str, int, int]:
+        """The limit that ends the run (--max-steps where both end it at the same step)."""
+        return min(self._limits(), key=lambda limit: limit[2])
 
     def _how_to_extend(self) -> str:
         """What to pass with --resume to go on, naming the limit that ends the run."""
-        if self._ending_limit().startswith("--max-steps"):
+        option, value, ends_at = self._ending_limit()
+        if option == "max-steps":
             return f"extend it with --max-steps beyond {self.step}."
-        epochs = self.config.epochs or DEFAULT_EPOCHS
-        enough = max(epochs, self.step // self.steps_per_epoch) + 1
-        return (f"its --epochs {epochs} ends it at step {epochs * self.steps_per_epoch}; "
-                f"extend it with --epochs {enough} or more.")
+        enough = max(value, self.step // self.steps_per_epoch) + 1
+        return f"its --epochs {value} ends it at step {ends_at}; extend it with --epochs {enough} or more."
 
     def _complete(self) -> bool:
         """Whether the run has reached its length, saved, with nothing owed: a resume has nothing to do."""
         return self._last_save_step == self.step and self.step >= self.total_steps and not self._eval_owed
+
+    def _record_moved_data(self) -> None:
+        """Keep a new --data (the saved one is gone) in config.json, so zoo test finds the data."""
+        import json
+        path = self.run_dir / "config.json"
+        document = json.loads(path.read_text())
+        if document.get("config", {}).get("data") != self.config.data:
+            document["config"]["data"] = self.config.data
+            write_json(path, document)
 
     def _write_config(self, command_line: list[str], resumed: bool) -> None:
         path = self.run_dir / "config.json"
@@ -479,7 +491,8 @@ class Trainer:
                 _echo(line)
         if self.context.stop_reason:
             _echo(f"zoo: stopped early at step {self.step}: {self.context.stop_reason}")
-        reached = f" ({self._ending_limit()} reached)" if self.step >= self.total_steps else ""
+        option, value, _ = self._ending_limit()
+        reached = f" (--{option} {value} reached)" if self.step >= self.total_steps else ""
         _echo(f"zoo: done at step {self.step}{reached}; checkpoint {saved}")
         return TrainResult(self.run_dir, self.step, self.epoch, saved, self.last_eval)
 

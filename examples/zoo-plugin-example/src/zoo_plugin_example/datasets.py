@@ -26,8 +26,8 @@ class StripesDataset(ZooDataset):
     """
 
     tasks = ("image_to_image", "classification")
-    needs_data = False
-    data_help = "nothing (the stripes are drawn on the fly; --data is ignored)"
+    needs_data = reads_data = False
+    data_help = "nothing (the stripes are drawn on the fly)"
 
     def __init__(self, split: str, *, task: str, data: str | None = None,
                  image_size: int | None = None, channels: int | None = None,
