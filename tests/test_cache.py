@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -176,7 +177,9 @@ def test_the_first_epoch_fills_the_cache_and_training_matches_uncached(zoo_cli, 
     code, _, err = zoo_cli(*common, "--cache-decoded", "--run-dir", str(tmp_path / "cached"))
     assert code == 0, err
     files = sorted(path.name for path in (tmp_path / "cache").iterdir() if not path.name.endswith(".lock"))
-    assert len(files) == 2 and all(name.endswith(".u8") for name in files)  # train and test, both filled
+    images = [name for name in files if name.endswith(".u8")]  # train and test, both filled, each with its record
+    assert len(images) == 2 and files == sorted(images + [name + ".bad.json" for name in images])
+    assert all(json.loads((tmp_path / "cache" / (name + ".bad.json")).read_text()) == {} for name in images)
     assert decodes["count"] == 24 + 4  # each image decoded once: the second epoch read the cache
     a = checkpoint.load_weights(checkpoint.list_steps(tmp_path / "plain")[-1][1])
     b = checkpoint.load_weights(checkpoint.list_steps(tmp_path / "cached")[-1][1])
@@ -247,13 +250,17 @@ def test_a_cache_file_cut_short_during_a_run_is_named(tmp_path):
         cached.stored(0)
 
 
-@pytest.mark.parametrize("record", ['{"1": "sample 1: cut', '["sample 1"]', '{"99": "sample 99: unreadable"}'])
+@pytest.mark.parametrize("record", ['{"1": "sample 1: cut', '["sample 1"]', '{"99": "sample 99: unreadable"}',
+                                    None])  # None: the record deleted
 def test_a_damaged_record_of_unreadable_files_rebuilds_the_cache(tmp_path, capsys, record):
     dataset, broken = folder_with_a_broken_file(tmp_path, 4)
     built = DecodedCache(dataset, tmp_path / "cache")
     whole, bad = built.path.read_bytes(), built.bad
     assert built.bad_path.exists() and list(bad) == [[path for path, _ in dataset.files].index(str(broken))]
-    built.bad_path.write_text(record)
+    if record is None:
+        built.bad_path.unlink()
+    else:
+        built.bad_path.write_text(record)
     capsys.readouterr()
     again = DecodedCache(dataset, tmp_path / "cache")
     err = capsys.readouterr().err

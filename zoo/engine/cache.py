@@ -14,7 +14,7 @@ left out and publishes the file. So the first epoch costs one decode per
 image, as without a cache, and a run stopped half-way keeps what it decoded.
 
 A published file is checked when opened: its size against its shape, its record of
-unreadable items (``<file>.bad.json``) against its length. One that does not match
+unreadable items (``<file>.bad.json``, written by every build) against its length. One that does not match
 (cut short by a full disk, say) is named in one line, removed, and rebuilt.
 """
 
@@ -128,9 +128,8 @@ class DecodedCache(Dataset):
         size_problem = _size_problem(self.path, math.prod(self.shape))
         if size_problem:
             return size_problem
-        if not self.bad_path.exists():
-            self.bad = {}
-            return None
+        if not self.bad_path.exists():  # every build writes one, {} when all files were read
+            return f"its record of unreadable files {self.bad_path.name} is missing"
         try:
             record = json.loads(self.bad_path.read_text())
             bad = {int(k): v for k, v in record.items()}
@@ -239,15 +238,13 @@ class DecodedCache(Dataset):
                     progress.update(len(done) + len(failed))
             array.flush()
             del array
-            if bad:  # whole or not at all: a record cut short would make the cache look damaged
-                bad_tmp = self.bad_path.with_name(f".{self.bad_path.name}.{os.getpid()}")
-                try:
-                    bad_tmp.write_text(json.dumps(bad))
-                    os.replace(bad_tmp, self.bad_path)
-                finally:
-                    bad_tmp.unlink(missing_ok=True)
-            else:
-                self.bad_path.unlink(missing_ok=True)  # left by an earlier build of these same files
+            # always written, {} for none, whole or not at all: a missing or cut short record shows damage
+            bad_tmp = self.bad_path.with_name(f".{self.bad_path.name}.{os.getpid()}")
+            try:
+                bad_tmp.write_text(json.dumps(bad))
+                os.replace(bad_tmp, self.bad_path)
+            finally:
+                bad_tmp.unlink(missing_ok=True)
             os.replace(tmp, self.path)
         except BaseException as exc:
             if not keep_on_failure:  # a partial file keeps what it has for the next run
