@@ -379,10 +379,23 @@ CLASHING_L1 = """
 """
 
 
+ANOTHER_RESTORER = """
+    from zoo import hookimpl
+
+    @hookimpl
+    def zoo_register(registry):
+        registry.model("restorer", "plugins.models.resnet_i2i:ResnetI2I", "builtin's net, default loss l1")
+"""
+
+
 def test_a_models_default_loss_comes_from_its_own_plugin_despite_a_clash(make_plugin, discover_with):
     from zoo import build
 
+    make_plugin("restorers", ANOTHER_RESTORER)
     registry = discover_with(make_plugin("clash", CLASHING_L1))
+    with pytest.raises(UsageError, match=r"^model 'restorer' trains with loss 'l1' by default, which several plugins "
+                                         r"offer; pass --loss with one of: builtin:l1, clash:l1\.$"):
+        build.plan_run(registry, "restorer", None, None, [], [])  # its own plugin offers no l1
     plan = build.plan_run(registry, "resnet_i2i", None, None, [], [])  # default loss l1: builtin's
     assert plan.loss.qualified_name == "builtin:l1"
     with pytest.raises(UsageError, match="offered by several plugins; pick one of"):

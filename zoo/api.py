@@ -321,8 +321,8 @@ def _load_weights(recipe: Any, folder: Path, model_name: str, run_dir: Path) -> 
         others = [(number, path) for number, path in ckpt.list_steps(run_dir) if path.resolve() != folder.resolve()]
         if not others:
             raise
-        raise ckpt.CheckpointError(f"{str(exc).rstrip('.')}; pick another checkpoint with --step N "
-                                   f"(steps {_steps_text(others)}).") from None
+        raise ckpt.CheckpointError(exc.folder, exc.reason, exc.damaged,
+                                   hint=f"pick another checkpoint with --step N (steps {_steps_text(others)})") from None
     ckpt.load_into(recipe, weights, folder, model_name, "the run's config.json may have been changed")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from zoo.errors import PluginError, UsageError
+from zoo.errors import AmbiguousNameError, PluginError, UsageError
 from zoo.options import parse_options
 from zoo.registry import Entry, Registry
 
@@ -60,9 +60,9 @@ def _default_loss_entry(registry: Registry, model_entry: Entry, name: str) -> En
         return own[0]
     try:
         return registry.resolve("loss", name)
-    except UsageError as exc:
-        raise UsageError(f"model '{model_entry.name}' trains with loss '{name}' by default: {exc}".replace(
-            "pick one of", "pass --loss with one of")) from None
+    except AmbiguousNameError as exc:
+        raise UsageError(f"model '{model_entry.name}' trains with loss '{name}' by default, which several plugins "
+                         f"offer; pass --loss with one of: {', '.join(exc.spellings)}.") from None
 
 
 def plan_run(registry: Registry, model: str, loss: str | None, dataset: str | None,

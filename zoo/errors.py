@@ -16,6 +16,14 @@ class UsageError(ZooError):
     exit_code = 2
 
 
+class AmbiguousNameError(UsageError):
+    """A bare name that several plugins offer; ``spellings`` are the ``plugin:name`` choices."""
+
+    def __init__(self, kind: str, name: str, spellings: list[str]) -> None:
+        super().__init__(f"{kind} name '{name}' is offered by several plugins; pick one of: {', '.join(spellings)}.")
+        self.spellings = spellings
+
+
 class RunError(ZooError):
     """A failure while running: bad data, a non-finite loss, a full disk (exit code 1)."""
 

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Iterator
 import pluggy
 
 from zoo import hookspecs
-from zoo.errors import PluginError, UsageError, first_line
+from zoo.errors import AmbiguousNameError, PluginError, UsageError, first_line
 
 ENTRY_POINT_GROUP = "zoo"
 KINDS = ("model", "loss", "dataset", "hook")
@@ -176,8 +176,7 @@ class Registry:
         if len(candidates) == 1:
             return candidates[0]
         if len(candidates) > 1:
-            spellings = ", ".join(e.qualified_name for e in candidates)
-            raise UsageError(f"{kind} name '{name}' is offered by several plugins; pick one of: {spellings}.")
+            raise AmbiguousNameError(kind, name, [e.qualified_name for e in candidates])
         raise UsageError(self._unknown_message(kind, name))
 
     def _unknown_message(self, kind: str, name: str) -> str:

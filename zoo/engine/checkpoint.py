@@ -30,7 +30,12 @@ _PAIRS = "__pairs__"
 
 
 class CheckpointError(RunError):
-    """A checkpoint folder is missing a file or holds a damaged one."""
+    """A checkpoint folder is missing a file or holds a damaged one; ``reason`` says what, without the folder."""
+
+    def __init__(self, folder: Path | str, reason: str, damaged: bool = False, hint: str = "") -> None:
+        body = f"is damaged ({reason})" if damaged else reason
+        super().__init__(f"checkpoint {folder} {body}{'; ' + hint if hint else ''}.")
+        self.folder, self.reason, self.damaged = Path(folder), reason, damaged
 
 
 def flatten(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
@@ -151,16 +156,15 @@ def load(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         doc = json.loads((folder / "state.json").read_text())
     except FileNotFoundError as exc:
         missing = Path(exc.filename).name if exc.filename else "a file"
-        raise CheckpointError(f"checkpoint {folder} is missing {missing}.") from None
+        raise CheckpointError(folder, f"is missing {missing}") from None
     except Exception as exc:  # safetensors and json raise several kinds on damaged files
-        raise CheckpointError(f"checkpoint {folder} is damaged ({type(exc).__name__}: {exc}).") from None
+        raise CheckpointError(folder, f"{type(exc).__name__}: {exc}", damaged=True) from None
     if doc.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {folder} has format {doc.get('format_version')}, "
-                              f"this zoo reads {FORMAT_VERSION}.")
+        raise CheckpointError(folder, f"has format {doc.get('format_version')}, this zoo reads {FORMAT_VERSION}")
     try:
         state = unflatten(doc["state"], tensors)
     except KeyError as exc:
-        raise CheckpointError(f"checkpoint {folder} is damaged (missing tensor {exc}).") from None
+        raise CheckpointError(folder, f"missing tensor {exc}", damaged=True) from None
     return model_state, state
 
 
@@ -169,9 +173,9 @@ def load_weights(folder: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(Path(folder) / "model.safetensors"))
     except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {folder} has no model.safetensors.") from None
+        raise CheckpointError(folder, "has no model.safetensors") from None
     except Exception as exc:
-        raise CheckpointError(f"checkpoint {folder} is damaged ({type(exc).__name__}: {exc}).") from None
+        raise CheckpointError(folder, f"{type(exc).__name__}: {exc}", damaged=True) from None
 
 
 def load_into(model: torch.nn.Module, weights: dict[str, torch.Tensor], folder: Path, model_name: str,

@@ -390,12 +390,9 @@ class Trainer:
                 model_state, state = checkpoint.load(folder)
                 missing = sorted(STATE_KEYS - set(state))
                 if missing:
-                    raise checkpoint.CheckpointError(f"checkpoint {folder} lacks {', '.join(missing)}.")
+                    raise checkpoint.CheckpointError(folder, f"lacks {', '.join(missing)}")
             except checkpoint.CheckpointError as exc:
-                reason = str(exc).split(folder.name, 1)[-1].strip(" .:")
-                if reason.startswith("is damaged (") and reason.endswith(")"):
-                    reason = reason[len("is damaged ("):-1]
-                damaged.append((folder, reason))
+                damaged.append((folder, exc.reason))
                 continue
             for bad, reason in damaged:
                 aside = bad.with_name(f"damaged-{bad.name}")
