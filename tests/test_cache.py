@@ -305,3 +305,29 @@ def test_training_on_a_cut_short_cache_rebuilds_it_and_matches_uncached(zoo_cli,
     a = checkpoint.load_weights(checkpoint.list_steps(tmp_path / "plain")[-1][1])
     b = checkpoint.load_weights(checkpoint.list_steps(tmp_path / "again")[-1][1])
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_decode_that_raises_os_error_is_a_bad_file_not_a_cache_write_failure(tmp_path, monkeypatch):
+    write_folder(tmp_path / "data", count=6)
+    dataset = ImageFolderDataset("train", task="classification", data=str(tmp_path / "data"), image_size=32)
+    original = ImageFolderDataset.decode
+
+    def decode(self, index):
+        if index == 2:
+            raise OSError(f"cannot identify image file {self.files[index][0]!r}")  # as PIL says it
+        return original(self, index)
+
+    monkeypatch.setattr(ImageFolderDataset, "decode", decode)
+    built = DecodedCache(dataset, tmp_path / "cache")
+    assert built.complete and list(built.bad) == [2]
+    assert "OSError: cannot identify image file" in built.bad[2]
+    with pytest.raises(RunError, match="cannot identify image file"):
+        built[2]
+    assert torch.equal(built.stored(1), original(dataset, 1))
+
+
+def test_a_new_version_of_the_datasets_plugin_keys_new_caches(tmp_path):
+    dataset = small_split(tmp_path)
+    first = DecodedCache(dataset, tmp_path / "cache", origin="acme:photos@1.0")
+    assert DecodedCache(dataset, tmp_path / "cache", origin="acme:photos@1.0").path == first.path
+    assert DecodedCache(dataset, tmp_path / "cache", origin="acme:photos@1.1").path != first.path

@@ -223,7 +223,7 @@ def test_info_dataset(info):
     out = result.stdout
     assert out.startswith("shapes  (dataset from plugin builtin")
     assert "generation" in _field(out, "feeds")
-    assert _field(out, "--data") == "not needed"
+    assert _field(out, "--data") == "not read"
     assert _option(out, "size")[0] == "int"
     assert not re.search(r"^\s+split\s", out, re.MULTILINE)  # reserved options are not shown
 
@@ -236,3 +236,12 @@ def test_info_hook(info):
     assert _field(out, "on by default") == "yes (turn off with --no-hook tensorboard)"
     implements = _field(out, "implements").split(", ")
     assert "on_step_end" in implements and "on_train_end" in implements
+
+
+def test_a_dataset_with_optional_data_shows_its_data_help():
+    from train_cli.describe import _data_line
+
+    class PhotosOrDrawn:
+        needs_data, reads_data, data_help = False, True, "a folder of photos (drawn shapes without it)"
+
+    assert _data_line(PhotosOrDrawn) == "optional: a folder of photos (drawn shapes without it)"

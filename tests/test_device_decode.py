@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+import zoo
 from plugins.datasets.imagefolder import ImageFolderDataset
 from plugins.datasets.shapes import ShapesDataset
 from zoo.data import seeded_item
@@ -243,7 +244,8 @@ def test_a_run_decoding_on_the_device_fills_its_own_cache_and_resumes_exactly(zo
     cached = sorted((tmp_path / "cache").glob("*.u8"))
     assert len(cached) == 1  # the training split's (no evaluation read the test split)
     dataset = dataset_of(tmp_path / "data", channels=1, size=28)
-    train_cache = DecodedCache(dataset, tmp_path / "cache", decoder=device_decode.cache_decoder_name(dataset))
+    train_cache = DecodedCache(dataset, tmp_path / "cache", decoder=device_decode.cache_decoder_name(dataset),
+                               origin=f"builtin:imagefolder@{zoo.__version__}")  # as the run keys it
     assert train_cache.complete and train_cache.path in cached
     assert DecodedCache(dataset, tmp_path / "other").path.name != train_cache.path.name
     for index, (path, _) in enumerate(dataset.files):  # JPEGs as the device decodes them, PNGs as the CPU does

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "zoo-plugin-example"
@@ -109,6 +110,14 @@ def test_train_stops_on_the_alarm_then_resume_extends_the_run(run_zoo, env, tmp_
     logged = [r["step"] for r in records if r["kind"] == "log" and "loss_spike_alarm/max_loss" in r]
     assert logged == [1, 2, 3, 4, 5]  # run.log from the hook, at every log step
     assert [r for r in records if r["kind"] == "train" and r["step"] == 5][0]["l1"] >= 0  # the recipe's log
+
+    # two networks and no predict(): zoo predict runs the recipe's own forward
+    image = tmp_path / "in.png"
+    Image.new("RGB", (16, 16), (200, 40, 90)).save(image)
+    result = run_zoo("predict", "--run", str(run_dir), str(image), "--out", str(tmp_path / "out"), env=env)
+    assert result.returncode == 0, result.stderr
+    with Image.open(tmp_path / "out" / "in.png") as restored:
+        assert restored.size == (16, 16)
 
 
 def test_the_example_package_own_tests_pass(env):

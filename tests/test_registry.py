@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from zoo import registry as zreg
-from zoo.errors import UsageError
+from zoo.errors import PluginError, UsageError
 
 BUILTIN_PLUGINS = {"builtin", "torchvision"}
 
@@ -408,3 +408,42 @@ def test_a_name_of_a_disabled_plugin_says_the_plugin_is_skipped(make_plugin, dis
     with pytest.raises(UsageError, match=r"^loss 'clash:l1' comes from plugin 'clash', which is skipped: "
                                          r"disabled by the user\.$"):
         registry.resolve("loss", "clash:l1")
+    broken = discover_with(make_plugin("acme_raise", REGISTER_RAISES))
+    with pytest.raises(PluginError, match=r"^model 'acme_raise:net' comes from plugin 'acme_raise', which is "
+                                          r"skipped: .*register exploded"):
+        broken.resolve("model", "acme_raise:net")  # a run of a plugin that broke since: exit 1
+
+
+def test_a_plugin_installed_later_cannot_make_a_saved_run_ambiguous(make_plugin, zoo_cli, run_zoo, tmp_path):
+    run = tmp_path / "run"
+    code, _, err = zoo_cli("train", "--model", "resnet_i2i", "--loss", "l1", "--model-opt", "ngf=4",
+                           "--model-opt", "blocks=1", "--dataset-opt", "train_count=8", "--dataset-opt",
+                           "test_count=4", "--batch-size", "4", "--device", "cpu", "--max-steps", "1",
+                           "--run-dir", str(run))
+    assert code == 0, err
+    env = {"PYTHONPATH": str(make_plugin("clash", CLASHING_L1))}  # a second l1 from now on
+    assert run_zoo("info", "l1", env=env).returncode == 2  # the bare name is ambiguous now
+    tested = run_zoo("test", "--run", str(run), env=env)
+    assert tested.returncode == 0, tested.stderr
+    resumed = run_zoo("train", "--resume", str(run), "--max-steps", "2", "--loss", "l1", env=env)
+    assert resumed.returncode == 0, resumed.stderr  # the saved builtin:l1, repeated by its bare name
+    assert json.loads((run / "config.json").read_text())["config"]["loss"] == "builtin:l1"
+
+
+def test_a_second_distribution_of_a_plugin_name_can_be_disabled_alone(make_plugin, discover_with, monkeypatch):
+    import importlib.metadata
+
+    make_plugin("clashone", CLASHING_L1, plugin="clash", module="clash_one")
+    site = make_plugin("clashtwo", CLASHING_L1, plugin="clash", module="clash_two")
+    monkeypatch.syspath_prepend(str(site))
+    listed = list(zreg._entry_points())  # importlib lists one entry point of a name: add the other's
+    others = [ep for name in ("clashone", "clashtwo") for ep in importlib.metadata.distribution(name).entry_points
+              if ep.group == zreg.ENTRY_POINT_GROUP and ep.value not in {e.value for e in listed}]
+    monkeypatch.setattr(zreg, "_entry_points", lambda: iter(listed + others))
+    both = discover_with(site)
+    second = next(name for name in both.plugins if name.startswith("clash@"))
+    assert both.plugins["clash"].status == both.plugins[second].status == "ok"
+    alone = discover_with(site, disabled=(second,))
+    assert alone.plugins["clash"].status == "ok" and alone.plugins[second].status == "disabled"
+    every = discover_with(site, disabled=("clash",))
+    assert every.plugins["clash"].status == every.plugins[second].status == "disabled"

@@ -147,3 +147,27 @@ def test_debug_may_follow_the_command_and_shows_the_traceback(zoo_cli, monkeypat
     code, _, err = zoo_cli("info", "--debug", "dcgan")
     assert code == 1 and "Traceback" in err
     assert err.strip().splitlines()[-1] == "zoo: internal error: RuntimeError: registry exploded"
+
+
+def test_a_hook_switched_off_on_resume_can_be_switched_on_again(zoo_cli, tmp_path):
+    run = tmp_path / "run"
+    assert zoo_cli("train", *TINY, *SHAPES, "--max-steps", "1", "--hook", "early_stopping",
+                   "--run-dir", str(run))[0] == 0
+    assert zoo_cli("train", "--resume", str(run), "--max-steps", "2", "--no-hook", "early_stopping")[0] == 0
+    config = saved_config(run)
+    assert "early_stopping" in config["config"]["no_hooks"]
+    assert all(not hook["name"].endswith(":early_stopping") for hook in config["resolved"]["hooks"])
+    code, _, err = zoo_cli("train", "--resume", str(run), "--max-steps", "3", "--hook", "early_stopping",
+                           "--hook-opt", "early_stopping.patience=4")
+    assert code == 0, err
+    config = saved_config(run)
+    assert not config["config"]["no_hooks"] and any(
+        hook["name"] == "builtin:early_stopping" for hook in config["resolved"]["hooks"])
+
+
+def test_disable_plugin_may_follow_the_command(zoo_cli):
+    code, out, err = zoo_cli("list", "plugins", "--disable-plugin", "torchvision", "--json")
+    assert code == 0, err
+    assert {r["name"]: r["status"] for r in json.loads(out)}["torchvision"] == "disabled"
+    code, _, err = zoo_cli("list", "--disable-plugin")  # no name: click's own usage error
+    assert code == 2 and "--disable-plugin" in err

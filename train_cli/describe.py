@@ -68,7 +68,7 @@ def describe(registry: Registry, entry: Entry) -> str:
     elif entry.kind == "dataset":
         cls = build.load_dataset_class(entry)
         lines += [f"  feeds: {', '.join(t.replace('_', '-') for t in cls.tasks)} models",
-                  f"  --data: {cls.data_help if cls.needs_data else 'not needed'}"]
+                  f"  --data: {_data_line(cls)}"]
         lines += _options_block(cls, build.DATASET_RESERVED + bound)
     else:
         cls = entry.load()
@@ -80,3 +80,12 @@ def describe(registry: Registry, entry: Entry) -> str:
         if option_specs(cls):
             lines.append(f"  set with: --hook-opt {entry.name}.KEY=VALUE")
     return "\n".join(line for line in lines if line)
+
+
+def _data_line(cls: type) -> str:
+    """What ``--data`` means to a dataset: required, optional (with its help) or not read."""
+    if cls.needs_data:
+        return cls.data_help
+    if getattr(cls, "reads_data", True):
+        return f"optional: {cls.data_help}"
+    return "not read"

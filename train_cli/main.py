@@ -78,6 +78,28 @@ def _debug_requested(argv: list[str]) -> bool:
     return "--debug" in argv or os.environ.get("ZOO_DEBUG", "").strip().lower() in {"1", "true", "yes"}
 
 
+def _global_options_first(argv: list[str], debug: bool) -> list[str]:
+    """Move ``--debug`` and ``--disable-plugin NAME`` before the command, where click takes them.
+
+    So ``zoo train --debug ...`` and ``zoo train --disable-plugin NAME ...`` work as users write them.
+    """
+    front, rest = (["--debug"] if debug else []), []
+    arguments = iter(argv)
+    for arg in arguments:
+        if arg == "--":
+            rest += [arg, *arguments]
+        elif arg == "--debug":
+            continue
+        elif arg == "--disable-plugin":
+            value = next(arguments, None)
+            (front if value is not None else rest).extend([arg] + ([value] if value is not None else []))
+        elif arg.startswith("--disable-plugin="):
+            front.append(arg)
+        else:
+            rest.append(arg)
+    return front + rest
+
+
 def _caused_by_interrupt(exc: BaseException) -> bool:
     seen = 0
     while exc is not None and seen < 20:
@@ -92,8 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app and turn errors into one line and an exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = _debug_requested(argv)
-    if debug:  # --debug may follow the command too (zoo train --debug ...): the group takes it
-        argv = ["--debug", *(arg for arg in argv if arg != "--debug")]
+    argv = _global_options_first(argv, debug)
     try:
         code = cli.main(args=argv, prog_name="zoo", standalone_mode=False)
     except click.exceptions.Exit as exc:

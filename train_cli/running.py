@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from zoo.config import TrainConfig, absolute_data, load_toml, merge, resume_config
+from zoo.config import TrainConfig, absolute_data, load_toml, merge, pin_recorded_parts, resume_config
 from zoo.errors import UsageError, ZooError
 from zoo.options import split_assignments, split_hook_assignments
 
@@ -92,6 +92,7 @@ def train_command(ctx, resume: str | None, overwrite: bool, config_file: str | N
             raise UsageError("--config cannot be combined with --resume; the run keeps its saved config.")
         saved = read_config(Path(resume))
         config = resume_config(saved.get("config", {}), given)
+        pin_recorded_parts(config, saved.get("resolved"))
         if config.data != absolute_data(saved.get("config", {}).get("data")):
             moved_from = saved["config"]["data"]
         run_dir = Path(resume)

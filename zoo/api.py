@@ -34,7 +34,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from zoo.errors import UsageError
+from zoo.errors import PluginError, UsageError
 from zoo.registry import Registry, get_registry
 
 if TYPE_CHECKING:  # only for annotations: importing this module must not import torch
@@ -259,15 +259,18 @@ class LoadedRun:
     def predict(self, inputs: torch.Tensor) -> torch.Tensor:
         """Run a batch through the model in eval mode without gradients.
 
-        Calls the recipe's ``predict(inputs)`` if it defines one, else its only
+        Calls the recipe's ``predict(inputs)`` if it defines one, else its own ``forward``, else its only
         network. Classifiers return logits, image-to-image models images in
         ``[-1, 1]``.
         """
         import torch
         method = getattr(self.recipe, "predict", None)
+        if not callable(method) and type(self.recipe).forward is not torch.nn.Module.forward:
+            method = self.recipe  # the recipe's own forward
         if not callable(method) and len(self.networks) != 1:
-            raise UsageError(f"model '{self.plan.model.name}' has networks {', '.join(self.networks)} and no "
-                             f"predict(inputs) method, so zoo cannot tell which to run; call one of run.networks.")
+            raise PluginError(f"model '{self.plan.model.name}' has networks {', '.join(self.networks)} and neither "
+                              f"predict(inputs) nor forward, so zoo cannot tell which to run; its plugin should "
+                              f"define predict (or call one of run.networks yourself).")
         self.recipe.eval()
         with torch.no_grad():
             inputs = inputs.to(self.device)
@@ -342,7 +345,7 @@ def load_run(run_dir: str | Path, step: int | None = None, device: str | Any = "
     import torch
 
     from zoo import build
-    from zoo.config import TrainConfig
+    from zoo.config import TrainConfig, pin_recorded_parts
     from zoo.engine.precision import resolve_device
     from zoo.engine.rundir import read_config
 
@@ -351,20 +354,22 @@ def load_run(run_dir: str | Path, step: int | None = None, device: str | Any = "
     if not isinstance(saved.get("config"), dict) or not saved["config"].get("model"):
         raise UsageError(f"{run_dir}/config.json names no model; pass a folder made by 'zoo train'.")
     config = TrainConfig.from_dict(saved["config"], f"{run_dir}/config.json")
+    parts_named = dataclasses.replace(config)  # the recorded plugin:name spellings; config stays as saved
+    pin_recorded_parts(parts_named, saved.get("resolved"))
     if data is not None:
         config.data = data
     folder = choose_checkpoint(run_dir, step, checkpoint)
     torch_device = device if isinstance(device, torch.device) else resolve_device(str(device))
     registry = registry or get_registry()
     resolved = dict(saved.get("resolved") or {})
-    plan = build.plan_run(registry, config.model or "", config.loss, config.dataset, [], [])
+    plan = build.plan_run(registry, parts_named.model or "", parts_named.loss, parts_named.dataset, [], [])
     test_set = None
     if "model_options" in resolved and resolved.get("input_shape"):
         input_shape = tuple(int(v) for v in resolved["input_shape"])
         recipe, _, _ = build.build_recipe(plan.model, dict(resolved["model_options"]))
         classes = resolved.get("classes")
     else:  # an older or hand-written config.json: rebuild from the data, as training did
-        parts = build.build_parts(registry, config, need_train=False)
+        parts = build.build_parts(registry, parts_named, need_train=False)
         recipe, test_set = parts.recipe, parts.test_set
         input_shape = tuple(int(v) for v in test_set.image_shape)
         classes = getattr(test_set, "classes", None)

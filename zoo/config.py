@@ -179,6 +179,43 @@ def absolute_data(data: str | None) -> str | None:
     return os.path.abspath(os.path.expanduser(data))
 
 
+def _switched_hooks(saved: dict[str, Any], overrides: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """A resumed run's hooks: the saved switches, then this command's; the later switch of a hook wins."""
+    on, off = list(saved.get("hooks") or []), list(saved.get("no_hooks") or [])
+    for name in overrides.get("hooks") or []:
+        off = [hook for hook in off if not _same_value(hook, name)]
+        on += [] if any(_same_value(hook, name) for hook in on) else [name]
+    for name in overrides.get("no_hooks") or []:
+        on = [hook for hook in on if not _same_value(hook, name)]
+        off += [] if any(_same_value(hook, name) for hook in off) else [name]
+    return on, off
+
+
+def _same_value(saved: Any, given: Any) -> bool:
+    """Whether a resume's option repeats the saved one; ``dcgan`` repeats a recorded ``builtin:dcgan``."""
+    return saved == given or (isinstance(saved, str) and isinstance(given, str) and ":" not in given
+                              and saved.endswith(":" + given))
+
+
+def pin_recorded_parts(config: TrainConfig, resolved: dict[str, Any] | None) -> None:
+    """Name a saved run's model, loss, dataset and hooks as ``plugin:name``, as its config.json recorded them.
+
+    A plugin installed after the run that offers the same bare name then cannot make the run ambiguous.
+    """
+    def recorded(kind: str, given: str | None) -> str | None:
+        """The recorded spelling of the part the config names (its default when it names none)."""
+        part = (resolved or {}).get(kind)
+        name = part.get("name") if isinstance(part, dict) else None
+        return name if name and (given is None or _same_value(name, given)) else given
+
+    config.model = recorded("model", config.model)
+    config.loss = recorded("loss", config.loss)
+    config.dataset = recorded("dataset", config.dataset)
+    hooks = [part.get("name") for part in (resolved or {}).get("hooks") or [] if isinstance(part, dict)]
+    config.hooks = [next((q for q in hooks if q and (q == name or q.endswith(":" + name))), name)
+                    for name in config.hooks]
+
+
 def resume_config(saved: dict[str, Any], overrides: dict[str, Any]) -> TrainConfig:
     """The saved config of a run, with only the options that extend or observe it replaced.
 
@@ -189,12 +226,13 @@ def resume_config(saved: dict[str, Any], overrides: dict[str, Any]) -> TrainConf
     saved_data = saved["data"]
     moved = saved_data is not None and overrides["data"] is not None and not data_present(saved_data)
     refused = [key for key, value in overrides.items()
-               if value not in (None, [], {}) and key not in RESUME_OVERRIDABLE and saved.get(key) != value
-               and not (key == "data" and moved)]
+               if value not in (None, [], {}) and key not in RESUME_OVERRIDABLE
+               and not _same_value(saved.get(key), value) and not (key == "data" and moved)]
     if refused:
         flags = ", ".join(_flag(k) for k in refused)
         raise UsageError(
             f"{flags} cannot change when resuming: the run keeps its model, data and folder. Drop it, "
             f"or start a new run (--init-from RUN_DIR starts from its weights).")
     values = merge(saved, {key: overrides.get(key) for key in RESUME_OVERRIDABLE + (("data",) if moved else ())})
+    values["hooks"], values["no_hooks"] = _switched_hooks(saved, overrides)
     return TrainConfig.from_dict(values, "saved config")

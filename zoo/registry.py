@@ -177,13 +177,13 @@ class Registry:
             return candidates[0]
         if len(candidates) > 1:
             raise AmbiguousNameError(kind, name, [e.qualified_name for e in candidates])
+        info = self.plugins.get(plugin) if sep else None
+        if info is not None and info.status != "ok":  # broken or incompatible: the plugin's fault (exit 1)
+            error = UsageError if info.status == "disabled" else PluginError
+            raise error(f"{kind} '{name}' comes from plugin '{plugin}', which is skipped: {info.error}.")
         raise UsageError(self._unknown_message(kind, name))
 
     def _unknown_message(self, kind: str, name: str) -> str:
-        plugin = name.rpartition(":")[0]
-        info = self.plugins.get(plugin)
-        if info is not None and info.status != "ok":
-            return f"{kind} '{name}' comes from plugin '{plugin}', which is skipped: {info.error}."
         pool = {e.name for e in self._entries if e.kind == kind}
         pool |= {e.qualified_name for e in self._entries if e.kind == kind}
         close = difflib.get_close_matches(name, sorted(pool), n=4, cutoff=0.6)
@@ -240,7 +240,9 @@ def discover(disabled: Iterable[str] = ()) -> Registry:
     manager.add_hookspecs(hookspecs.RegistrySpecs)
     points = sorted(_entry_points(), key=lambda ep: natural_key(ep.name))
     installed = {ep.name for ep in points}
-    unknown = sorted(disabled_names - installed)
+    # a plugin name and the name@distribution spelling its second distribution gets (both accepted)
+    spellings = installed | {f"{ep.name}@{ep.dist.name}" for ep in points if getattr(ep, "dist", None)}
+    unknown = sorted(disabled_names - spellings)
     if unknown:
         raise UsageError(
             f"cannot disable unknown plugin(s) {', '.join(unknown)}; installed plugins: "
@@ -255,7 +257,7 @@ def discover(disabled: Iterable[str] = ()) -> Registry:
             version=dist.version if dist else "?",
             module=ep.value,
         )
-        if info.name in disabled_names:
+        if info.name in disabled_names or ep.name in disabled_names:  # the bare name: all its distributions
             info.status, info.error = "disabled", "disabled by the user"
             registry.add_plugin(info)
             continue

@@ -36,6 +36,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from zoo.engine.feed import as_bad_item
 from zoo.errors import RunError, ZooError
 
 BUILD_BATCH = 32  # images a build worker decodes and sends back at once
@@ -64,9 +65,10 @@ def supports_cache(dataset: Any) -> bool:
 
 
 class _Decoded(Dataset):
-    """``(index, dataset.decode(index))`` for the build; a ZooError comes back as its first line, not raised.
+    """``(index, dataset.decode(index))`` for the build; a failure comes back as its one-line message, not raised.
 
-    Returning the message keeps one unreadable file from stopping the build's loader workers.
+    Returning the message keeps one unreadable file (whatever the dataset raises for it)
+    from stopping the build's loader workers, or passing for a failure to write the cache.
     """
 
     def __init__(self, dataset: Any) -> None:
@@ -75,8 +77,8 @@ class _Decoded(Dataset):
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | str]:
         try:
             return index, self.dataset.decode(index)
-        except ZooError as exc:  # reported when the sample is used (or skipped: --skip-bad-files)
-            return index, str(exc).splitlines()[0]
+        except Exception as exc:  # reported when the sample is used (or skipped: --skip-bad-files)
+            return index, as_bad_item(index, exc).message
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -98,11 +100,14 @@ class DecodedCache(Dataset):
     """Serves a dataset from its decoded images, built into ``root`` on first use by ``workers`` processes."""
 
     def __init__(self, dataset: Any, root: Path, *, workers: int = 0, fill_on_read: bool = False,
-                 decoder: str | None = None) -> None:
-        """``decoder`` names a decoding other than ``dataset.decode`` that fills the cache (a GPU decoder)."""
+                 decoder: str | None = None, origin: str | None = None) -> None:
+        """``decoder`` names a decoding other than ``dataset.decode`` that fills the cache (a GPU decoder);
+        ``origin`` the dataset's plugin and version (``plugin:name@1.2``), so a new version rebuilds its caches.
+        """
         self.dataset = dataset
         self.workers = workers
-        described = dataset.cache_key() if decoder is None else [dataset.cache_key(), decoder]
+        extras = [extra for extra in (decoder, origin) if extra is not None]
+        described = [dataset.cache_key(), *extras] if extras else dataset.cache_key()
         key = hashlib.sha256(json.dumps(described, default=str).encode()).hexdigest()[:24]
         self.shape = (len(dataset), *dataset.image_shape)
         self.path = Path(root) / f"{key}-{'x'.join(map(str, self.shape))}.u8"

@@ -176,9 +176,10 @@ class Trainer:
                 # one process: the first pass over each split fills its cache; several: rank 0 builds them first
                 # (the training split's, on the device when it decodes there: another cache, another key)
                 train_decoder = device_decode.cache_decoder_name(self.train_set) if decoding_on_device else None
+                origin = self._describe(self.plan.dataset)  # a new version of the dataset's plugin: new caches
                 self.train_set, self.test_set = (
                     cache.DecodedCache(split, root, workers=config.workers, fill_on_read=not self.dist.enabled,
-                                       decoder=decoder)
+                                       decoder=decoder, origin=f"{origin['name']}@{origin['version']}")
                     for split, decoder in ((self.train_set, train_decoder), (self.test_set, None)))
                 if self.dist.is_main:
                     distributed.barrier(self.dist)
