@@ -222,3 +222,9 @@ def test_import_zoo_and_listing_do_not_import_torch():
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_predict_on_a_generative_run_points_to_sample(gan_run):
+    run = zoo.load_run(gan_run)
+    with pytest.raises(UsageError, match=r"generates images rather than mapping inputs; use run\.recipe\.sample"):
+        run.predict(torch.zeros(1, 3, 32, 32))

@@ -247,7 +247,8 @@ def test_a_run_decoding_on_the_device_fills_its_own_cache_and_resumes_exactly(zo
     train_cache = DecodedCache(dataset, tmp_path / "cache", decoder=device_decode.cache_decoder_name(dataset),
                                origin=f"builtin:imagefolder@{zoo.__version__}")  # as the run keys it
     assert train_cache.complete and train_cache.path in cached
-    assert DecodedCache(dataset, tmp_path / "other").path.name != train_cache.path.name
+    assert DecodedCache(dataset, tmp_path / "other", origin=f"builtin:imagefolder@{zoo.__version__}").path.name != \
+        train_cache.path.name  # the device's decoder keys a cache of its own
     for index, (path, _) in enumerate(dataset.files):  # JPEGs as the device decodes them, PNGs as the CPU does
         expected = dataset.decode(index) if path.endswith(".png") else \
             dataset.decode_batch([dataset.encoded(index)], CPU)[0]

@@ -445,5 +445,7 @@ def test_a_second_distribution_of_a_plugin_name_can_be_disabled_alone(make_plugi
     assert both.plugins["clash"].status == both.plugins[second].status == "ok"
     alone = discover_with(site, disabled=(second,))
     assert alone.plugins["clash"].status == "ok" and alone.plugins[second].status == "disabled"
+    first = discover_with(site, disabled=("clash@clashone",))  # the first distribution by its full spelling
+    assert first.plugins["clash"].status == "disabled" and first.plugins[second].status == "ok"
     every = discover_with(site, disabled=("clash",))
     assert every.plugins["clash"].status == every.plugins[second].status == "disabled"

@@ -63,6 +63,15 @@ def test_relative_data_is_kept_absolute_and_moved_data_can_be_named_again(zoo_cl
     assert saved_config(run)["config"]["data"] == str(tmp_path / "again")
     assert zoo_cli("test", "--run", str(run))[0] == 0
 
+    import zoo
+    old = tmp_path / "old"  # a run saved before config.json recorded its resolved parts
+    shutil.copytree(run, old)
+    document = saved_config(old)
+    del document["resolved"]
+    (old / "config.json").write_text(json.dumps(document))
+    shutil.move(tmp_path / "again", tmp_path / "last")
+    assert len(zoo.load_run(old, data=str(tmp_path / "last")).test_set) == 4
+
 
 def test_a_resume_with_nothing_to_do_leaves_the_config_as_it_was(zoo_cli, tmp_path):
     run = tmp_path / "run"
@@ -157,8 +166,8 @@ def test_a_hook_switched_off_on_resume_can_be_switched_on_again(zoo_cli, tmp_pat
     config = saved_config(run)
     assert "early_stopping" in config["config"]["no_hooks"]
     assert all(not hook["name"].endswith(":early_stopping") for hook in config["resolved"]["hooks"])
-    code, _, err = zoo_cli("train", "--resume", str(run), "--max-steps", "3", "--hook", "early_stopping",
-                           "--hook-opt", "early_stopping.patience=4")
+    code, _, err = zoo_cli("train", "--resume", str(run), "--max-steps", "3", "--hook", "builtin:early_stopping",
+                           "--hook-opt", "early_stopping.patience=4")  # the bare and the plugin:name spelling
     assert code == 0, err
     config = saved_config(run)
     assert not config["config"]["no_hooks"] and any(
@@ -170,4 +179,4 @@ def test_disable_plugin_may_follow_the_command(zoo_cli):
     assert code == 0, err
     assert {r["name"]: r["status"] for r in json.loads(out)}["torchvision"] == "disabled"
     code, _, err = zoo_cli("list", "--disable-plugin")  # no name: click's own usage error
-    assert code == 2 and "--disable-plugin" in err
+    assert code == 2 and "Option '--disable-plugin' requires an argument" in err

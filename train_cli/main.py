@@ -75,7 +75,8 @@ _register_commands()
 
 
 def _debug_requested(argv: list[str]) -> bool:
-    return "--debug" in argv or os.environ.get("ZOO_DEBUG", "").strip().lower() in {"1", "true", "yes"}
+    options = argv[:argv.index("--")] if "--" in argv else argv  # after --, arguments (a file named --debug)
+    return "--debug" in options or os.environ.get("ZOO_DEBUG", "").strip().lower() in {"1", "true", "yes"}
 
 
 def _global_options_first(argv: list[str], debug: bool) -> list[str]:
@@ -92,7 +93,9 @@ def _global_options_first(argv: list[str], debug: bool) -> list[str]:
             continue
         elif arg == "--disable-plugin":
             value = next(arguments, None)
-            (front if value is not None else rest).extend([arg] + ([value] if value is not None else []))
+            if value is None:
+                raise click.exceptions.UsageError("Option '--disable-plugin' requires an argument.")
+            front += [arg, value]
         elif arg.startswith("--disable-plugin="):
             front.append(arg)
         else:
@@ -114,8 +117,8 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app and turn errors into one line and an exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = _debug_requested(argv)
-    argv = _global_options_first(argv, debug)
     try:
+        argv = _global_options_first(argv, debug)
         code = cli.main(args=argv, prog_name="zoo", standalone_mode=False)
     except click.exceptions.Exit as exc:
         code = exc.exit_code

@@ -265,6 +265,9 @@ class LoadedRun:
         """
         import torch
         method = getattr(self.recipe, "predict", None)
+        if self.task == "generation" and not callable(method):
+            raise UsageError(f"model '{self.plan.model.name}' generates images rather than mapping inputs; use "
+                             f"run.recipe.sample(count, generator) (or 'zoo sample').")
         if not callable(method) and type(self.recipe).forward is not torch.nn.Module.forward:
             method = self.recipe  # the recipe's own forward
         if not callable(method) and len(self.networks) != 1:
@@ -354,10 +357,10 @@ def load_run(run_dir: str | Path, step: int | None = None, device: str | Any = "
     if not isinstance(saved.get("config"), dict) or not saved["config"].get("model"):
         raise UsageError(f"{run_dir}/config.json names no model; pass a folder made by 'zoo train'.")
     config = TrainConfig.from_dict(saved["config"], f"{run_dir}/config.json")
-    parts_named = dataclasses.replace(config)  # the recorded plugin:name spellings; config stays as saved
-    pin_recorded_parts(parts_named, saved.get("resolved"))
     if data is not None:
         config.data = data
+    parts_named = dataclasses.replace(config)  # the recorded plugin:name spellings; config stays as saved
+    pin_recorded_parts(parts_named, saved.get("resolved"))
     folder = choose_checkpoint(run_dir, step, checkpoint)
     torch_device = device if isinstance(device, torch.device) else resolve_device(str(device))
     registry = registry or get_registry()

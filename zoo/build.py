@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from zoo.config import same_part_name
 from zoo.errors import AmbiguousNameError, PluginError, UsageError
 from zoo.options import parse_options
 from zoo.registry import Entry, Registry
@@ -63,6 +64,9 @@ def _default_loss_entry(registry: Registry, model_entry: Entry, name: str) -> En
     except AmbiguousNameError as exc:
         raise UsageError(f"model '{model_entry.name}' trains with loss '{name}' by default, which several plugins "
                          f"offer; pass --loss with one of: {', '.join(exc.spellings)}.") from None
+    except UsageError as exc:
+        raise UsageError(f"model '{model_entry.name}' trains with loss '{name}' by default: {exc} "
+                         f"Pass --loss NAME to pick another.") from None
 
 
 def plan_run(registry: Registry, model: str, loss: str | None, dataset: str | None,
@@ -98,9 +102,11 @@ def plan_run(registry: Registry, model: str, loss: str | None, dataset: str | No
         entry = registry.resolve("hook", name)
         if entry.qualified_name not in wanted:
             wanted.append(entry.qualified_name)
-    for name in no_hooks:
-        entry = registry.resolve("hook", name)
-        wanted = [w for w in wanted if w != entry.qualified_name]
+    for name in no_hooks:  # matched among the hooks on (a bare name another plugin also offers is no clash)
+        matching = [w for w in wanted if same_part_name(w, name)]
+        if not matching:
+            registry.resolve("hook", name)  # a typo or an ambiguous name: its one-line error; else nothing to drop
+        wanted = [w for w in wanted if w not in matching]
     hook_entries = [registry.resolve("hook", name) for name in wanted]
     return Plan(model_entry, loss_entry, dataset_entry, hook_entries)
 

@@ -183,18 +183,23 @@ def _switched_hooks(saved: dict[str, Any], overrides: dict[str, Any]) -> tuple[l
     """A resumed run's hooks: the saved switches, then this command's; the later switch of a hook wins."""
     on, off = list(saved.get("hooks") or []), list(saved.get("no_hooks") or [])
     for name in overrides.get("hooks") or []:
-        off = [hook for hook in off if not _same_value(hook, name)]
-        on += [] if any(_same_value(hook, name) for hook in on) else [name]
+        off = [hook for hook in off if not same_part_name(hook, name)]
+        on += [] if any(same_part_name(hook, name) for hook in on) else [name]
     for name in overrides.get("no_hooks") or []:
-        on = [hook for hook in on if not _same_value(hook, name)]
-        off += [] if any(_same_value(hook, name) for hook in off) else [name]
+        on = [hook for hook in on if not same_part_name(hook, name)]
+        off += [] if any(same_part_name(hook, name) for hook in off) else [name]
     return on, off
 
 
-def _same_value(saved: Any, given: Any) -> bool:
-    """Whether a resume's option repeats the saved one; ``dcgan`` repeats a recorded ``builtin:dcgan``."""
-    return saved == given or (isinstance(saved, str) and isinstance(given, str) and ":" not in given
-                              and saved.endswith(":" + given))
+def same_part_name(one: Any, other: Any) -> bool:
+    """Whether two spellings can name the same part: equal, or one bare (``dcgan``) and one ``builtin:dcgan``."""
+    if one == other:
+        return True
+    if not (isinstance(one, str) and isinstance(other, str)) or (":" in one) == (":" in other):
+        return False
+    qualified, bare = (one, other) if ":" in one else (other, one)
+    return qualified.endswith(":" + bare)
+
 
 
 def pin_recorded_parts(config: TrainConfig, resolved: dict[str, Any] | None) -> None:
@@ -206,14 +211,13 @@ def pin_recorded_parts(config: TrainConfig, resolved: dict[str, Any] | None) -> 
         """The recorded spelling of the part the config names (its default when it names none)."""
         part = (resolved or {}).get(kind)
         name = part.get("name") if isinstance(part, dict) else None
-        return name if name and (given is None or _same_value(name, given)) else given
+        return name if name and (given is None or same_part_name(name, given)) else given
 
     config.model = recorded("model", config.model)
     config.loss = recorded("loss", config.loss)
     config.dataset = recorded("dataset", config.dataset)
     hooks = [part.get("name") for part in (resolved or {}).get("hooks") or [] if isinstance(part, dict)]
-    config.hooks = [next((q for q in hooks if q and (q == name or q.endswith(":" + name))), name)
-                    for name in config.hooks]
+    config.hooks = [next((q for q in hooks if q and same_part_name(q, name)), name) for name in config.hooks]
 
 
 def resume_config(saved: dict[str, Any], overrides: dict[str, Any]) -> TrainConfig:
@@ -227,7 +231,7 @@ def resume_config(saved: dict[str, Any], overrides: dict[str, Any]) -> TrainConf
     moved = saved_data is not None and overrides["data"] is not None and not data_present(saved_data)
     refused = [key for key, value in overrides.items()
                if value not in (None, [], {}) and key not in RESUME_OVERRIDABLE
-               and not _same_value(saved.get(key), value) and not (key == "data" and moved)]
+               and not same_part_name(saved.get(key), value) and not (key == "data" and moved)]
     if refused:
         flags = ", ".join(_flag(k) for k in refused)
         raise UsageError(

@@ -21,7 +21,10 @@ class AmbiguousNameError(UsageError):
 
     def __init__(self, kind: str, name: str, spellings: list[str]) -> None:
         super().__init__(f"{kind} name '{name}' is offered by several plugins; pick one of: {', '.join(spellings)}.")
-        self.spellings = spellings
+        self.kind, self.name, self.spellings = kind, name, spellings
+
+    def __reduce__(self) -> tuple:  # crosses process boundaries like any exception
+        return type(self), (self.kind, self.name, self.spellings)
 
 
 class RunError(ZooError):

@@ -257,7 +257,8 @@ def discover(disabled: Iterable[str] = ()) -> Registry:
             version=dist.version if dist else "?",
             module=ep.value,
         )
-        if info.name in disabled_names or ep.name in disabled_names:  # the bare name: all its distributions
+        spelled = {info.name, ep.name, f"{ep.name}@{info.distribution}"}  # the bare name: all its distributions
+        if spelled & disabled_names:
             info.status, info.error = "disabled", "disabled by the user"
             registry.add_plugin(info)
             continue

@@ -67,8 +67,9 @@ def supports_cache(dataset: Any) -> bool:
 class _Decoded(Dataset):
     """``(index, dataset.decode(index))`` for the build; a failure comes back as its one-line message, not raised.
 
-    Returning the message keeps one unreadable file (whatever the dataset raises for it)
-    from stopping the build's loader workers, or passing for a failure to write the cache.
+    Returning the message keeps one unreadable file (a zoo error, or the OSError, ValueError
+    or SyntaxError image decoders raise) from stopping the build's loader workers, or passing
+    for a failure to write the cache. Other exceptions are bugs: they stop the build, unrecorded.
     """
 
     def __init__(self, dataset: Any) -> None:
@@ -77,8 +78,8 @@ class _Decoded(Dataset):
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | str]:
         try:
             return index, self.dataset.decode(index)
-        except Exception as exc:  # reported when the sample is used (or skipped: --skip-bad-files)
-            return index, as_bad_item(index, exc).message
+        except (ZooError, OSError, ValueError, SyntaxError) as exc:  # what decoders raise for a bad file
+            return index, as_bad_item(index, exc).message  # reported when used (or skipped: --skip-bad-files)
 
     def __len__(self) -> int:
         return len(self.dataset)

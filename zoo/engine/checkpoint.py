@@ -35,7 +35,10 @@ class CheckpointError(RunError):
     def __init__(self, folder: Path | str, reason: str, damaged: bool = False, hint: str = "") -> None:
         body = f"is damaged ({reason})" if damaged else reason
         super().__init__(f"checkpoint {folder} {body}{'; ' + hint if hint else ''}.")
-        self.folder, self.reason, self.damaged = Path(folder), reason, damaged
+        self.folder, self.reason, self.damaged, self.hint = Path(folder), reason, damaged, hint
+
+    def __reduce__(self) -> tuple:  # crosses process boundaries (loader workers, multiprocessing)
+        return type(self), (self.folder, self.reason, self.damaged, self.hint)
 
 
 def flatten(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
