@@ -252,14 +252,14 @@ def decode_jpegs(encoded: list[torch.Tensor], channels: int, size: int, device: 
             if min(height, width) != size:
                 group = TF.resize(group, [size], antialias=True)
             group = TF.center_crop(group, [size, size]).round_().clamp_(0, 255).to(torch.uint8)
-            out[torch.tensor(chunk, device=device)] = group
+            out[host_values_to(chunk, device)] = group
     return out
 
 
-def host_values_to(values: list, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+def host_values_to(values: list, device: torch.device) -> torch.Tensor:
     """A small tensor of Python values on ``device``; pinned first on CUDA so the copy does not stall the host."""
     on_cuda = device.type == "cuda"
-    return torch.tensor(values, dtype=dtype, pin_memory=on_cuda).to(device, non_blocking=on_cuda)
+    return torch.tensor(values, pin_memory=on_cuda).to(device, non_blocking=on_cuda)
 
 
 def _short_side_size(width: int, height: int, short_side: int) -> tuple[int, int]:

@@ -86,6 +86,6 @@ def _data_line(cls: type) -> str:
     """What ``--data`` means to a dataset: required, optional (with its help) or not read."""
     if cls.needs_data:
         return cls.data_help
-    if getattr(cls, "reads_data", True):
+    if cls.reads_data:
         return f"optional: {cls.data_help}"
     return "not read"

@@ -194,7 +194,7 @@ def predict_command(ctx, run_dir: str, images: tuple[str, ...], top_k: int, as_j
         raise UsageError("--out is for image-to-image runs; a classifier prints its predictions "
                          "(add --json to save them).")
     results: list[dict[str, Any]] = []
-    whole = run.task == "image_to_image" and getattr(run.recipe, "any_image_size", False) and not crop
+    whole = run.task == "image_to_image" and run.recipe.any_image_size and not crop
     per_batch = 1 if whole else PREDICT_BATCH  # whole images differ in size
     for start in range(0, len(paths), per_batch):
         chunk = paths[start:start + per_batch]

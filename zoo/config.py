@@ -183,12 +183,16 @@ def _switched_hooks(saved: dict[str, Any], overrides: dict[str, Any]) -> tuple[l
     """A resumed run's hooks: the saved switches, then this command's; the later switch of a hook wins."""
     on, off = list(saved.get("hooks") or []), list(saved.get("no_hooks") or [])
     for name in overrides.get("hooks") or []:
-        off = [hook for hook in off if not same_part_name(hook, name)]
-        on += [] if any(same_part_name(hook, name) for hook in on) else [name]
+        off, on = _switch(name, off, on)
     for name in overrides.get("no_hooks") or []:
-        on = [hook for hook in on if not same_part_name(hook, name)]
-        off += [] if any(same_part_name(hook, name) for hook in off) else [name]
+        on, off = _switch(name, on, off)
     return on, off
+
+
+def _switch(name: str, out_of: list[str], into: list[str]) -> tuple[list[str], list[str]]:
+    """Move hook ``name`` (any spelling) from one list to the other."""
+    return ([hook for hook in out_of if not same_part_name(hook, name)],
+            into + ([] if any(same_part_name(hook, name) for hook in into) else [name]))
 
 
 def same_part_name(one: Any, other: Any) -> bool:

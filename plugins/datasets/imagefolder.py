@@ -8,7 +8,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from plugins import ops
-from zoo.data import ZooDataset, item_rng
+from zoo.data import ZooDataset, item_generator, item_rng
 from zoo.errors import UsageError
 
 LAYOUT = "ROOT/train/<class>/*.png|jpg (and optionally ROOT/test/<class>/*)"
@@ -53,11 +53,6 @@ def _scan(split_dir: str, empty_allowed: bool = False) -> dict[str, list[str]]:
         raise UsageError(f"class folder {os.path.join(split_dir, empty[0])} has no images: add some, or remove "
                          f"the folder (a class with no samples)")
     return classes
-
-
-def _test_noise(index: int) -> torch.Generator:
-    """The generator of a test image's degradation: fixed per image, so evaluations compare."""
-    return torch.Generator().manual_seed(index)
 
 
 class ImageFolderDataset(ZooDataset):
@@ -161,7 +156,7 @@ class ImageFolderDataset(ZooDataset):
             clean = torch.where(flips[:, None, None, None], clean.flip(-1), clean)
         if self.task == "image_to_image":
             if self.split == "test":
-                generators = [_test_noise(index) for index in indices]
+                generators = [item_generator(index) for index in indices]  # fixed per test image
             return [ops.degrade(clean, self.degrade, generator=generators), clean]
         return [clean, ops.host_values_to([self.files[index][1] for index in indices], clean.device)]
 
@@ -172,6 +167,6 @@ class ImageFolderDataset(ZooDataset):
         if self.split == "train" and torch.rand((), generator=item_rng()).item() < 0.5:
             clean = TF.hflip(clean)
         if self.task == "image_to_image":
-            generator = _test_noise(index) if self.split == "test" else item_rng()
+            generator = item_generator(index) if self.split == "test" else item_rng()  # test: fixed per image
             return ops.degrade(clean, self.degrade, generator=generator), clean
         return clean, label

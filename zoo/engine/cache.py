@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from zoo.engine.feed import as_bad_item
+from zoo.engine.rundir import write_text_atomic
 from zoo.errors import RunError, ZooError
 
 BUILD_BATCH = 32  # images a build worker decodes and sends back at once
@@ -245,12 +246,7 @@ class DecodedCache(Dataset):
             array.flush()
             del array
             # always written, {} for none, whole or not at all: a missing or cut short record shows damage
-            bad_tmp = self.bad_path.with_name(f".{self.bad_path.name}.{os.getpid()}")
-            try:
-                bad_tmp.write_text(json.dumps(bad))
-                os.replace(bad_tmp, self.bad_path)
-            finally:
-                bad_tmp.unlink(missing_ok=True)
+            write_text_atomic(self.bad_path, json.dumps(bad))
             os.replace(tmp, self.path)
         except BaseException as exc:
             if not keep_on_failure:  # a partial file keeps what it has for the next run
@@ -280,12 +276,14 @@ class DecodedCache(Dataset):
 
     def _open(self) -> None:
         """Map the files in this process (each loader worker maps them itself)."""
-        if self.complete or self._check_published():  # or another run sharing the cache published it
-            self.complete = True
+        if self.complete:  # sound when this run opened it: cut short since?
             problem = _size_problem(self.path, math.prod(self.shape))
-            if problem:  # sound when this run opened it
+            if problem:
                 raise RunError(f"decoded cache {self.path} changed during this run ({problem}); "
                                f"run again to rebuild it.")
+        elif self._check_published():  # another run sharing the cache published it: just checked
+            self.complete = True
+        if self.complete:
             self._array = np.memmap(self.path, dtype=np.uint8, mode="r", shape=self.shape)
         else:
             self._array = np.memmap(self.partial_path, dtype=np.uint8, mode="r+", shape=self.shape)

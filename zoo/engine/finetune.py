@@ -53,7 +53,7 @@ def source_model(source: str) -> str | None:
 
 
 def apply_initial_weights(recipe: nn.Module, weights: dict[str, torch.Tensor], strict: bool,
-                          source: str, model_name: str | None = None) -> dict[str, Any]:
+                          source: str, model_name: str) -> dict[str, Any]:
     """Load ``weights`` into ``recipe``; strict unless asked otherwise, listing what did not fit."""
     own = recipe.state_dict()
     missing = sorted(set(own) - set(weights))
@@ -61,10 +61,9 @@ def apply_initial_weights(recipe: nn.Module, weights: dict[str, torch.Tensor], s
     mismatched = sorted(k for k in set(own) & set(weights) if own[k].shape != weights[k].shape)
     loaded = len(set(own) & set(weights)) - len(mismatched)
     if own and not loaded:
-        model = f"model '{model_name}'" if model_name else "this model"
         other = source_model(source)
         holds = f" (it holds a '{other}')" if other and other != model_name else ""
-        raise UsageError(f"--init-from {source}: none of its {len(weights)} tensors fit {model}{holds}; "
+        raise UsageError(f"--init-from {source}: none of its {len(weights)} tensors fit model '{model_name}'{holds}; "
                          f"give a run of the same model, or drop --init-from.")
     if strict and (missing or unexpected or mismatched):
         parts = [f"{label} {keys[:3]}{' ...' if len(keys) > 3 else ''}" for label, keys in
@@ -98,7 +97,7 @@ def describe_fit(report: dict[str, Any]) -> list[str]:
     lines = [f"zoo: --init-from {label}: {', '.join(keys)}" for label, keys in
              (("missing keys (kept as initialised)", report["missing"]), ("unexpected keys (ignored)",
               report["unexpected"]), ("other shapes (kept as initialised)", report["mismatched"])) if keys]
-    if lines and "loaded" in report:
+    if lines:
         rest = "; the rest start as initialised" if report["loaded"] < report["model_tensors"] else ""
         lines.append(f"zoo: --init-from loaded {report['loaded']} of the model's {report['model_tensors']} "
                      f"tensors{rest}.")

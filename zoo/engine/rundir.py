@@ -73,11 +73,14 @@ def prepare_new(run_dir: Path, overwrite: bool) -> None:
 def write_text_atomic(path: Path, text: str) -> None:
     """Write a text file atomically (temporary file, fsync, rename): readers see the old or the new."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write leaves no temporary file
 
 
 def write_json(path: Path, document: dict[str, Any]) -> None:

@@ -29,7 +29,7 @@ from zoo.engine.evaluate import evaluate
 from zoo.engine.feed import BadItems, BadSampleError, DeviceFeed, make_loader, prefetching, to_device
 from zoo.engine.hooks import HookCaller, RunContext
 from zoo.engine.precision import Precision, resolve_device
-from zoo.engine.rundir import MetricsLog, versions, write_json
+from zoo.engine.rundir import MetricsLog, read_config, versions, write_json
 from zoo.errors import PluginError, RunError, UsageError, ZooError, first_line
 from zoo.registry import Registry
 
@@ -164,7 +164,7 @@ class Trainer:
         parts = build.build_parts(self.registry, config)
         self.plan, self.recipe, self.model_options = parts.plan, parts.recipe, parts.model_options
         self.train_set, self.test_set = parts.train_set, parts.test_set
-        if config.data and not getattr(self.train_set, "reads_data", True) and self.dist.is_main:
+        if config.data and not self.train_set.reads_data and self.dist.is_main:
             _echo(f"zoo: dataset '{self.plan.dataset.name}' does not read --data {config.data}; to train on "
                   f"those files pick a dataset that reads them, e.g. --dataset imagefolder ('zoo list datasets').")
         decoding_on_device = self._decoding_on_device()
@@ -281,19 +281,16 @@ class Trainer:
 
     def _record_moved_data(self) -> None:
         """Keep a new --data (the saved one is gone) in config.json, so zoo test finds the data."""
-        import json
-        path = self.run_dir / "config.json"
-        document = json.loads(path.read_text())
+        document = read_config(self.run_dir)
         if document.get("config", {}).get("data") != self.config.data:
             document["config"]["data"] = self.config.data
-            write_json(path, document)
+            write_json(self.run_dir / "config.json", document)
 
     def _write_config(self, command_line: list[str], resumed: bool) -> None:
         path = self.run_dir / "config.json"
         document: dict[str, Any] = {}
         if resumed and path.exists():
-            import json
-            document = json.loads(path.read_text())
+            document = read_config(self.run_dir)
             document.setdefault("resumed_with", []).append(command_line)
         else:
             document["command_line"] = command_line
