@@ -33,9 +33,9 @@ def zoo_register(registry):
                      "Degraded/clean patch pairs from images matching a glob")
 
     registry.hook("tensorboard", "plugins.hooks.tensorboard:TensorboardHook",
-                  "Writes losses, learning rate, efficiency and sample grids with tensorboardX",
+                  "Writes losses, learning rate, efficiency and image grids with tensorboardX",
                   default=True)
     registry.hook("samples", "plugins.hooks.samples:SampleGridHook",
-                  "Saves PNG sample grids of generative models under samples/", default=True)
+                  "Saves PNG grids under samples/: generated images, or restored test images", default=True)
     registry.hook("early_stopping", "plugins.hooks.early_stopping:EarlyStoppingHook",
                   "Stops the run when the evaluation metric stops improving (patience evaluations)")

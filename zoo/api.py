@@ -264,20 +264,18 @@ class LoadedRun:
         ``[-1, 1]``.
         """
         import torch
-        method = getattr(self.recipe, "predict", None)
-        if self.task == "generation" and not callable(method):
+        from zoo.recipe import predictor
+        if self.task == "generation" and not callable(getattr(self.recipe, "predict", None)):
             raise UsageError(f"model '{self.plan.model.name}' generates images rather than mapping inputs; use "
                              f"run.recipe.sample(count, generator) (or 'zoo sample').")
-        if not callable(method) and type(self.recipe).forward is not torch.nn.Module.forward:
-            method = self.recipe  # the recipe's own forward
-        if not callable(method) and len(self.networks) != 1:
+        method = predictor(self.recipe)
+        if method is None:
             raise PluginError(f"model '{self.plan.model.name}' has networks {', '.join(self.networks)} and neither "
                               f"predict(inputs) nor forward, so zoo cannot tell which to run; its plugin should "
                               f"define predict (or call one of run.networks yourself).")
         self.recipe.eval()
         with torch.no_grad():
-            inputs = inputs.to(self.device)
-            return method(inputs) if callable(method) else next(iter(self.networks.values()))(inputs)
+            return method(inputs.to(self.device))
 
     def build_loss(self) -> nn.Module | None:
         """The run's loss module with its saved options, on the run's device (``None`` if it has none)."""

@@ -9,7 +9,7 @@ which optimizers exist and yields ``(optimizer_name, loss)`` pairs in order.
 from __future__ import annotations
 
 import inspect
-from typing import Any, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 from torch import nn
@@ -116,3 +116,16 @@ class Recipe(nn.Module):
     def pop_logs(self) -> dict[str, torch.Tensor]:
         """Scalars recorded since the last call (used by the engine)."""
         return self.__dict__.pop("_step_logs", {})
+
+
+def predictor(recipe: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """What maps a batch of inputs to the model's outputs: the recipe's ``predict``, else its own
+    ``forward``, else its only network; ``None`` when it has several networks and neither method.
+    """
+    method = getattr(recipe, "predict", None)
+    if callable(method):
+        return method
+    if type(recipe).forward is not nn.Module.forward:
+        return recipe
+    networks = list(recipe.children())
+    return networks[0] if len(networks) == 1 else None

@@ -1,4 +1,4 @@
-"""Builtin hook: PNG grids of a generative model's samples under ``samples/``."""
+"""Builtin hook: PNG grids under ``samples/`` of what the model makes (``run.sample_grid()``)."""
 
 from __future__ import annotations
 

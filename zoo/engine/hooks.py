@@ -39,9 +39,9 @@ class RunContext:
         return self.recipe.task == "generation"
 
     def sample_grid(self) -> torch.Tensor | None:
-        """An image grid (C, H, W) in [0, 1] of samples from fixed inputs, computed once per step."""
-        if not self.generative:
-            return None
+        """An image grid (C, H, W) in [0, 1], computed once per step: a generative model's samples from fixed
+        inputs; an image-to-image model's fixed test inputs, its outputs and the targets, in three rows; else None.
+        """
         if self._grid_step != self.step:
             self._grid = self._sampler()
             self._grid_step = self.step

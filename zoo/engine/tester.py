@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import save_image
 
 from zoo.api import load_run
 from zoo.engine import speed
 from zoo.engine.evaluate import evaluate
 from zoo.engine.feed import BadItems, make_loader
+from zoo.engine.pictures import Pictures
 from zoo.engine.precision import Precision
-from zoo.engine.rng import derive_seed
 from zoo.engine.rundir import write_json
 from zoo.registry import Registry
 
@@ -23,7 +21,7 @@ from zoo.registry import Registry
 def evaluate_run(registry: Registry, run_dir: Path, *, step: int | None = None, chosen: str | None = None,
                  device: str = "auto", batch_size: int | None = None, workers: int = 0, data: str | None = None,
                  skip_bad_files: bool = False) -> dict[str, Any]:
-    """Evaluate a checkpoint; write ``test-metrics.json`` (and a sample grid for generative models).
+    """Evaluate a checkpoint; write ``test-metrics.json`` (and a grid of samples, or of test inputs, outputs and targets).
 
     ``data`` reads the test split from there instead of the run's ``--data`` (data that moved).
     """
@@ -42,17 +40,11 @@ def evaluate_run(registry: Registry, run_dir: Path, *, step: int | None = None, 
     step = run.step
     result: dict[str, Any] = {"checkpoint": str(folder), "step": step, "samples": len(run.test_set),
                               "metrics": metrics}
-    if recipe.task == "generation":
-        generator = torch.Generator(device=torch_device)
-        generator.manual_seed(derive_seed(config.seed, "samples"))
-        recipe.eval()
-        with torch.no_grad():
-            images = recipe.sample(64, generator)
-        if images is not None:
-            (run_dir / "samples").mkdir(exist_ok=True)
-            grid_path = run_dir / "samples" / f"test-step-{step}.png"
-            grid = make_grid(((images.float() + 1) / 2).clamp(0, 1).cpu(), nrow=int(math.sqrt(len(images))))
-            save_image(grid, str(grid_path))
-            result["sample_grid"] = str(grid_path)
+    grid = Pictures(recipe, run.test_set, config.seed, torch_device, precision.autocast).grid()
+    if grid is not None:
+        (run_dir / "samples").mkdir(exist_ok=True)
+        grid_path = run_dir / "samples" / f"test-step-{step}.png"
+        save_image(grid, str(grid_path))
+        result["sample_grid"] = str(grid_path)
     write_json(run_dir / "test-metrics.json", result)
     return result

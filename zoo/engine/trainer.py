@@ -19,12 +19,11 @@ from typing import Any
 
 import torch
 from torch.nn.utils import clip_grad_norm_
-from torchvision.utils import make_grid
 from tqdm import tqdm
 
 from zoo import build
 from zoo.config import TrainConfig
-from zoo.engine import cache, checkpoint, device_decode, distributed, finetune, graphed, rng, speed
+from zoo.engine import cache, checkpoint, device_decode, distributed, finetune, graphed, pictures, rng, speed
 from zoo.engine.evaluate import evaluate
 from zoo.engine.feed import BadItems, BadSampleError, DeviceFeed, make_loader, prefetching, to_device
 from zoo.engine.hooks import HookCaller, RunContext
@@ -35,7 +34,6 @@ from zoo.registry import Registry
 
 DEFAULT_EPOCHS = 10
 STATE_KEYS = frozenset({"model", "step", "epoch", "position", "train_size", "optimizers", "schedulers", "rng"})
-SAMPLE_COUNT = 64
 
 
 class Interrupted(ZooError):
@@ -117,7 +115,9 @@ class Trainer:
         self._check_trainable()
         self.hooks = HookCaller(build.build_hooks(self.plan.hooks, config.hook_opt))
         self.metrics_log = MetricsLog(self.run_dir)
-        self.context = RunContext(self.run_dir, config, self.recipe, self.device, self.sample_grid,
+        self.pictures = pictures.Pictures(self.recipe, self.test_set, config.seed, self.device,
+                                          self.precision.autocast)
+        self.context = RunContext(self.run_dir, config, self.recipe, self.device, self.pictures.grid,
                                   self.metrics_log, self._emit_log)
         self.step = self.epoch = self.position = 0
         self.best: dict[str, Any] | None = None
@@ -824,22 +824,6 @@ class Trainer:
 
     def _emit_log(self, run: RunContext, step: int, name: str, value: Any) -> None:
         self.hooks.call("on_log", run=run, step=step, name=name, value=value)
-
-    def sample_grid(self) -> torch.Tensor | None:
-        """A grid of samples from fixed inputs, drawn from a generator of its own."""
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(rng.derive_seed(self.config.seed, "samples"))
-        was_training = self.recipe.training
-        self.recipe.eval()
-        try:
-            with torch.no_grad(), self.precision.autocast():
-                images = self.recipe.sample(SAMPLE_COUNT, generator)
-        finally:
-            self.recipe.train(was_training)
-        if images is None:
-            return None
-        images = ((images.detach().float() + 1) / 2).clamp(0, 1).cpu()
-        return make_grid(images, nrow=int(math.sqrt(SAMPLE_COUNT)), padding=2)
 
     # ------------------------------------------------------------ signals
     def _install_signal_handlers(self) -> dict[int, Any]:

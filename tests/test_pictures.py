@@ -1,0 +1,159 @@
+"""Image grids of a run: image-to-image runs show fixed test inputs, outputs and targets; drawing them changes nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from torchvision.transforms.v2.functional import pil_to_tensor
+
+from zoo.api import load_run
+from zoo.config import TrainConfig
+from zoo.engine import pictures
+from zoo.engine.rundir import prepare_new
+from zoo.engine.tester import evaluate_run
+from zoo.engine.trainer import Trainer
+from zoo.errors import RunError
+from zoo.recipe import predictor
+from zoo.registry import discover
+
+SIZE = 16
+I2I = dict(model="resnet_i2i", loss="l1", model_opt={"ngf": 4, "blocks": 1},
+           dataset_opt={"train_count": 32, "test_count": 10, "degrade": "noise", "size": SIZE},
+           batch_size=8, log_every=2, device="cpu", max_steps=6, eval_every=0)
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return discover()
+
+
+def train(registry, run_dir: Path, **overrides) -> Trainer:
+    prepare_new(run_dir, overwrite=True)
+    trainer = Trainer(TrainConfig(**dict(I2I, run_dir=str(run_dir), **overrides)), registry, run_dir,
+                      resume=False, command_line=["zoo", "test-run"])
+    trainer.fit()
+    return trainer
+
+
+def grid_cells(path: Path, rows: int, columns: int) -> torch.Tensor:
+    """The images of a saved grid (make_grid's 2-pixel padding) as ``(rows, columns, C, SIZE, SIZE)`` uint8."""
+    grid = pil_to_tensor(Image.open(path).convert("RGB"))
+    cell = SIZE + 2
+    assert grid.shape[1:] == (rows * cell + 2, columns * cell + 2)
+    return torch.stack([torch.stack([grid[:, 2 + r * cell:2 + r * cell + SIZE, 2 + c * cell:2 + c * cell + SIZE]
+                                     for c in range(columns)]) for r in range(rows)])
+
+
+def as_png_bytes(images: torch.Tensor) -> torch.Tensor:
+    """Images in ``[-1, 1]`` as the uint8 values save_image writes."""
+    return ((images.float() + 1) / 2).clamp(0, 1).mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
+
+
+def test_an_image_to_image_run_saves_test_inputs_outputs_and_targets(registry, tmp_path):
+    trainer = train(registry, tmp_path / "run", epochs=None)
+    cells = grid_cells(tmp_path / "run" / "samples" / "latest.png", rows=3, columns=8)
+    indices = pictures.preview_indices(len(trainer.test_set))
+    assert indices == [0, 1, 2, 3, 5, 6, 7, 8]  # spread over the 10 test images
+    inputs = torch.stack([trainer.test_set[i][0] for i in indices])
+    targets = torch.stack([trainer.test_set[i][1] for i in indices])
+    outputs = load_run(tmp_path / "run", device="cpu").predict(inputs)
+    for row, expected in enumerate((inputs, outputs, targets)):
+        difference = (cells[row].int() - as_png_bytes(expected).int()).abs().max().item()
+        assert difference <= 1, f"row {row} differs by {difference} grey levels"
+    assert not torch.equal(cells[0], cells[2])  # the inputs are degraded, not the targets again
+
+    result = evaluate_run(registry, tmp_path / "run", device="cpu")
+    assert result["sample_grid"] == str(tmp_path / "run" / "samples" / "test-step-6.png")
+    assert torch.equal(grid_cells(Path(result["sample_grid"]), 3, 8), cells)  # the same weights, the same grid
+
+
+def test_drawing_the_grids_leaves_training_bitwise_unchanged(registry, tmp_path):
+    quiet = train(registry, tmp_path / "quiet", no_hooks=["samples", "tensorboard"], max_steps=9)
+    shown = train(registry, tmp_path / "shown", max_steps=9)  # grids at the ends of epochs 1 and 2
+    assert sorted(p.name for p in (tmp_path / "shown" / "samples").iterdir()) == \
+        ["latest.png", "step-4.png", "step-8.png", "step-9.png"]
+    assert not (tmp_path / "quiet" / "samples").exists()
+    for (name, a), (_, b) in zip(quiet.recipe.state_dict().items(), shown.recipe.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_a_classifier_saves_no_grid(registry, tmp_path):
+    train(registry, tmp_path / "run", model="mnist_net", loss=None, model_opt={},
+          dataset_opt={"train_count": 32, "test_count": 8}, max_steps=4)
+    assert not (tmp_path / "run" / "samples").exists()
+
+
+class _Items:
+    """A test split whose item 1 is an unreadable file and whose items draw from the global RNG."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int):
+        if index == 1:
+            raise RunError("cannot read images/1.png")
+        noise = torch.rand(1, 2, 2)  # against the contract, but it must not move training's draws
+        return torch.full((1, 2, 2), float(index)) + noise, torch.zeros(1, 2, 2)
+
+
+def test_the_preview_leaves_out_unreadable_items_and_restores_the_global_rng():
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    inputs, targets = pictures.preview_batch(_Items(4), seed=0)
+    assert torch.equal(torch.rand(3), expected)
+    assert inputs[:, 0, 0, 0].floor().tolist() == [0.0, 2.0, 3.0]
+    assert targets.shape == (3, 1, 2, 2)
+    assert pictures.preview_batch(_Items(0), seed=0) is None
+
+
+def test_the_preview_spreads_its_items_and_takes_all_of_a_small_split():
+    assert pictures.preview_indices(3) == [0, 1, 2]
+    assert pictures.preview_indices(80) == [0, 10, 20, 30, 40, 50, 60, 70]
+
+
+class _TwoNets(nn.Module):
+    task = "image_to_image"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder, self.decoder = nn.Identity(), nn.Identity()
+
+
+def test_predictor_picks_predict_then_forward_then_the_only_network():
+    class WithPredict(_TwoNets):
+        def predict(self, inputs):
+            return -inputs
+
+    class WithForward(_TwoNets):
+        def forward(self, inputs):
+            return inputs * 2
+
+    class OneNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Flatten()
+
+    x = torch.ones(2, 1, 2, 2)
+    assert torch.equal(predictor(WithPredict())(x), -x)
+    assert torch.equal(predictor(WithForward())(x), x * 2)
+    assert predictor(OneNet())(x).shape == (2, 4)
+    assert predictor(_TwoNets()) is None
+
+
+def test_no_grid_when_the_model_cannot_say_what_to_run_or_changes_the_shape():
+    batch = (torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 4, 4))
+    assert pictures.restoration_grid(_TwoNets(), batch, torch.device("cpu")) is None
+
+    class Shrinks(_TwoNets):
+        def predict(self, inputs):
+            return inputs[..., :2, :2]
+
+    assert pictures.restoration_grid(Shrinks(), batch, torch.device("cpu")) is None

@@ -1,0 +1,113 @@
+"""Image grids of what a run makes, for people to look at: a generative model's samples,
+an image-to-image model's fixed test inputs beside its outputs and the targets.
+
+Both are drawn so that training never notices: eval mode (restored after), no gradients,
+generators of their own, the global RNG as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Callable, ContextManager
+
+import torch
+from torch.utils.data import default_collate
+from torchvision.utils import make_grid
+
+from zoo.data import seeded_item
+from zoo.engine.rng import derive_seed
+from zoo.errors import ZooError
+from zoo.recipe import Recipe, predictor
+
+SAMPLE_COUNT = 64  # images in a generative model's grid (8 x 8)
+PREVIEW_COUNT = 8  # test images in an image-to-image grid, one column each
+
+
+def preview_indices(length: int, count: int = PREVIEW_COUNT) -> list[int]:
+    """``count`` indices spread evenly over ``length`` items (all of them when fewer)."""
+    if length <= count:
+        return list(range(length))
+    return [index * length // count for index in range(count)]
+
+
+def preview_batch(test_set: Any, seed: int) -> Any | None:
+    """The fixed test items an image-to-image grid shows, collated on the CPU; ``None`` when none can be read.
+
+    Each item is read with a generator of its own and the global RNG restored after, so
+    training draws what it would have drawn. An unreadable item is left out.
+    """
+    items = []
+    with torch.random.fork_rng(devices=[]):
+        for index in preview_indices(len(test_set)):
+            with seeded_item(derive_seed(seed, "preview", index)):
+                try:
+                    items.append(test_set[index])
+                except (ZooError, OSError, ValueError):  # a bad file: the grid shows the others
+                    continue
+    return default_collate(items) if items else None
+
+
+@contextlib.contextmanager
+def _drawing(recipe: Recipe) -> Any:
+    """Eval mode and no gradients while a grid is drawn; the recipe's mode restored after."""
+    was_training = recipe.training
+    recipe.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        recipe.train(was_training)
+
+
+def _grid(images: torch.Tensor, columns: int) -> torch.Tensor:
+    """Images in ``[-1, 1]`` as one ``(C, H, W)`` grid in ``[0, 1]`` on the CPU."""
+    images = ((images.detach().float() + 1) / 2).clamp(0, 1).cpu()
+    return make_grid(images, nrow=columns, padding=2)
+
+
+def sample_grid(recipe: Recipe, seed: int, device: torch.device,
+                autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> torch.Tensor | None:
+    """A generative model's samples from fixed inputs (the run's seed); ``None`` if it draws none."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(derive_seed(seed, "samples"))
+    with _drawing(recipe), autocast():
+        images = recipe.sample(SAMPLE_COUNT, generator)
+    return None if images is None else _grid(images, int(math.sqrt(len(images))))
+
+
+def restoration_grid(recipe: Recipe, batch: Any, device: torch.device,
+                     autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> torch.Tensor | None:
+    """Three rows: the inputs, the model's outputs, the targets; ``None`` if the model has no single prediction."""
+    method = predictor(recipe)
+    if method is None:
+        return None
+    inputs, targets = batch
+    with _drawing(recipe), autocast():
+        outputs = method(inputs.to(device))
+    if outputs.shape != targets.shape:  # not images of the targets' shape: nothing to lay side by side
+        return None
+    return _grid(torch.cat([inputs.float(), outputs.float().cpu(), targets.float()]), len(inputs))
+
+
+class Pictures:
+    """The grid a run shows of its model, by task: samples (generation), inputs/outputs/targets (image_to_image).
+
+    Classifiers get none. The image-to-image test items are read once, at the first grid.
+    """
+
+    def __init__(self, recipe: Recipe, test_set: Any, seed: int, device: torch.device,
+                 autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> None:
+        self.recipe, self.test_set, self.seed, self.device, self.autocast = recipe, test_set, seed, device, autocast
+        self._batch: Any | None = None
+        self._batch_read = False
+
+    def grid(self) -> torch.Tensor | None:
+        """A ``(C, H, W)`` grid in ``[0, 1]`` on the CPU, or ``None`` when the model has nothing to show."""
+        if self.recipe.task == "generation":
+            return sample_grid(self.recipe, self.seed, self.device, self.autocast)
+        if self.recipe.task != "image_to_image":
+            return None
+        if not self._batch_read:
+            self._batch, self._batch_read = preview_batch(self.test_set, self.seed), True
+        return None if self._batch is None else restoration_grid(self.recipe, self._batch, self.device, self.autocast)
