@@ -176,9 +176,10 @@ class PerceptualLoss(ImageLoss):
         if isinstance(layers, bool) or not isinstance(layers, int) or not 1 <= layers <= 3:
             raise UsageError(f"perceptual loss layers must be 1, 2 or 3, not {layers!r}")
         state, self.weights_source = self._resolve_weights(weights)
-        # Build and seed-initialise without touching the global torch RNG (training is seeded).
+        # Build and seed-initialise without touching the global torch RNGs (training is seeded): the CPU
+        # generator alone is seeded (torch.manual_seed would reseed every GPU's) and restored after.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(RANDOM_SEED)
+            torch.random.default_generator.manual_seed(RANDOM_SEED)
             self.vgg = Vgg19Slices(layers, init=state is None)
         if state is not None:
             try:

@@ -74,6 +74,17 @@ def test_set_capturable_sets_the_flag_and_moves_restored_step_counters():
     assert step.device.type == "meta" and step.dtype == torch.float32
 
 
+@pytest.mark.parametrize("enabled", [True, False])
+def test_set_capturable_leaves_a_fused_optimizer_s_counters_beside_its_parameters(enabled):
+    param = torch.nn.Parameter(torch.zeros(3))
+    optimizer = torch.optim.Adam([param], fused=True)
+    param.grad = torch.ones(3)
+    optimizer.step()
+    graphed.set_capturable({"model": optimizer}, torch.device("meta"), enabled)
+    assert optimizer.state[param]["step"].device == param.device
+    assert optimizer.param_groups[0]["capturable"] is enabled
+
+
 def test_a_capturable_checkpoint_resumes_without_graphs_on_the_cpu():
     """A checkpoint saved by a graph run keeps capturable=True; a run without graphs turns it off."""
     param = torch.nn.Parameter(torch.ones(3))
@@ -166,8 +177,10 @@ def test_a_step_that_syncs_with_the_host_falls_back_to_eager_in_one_line():
     said = []
     runner = graphed.StepGraph(syncing, {"m": graph_opt}, said.append)
     batch = [(torch.randn(8, 16, device="cuda"), torch.randn(8, 4, device="cuda"))]
+    stream = torch.cuda.current_stream()
     for _ in range(graphed.WARMUP_STEPS + 2):
         values = runner(batch)
+    assert torch.cuda.current_stream() == stream  # not left on the failed capture's stream
     assert not runner.enabled and runner.captures == 0
     assert len(said) == 1 and "cannot be captured in a CUDA graph" in said[0] and "running eagerly" in said[0]
     assert torch.isfinite(values["loss"]).all()

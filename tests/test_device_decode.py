@@ -200,8 +200,14 @@ def test_running_out_of_device_memory_is_raised_not_taken_for_bad_files(tmp_path
 @pytest.mark.parametrize("message, device_trouble", [
     ("Error while decoding JPEG images: CUDA out of memory. Tried to allocate 2.00 GiB", True),
     ("Error while decoding JPEG images: Failed to synchronize CUDA stream: 700", True),
-    ("Error while decoding JPEG images: nvjpegDecodeBatched failed: NVJPEG_STATUS_EXECUTION_FAILED", True),
-    ("Error while decoding JPEG images: NVJPEG_STATUS_BAD_JPEG", False),
+    ("Error while decoding JPEG images: Failed to decode batch: 6", True),  # execution failed
+    ("Error while decoding JPEG images: Failed to decode jpeg stream: 5", True),  # allocator failure
+    ("Error while decoding JPEG images: Failed to initialize batch decoding: 8", True),  # internal error
+    ("Error while decoding JPEG images: Failed to create nvjpeg state: 1", True),
+    ("Error while decoding JPEG images: Failed to get image info: 3", False),  # bad JPEG
+    ("Error while decoding JPEG images: Failed to parse jpeg stream: 4", False),  # JPEG not supported
+    ("Error while decoding JPEG images: Failed to decode jpeg stream: 10", False),  # incomplete bitstream
+    ("Error while decoding JPEG images: Unknown chroma subsampling", False),
     ("Not a JPEG file: starts with 0x89 0x50", False),
 ])
 def test_torchvision_errors_that_blame_the_device_are_told_from_bad_files(message, device_trouble):

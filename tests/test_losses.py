@@ -110,11 +110,15 @@ def test_match_statistics_gradient_is_finite_for_one_sample():
 # --- Perceptual loss: random weights ----------------------------------------------------
 
 
-def test_perceptual_random_is_deterministic_and_leaves_rng_alone():
+def test_perceptual_random_is_deterministic_and_leaves_rng_alone(monkeypatch):
     torch.manual_seed(123)
     state = torch.get_rng_state()
+    gpu_seeds = []  # the GPUs' generators are seeded by the run's --seed; the loss must not reseed them
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", gpu_seeds.append)
+    monkeypatch.setattr(torch.cuda, "manual_seed", gpu_seeds.append)
     first = PerceptualLoss(weights="random")
     assert torch.equal(torch.get_rng_state(), state)
+    assert gpu_seeds == []
     second = PerceptualLoss(weights="random")
     assert first.weights_source == "random(seed=0)"
     assert_same_weights(second, vgg_params(first))

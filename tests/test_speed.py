@@ -7,8 +7,10 @@ import json
 import pytest
 import torch
 
-from zoo.engine import checkpoint
+from zoo.config import TrainConfig
+from zoo.engine import checkpoint, speed
 from zoo.engine.feed import DeviceFeed
+from zoo.engine.precision import resolve_device
 
 TINY = ["--model", "dcgan", "--loss", "mse", "--model-opt", "ngf=8", "--model-opt", "ndf=8",
         "--model-opt", "nz=16", "--dataset-opt", "train_count=32", "--dataset-opt", "test_count=8",
@@ -20,6 +22,15 @@ def weights(run):
     return checkpoint.load_weights(checkpoint.list_steps(run)[-1][1])
 
 
+@pytest.mark.parametrize("name, index", [("auto", 1), ("cuda", 1), ("cuda:0", 0)])
+def test_a_cuda_device_always_has_its_index(monkeypatch, name, index):
+    """torch.cuda.set_device and device comparisons need the index: a bare 'cuda' is the current GPU."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert resolve_device(name) == torch.device("cuda", index)
+
+
 def test_channels_last_trains_to_the_same_weights_within_float_tolerance(zoo_cli, tmp_path):
     assert zoo_cli("train", *TINY, "--device", "cpu", "--run-dir", str(tmp_path / "a"))[0] == 0
     code, _, err = zoo_cli("train", *TINY, "--device", "cpu", "--channels-last", "--run-dir", str(tmp_path / "b"))
@@ -28,6 +39,15 @@ def test_channels_last_trains_to_the_same_weights_within_float_tolerance(zoo_cli
     assert all(torch.allclose(a[k], b[k], atol=1e-4, rtol=1e-3) for k in a)
     speed = json.loads((tmp_path / "b" / "config.json").read_text())["resolved"]["speed"]
     assert speed == {"precision": "32", "channels_last": True, "compile": False, "cuda_graph": False}
+
+
+@pytest.mark.parametrize("capability, precision", [((7, 0), "16-mixed"), ((8, 0), "bf16"), ((9, 0), "bf16")])
+def test_fast_picks_bf16_only_where_the_gpu_computes_it_natively(monkeypatch, capability, precision):
+    """A V100 or T4 emulates bf16 (slowly): --fast takes float16 with its scaler there."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    config = TrainConfig(model="dcgan", fast=True)
+    settings = speed.resolve(config, torch.device("cuda", 0), say=lambda _line: None)
+    assert (settings.precision, settings.channels_last, settings.cuda_graph) == (precision, True, True)
 
 
 def test_fast_on_the_cpu_says_it_changes_nothing(zoo_cli, tmp_path):

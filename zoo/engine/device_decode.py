@@ -20,6 +20,7 @@ decoded on the CPU instead; one nothing can read becomes a bad item, as in a wor
 from __future__ import annotations
 
 import functools
+import re
 import warnings
 from typing import Any, Callable, NamedTuple
 
@@ -85,16 +86,25 @@ def blocker(dataset: Any, device: torch.device, cache_built_first: bool) -> str 
     return _probe_error(device)
 
 
-# Words in a decoder's error that blame the device, not the file (torchvision wraps nvjpeg's and CUDA's
-# errors, out of memory included, in a plain RuntimeError "Error while decoding JPEG images: ...").
-DEVICE_TROUBLE = ("out of memory", "cuda error", "cudaerror", "failed to synchronize", "allocator_failure",
-                  "execution_failed", "internal_error", "arch_mismatch")
+# Words in a decoder's error that blame the device, not the file. torchvision wraps nvjpeg's and CUDA's
+# errors, out of memory included, in a plain RuntimeError "Error while decoding JPEG images: <step>: <status>",
+# the status a number: nvjpeg's, or CUDA's after "Failed to synchronize CUDA stream".
+DEVICE_TROUBLE = ("out of memory", "cuda error", "cudaerror", "failed to synchronize", "failed to initialize",
+                  "failed to create", "failed to attach")
+# nvjpegStatus_t values that blame the device: not initialized, allocator failure, execution failed,
+# arch mismatch, internal error. The others (bad JPEG, not supported, incomplete bitstream...) blame the file.
+NVJPEG_DEVICE_STATUSES = frozenset({1, 5, 6, 7, 8})
+_NVJPEG_STATUS = re.compile(r"failed to [^:\n]*:\s*(\d+)")
 
 
 def _is_device_failure(exc: BaseException) -> bool:
-    """Out of memory or a CUDA error: the device is in trouble, not the file, so it must surface."""
+    """Out of memory, a CUDA error or an nvjpeg status of the device's: the device is in trouble, not the file,
+    so it must surface."""
     text = str(exc).lower()
-    return isinstance(exc, torch.OutOfMemoryError) or any(words in text for words in DEVICE_TROUBLE)
+    if isinstance(exc, torch.OutOfMemoryError) or any(words in text for words in DEVICE_TROUBLE):
+        return True
+    status = _NVJPEG_STATUS.search(text)
+    return status is not None and int(status.group(1)) in NVJPEG_DEVICE_STATUSES
 
 
 class EncodedItems(Dataset):

@@ -35,7 +35,8 @@ def set_capturable(optimizers: dict[str, torch.optim.Optimizer], device: torch.d
 
     Capturable: step counters live on the device and updates never sync with the host,
     as a graph needs. Out of it (no graphs, or another device on resume): counters on
-    the CPU, the usual fast path.
+    the CPU, the usual fast path. A fused optimizer's kernels read its counters where its
+    parameters are, in either mode.
     """
     for optimizer in optimizers.values():
         if "capturable" not in optimizer.defaults:
@@ -43,11 +44,11 @@ def set_capturable(optimizers: dict[str, torch.optim.Optimizer], device: torch.d
         optimizer.defaults["capturable"] = enabled
         for group in optimizer.param_groups:
             group["capturable"] = enabled
-        target = device if enabled else torch.device("cpu")
-        for state in optimizer.state.values():
-            step = state.get("step")
-            if isinstance(step, torch.Tensor) and step.device != target:
-                state["step"] = step.to(device=target, dtype=torch.float32)
+            for param in group["params"]:
+                step = optimizer.state.get(param, {}).get("step")
+                target = param.device if group.get("fused") else device if enabled else torch.device("cpu")
+                if isinstance(step, torch.Tensor) and step.device != target:
+                    optimizer.state[param]["step"] = step.to(device=target, dtype=torch.float32)
 
 
 def _leaves(tree: Any) -> list[torch.Tensor]:
@@ -151,15 +152,16 @@ class StepGraph:
         graph = torch.cuda.CUDAGraph()
         generator = torch.cuda.default_generators[torch.cuda.current_device()]
         before = generator.clone_state() if hasattr(generator, "clone_state") else None
+        stream = torch.cuda.current_stream()
         try:
             # thread_local: the loader's pin-memory thread may allocate while this thread captures
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 outputs = self.compute(inputs)
         except (ZooError, torch.OutOfMemoryError):
-            self._restore(generator, before)
+            self._restore(generator, before, stream)
             raise
         except Exception as exc:  # a host sync or an op graphs cannot hold: stay eager from here on
-            self._restore(generator, before)
+            self._restore(generator, before, stream)
             del graph, inputs
             self.say(f"zoo: this model's step cannot be captured in a CUDA graph ({first_line(exc)}); "
                      f"running eagerly.")
@@ -176,7 +178,9 @@ class StepGraph:
         return outputs
 
     @staticmethod
-    def _restore(generator: torch.Generator, before: torch.Generator | None) -> None:
-        """A failed capture leaves the random generator in capture mode: give it its state back."""
+    def _restore(generator: torch.Generator, before: torch.Generator | None, stream: torch.cuda.Stream) -> None:
+        """A failed capture leaves the random generator in capture mode, and (when ending the capture raised)
+        the capture stream current: give both back."""
         if before is not None:
             generator.graphsafe_set_state(before)
+        torch.cuda.set_stream(stream)

@@ -11,10 +11,14 @@ from zoo.errors import UsageError
 
 
 def resolve_device(name: str) -> torch.device:
-    """Turn ``auto|cpu|cuda|cuda:N|mps`` into a device, checking it exists."""
+    """Turn ``auto|cpu|cuda|cuda:N|mps`` into a device, checking it exists.
+
+    A CUDA device always has its index (``cuda`` is the current one): ``torch.cuda.set_device``
+    and device comparisons need it.
+    """
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return torch.device("cuda", torch.cuda.current_device())
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -28,6 +32,8 @@ def resolve_device(name: str) -> torch.device:
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s); "
                              f"use cuda:0..cuda:{torch.cuda.device_count() - 1}.")
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
     elif device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise UsageError(f"--device {name}: MPS is not available here; use --device cpu (or auto).")
     elif device.type not in ("cpu", "cuda", "mps"):

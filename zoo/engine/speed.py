@@ -28,6 +28,14 @@ class SpeedSettings:
         return dataclasses.asdict(self)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether this GPU computes in bf16 natively (Ampere, compute capability 8.0, and later).
+
+    ``torch.cuda.is_bf16_supported()`` also says yes where bf16 is emulated, and slow (a V100, a T4).
+    """
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def resolve(config: Any, device: torch.device, say: Callable[[str], None]) -> SpeedSettings:
     """Turn ``--precision``, ``--fast``, ``--channels-last``, ``--compile`` and ``--cuda-graph`` into settings this
     device can take.
@@ -40,7 +48,7 @@ def resolve(config: Any, device: torch.device, say: Callable[[str], None]) -> Sp
     if config.fast:
         if device.type == "cuda":
             if settings.precision == "32":
-                settings.precision = "bf16" if torch.cuda.is_bf16_supported() else "16-mixed"
+                settings.precision = "bf16" if native_bf16(device) else "16-mixed"
             settings.channels_last = settings.cuda_graph = True
         else:
             say(f"zoo: --fast speeds up CUDA runs; on {device.type} it changes nothing.")
