@@ -36,6 +36,6 @@ def zoo_register(registry):
                   "Writes losses, learning rate, efficiency and image grids with tensorboardX",
                   default=True)
     registry.hook("samples", "plugins.hooks.samples:SampleGridHook",
-                  "Saves PNG grids under samples/: generated images, or restored test images", default=True)
+                  "Saves PNG grids under samples/: generated, restored or classified test images", default=True)
     registry.hook("early_stopping", "plugins.hooks.early_stopping:EarlyStoppingHook",
                   "Stops the run when the evaluation metric stops improving (patience evaluations)")

@@ -81,10 +81,25 @@ def test_drawing_the_grids_leaves_training_bitwise_unchanged(registry, tmp_path)
         assert torch.equal(a, b), name
 
 
-def test_a_classifier_saves_no_grid(registry, tmp_path):
-    train(registry, tmp_path / "run", model="mnist_net", loss=None, model_opt={},
-          dataset_opt={"train_count": 32, "test_count": 8}, max_steps=4)
-    assert not (tmp_path / "run" / "samples").exists()
+def test_a_classifier_frames_its_test_images_green_where_right_and_red_where_wrong(registry, tmp_path):
+    trainer = train(registry, tmp_path / "run", model="mnist_net", loss=None, model_opt={},
+                    dataset_opt={"train_count": 64, "test_count": 40, "size": SIZE}, max_steps=5)
+    size = trainer.test_set.image_shape[1]  # the classifier's own input size
+    indices = pictures.preview_indices(len(trainer.test_set), pictures.CLASSIFIED_COUNT)
+    images = torch.stack([trainer.test_set[i][0] for i in indices])
+    labels = torch.tensor([trainer.test_set[i][1] for i in indices])
+    right = load_run(tmp_path / "run", device="cpu").predict(images).argmax(dim=1) == labels
+    assert 0 < int(right.sum()) < len(right)  # half-trained: both colours show
+
+    grid = pil_to_tensor(Image.open(tmp_path / "run" / "samples" / "latest.png").convert("RGB"))
+    cell = size + 2 * pictures.FRAME + 2
+    assert grid.shape[1:] == (4 * cell + 2, 8 * cell + 2)  # 32 images, 8 a row
+    corners = [grid[:, 2 + (n // 8) * cell, 2 + (n % 8) * cell] for n in range(32)]  # each frame's top-left pixel
+    green, red = (torch.tensor(c).mul(255).round().to(torch.uint8) for c in (pictures.RIGHT, pictures.WRONG))
+    assert [torch.equal(c, green) for c in corners] == right.tolist()
+    assert all(torch.equal(c, green) or torch.equal(c, red) for c in corners)
+    inside = grid[:, 2 + pictures.FRAME:2 + pictures.FRAME + size, 2 + pictures.FRAME:2 + pictures.FRAME + size]
+    assert torch.equal(inside, as_png_bytes(images[0]).expand(3, -1, -1))  # the first test image, gray as RGB
 
 
 class _Items:
@@ -112,6 +127,20 @@ def test_the_preview_leaves_out_unreadable_items_and_restores_the_global_rng():
     assert inputs[:, 0, 0, 0].floor().tolist() == [0.0, 2.0, 3.0]
     assert targets.shape == (3, 1, 2, 2)
     assert pictures.preview_batch(_Items(0), seed=0) is None
+
+
+def test_a_classifier_s_large_images_are_shown_scaled_down():
+    class Logits(_TwoNets):
+        def predict(self, inputs):
+            return torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+
+    batch = (torch.zeros(2, 3, 224, 160), torch.tensor([1, 1]))
+    grid = pictures.classified_grid(Logits(), batch, torch.device("cpu"))
+    frame = 2 * pictures.FRAME
+    height, width = pictures.CLASSIFIED_SIDE + frame, 160 * pictures.CLASSIFIED_SIDE // 224 + frame
+    assert grid.shape == (3, height + 4, 2 * (width + 2) + 2)  # the longer side scaled to CLASSIFIED_SIDE
+    assert grid[:, 2, 2].tolist() == pytest.approx(pictures.RIGHT)  # predicted 1, labelled 1
+    assert grid[:, 2, 4 + width].tolist() == pytest.approx(pictures.WRONG)  # predicted 0, labelled 1
 
 
 def test_the_preview_spreads_its_items_and_takes_all_of_a_small_split():

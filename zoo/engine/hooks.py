@@ -40,7 +40,8 @@ class RunContext:
 
     def sample_grid(self) -> torch.Tensor | None:
         """An image grid (C, H, W) in [0, 1], computed once per step: a generative model's samples from fixed
-        inputs; an image-to-image model's fixed test inputs, its outputs and the targets, in three rows; else None.
+        inputs; an image-to-image model's fixed test inputs, its outputs and the targets, in three rows; a
+        classifier's fixed test images framed green where it is right, red where wrong; or None.
         """
         if self._grid_step != self.step:
             self._grid = self._sampler()

@@ -1,5 +1,6 @@
 """Image grids of what a run makes, for people to look at: a generative model's samples,
-an image-to-image model's fixed test inputs beside its outputs and the targets.
+an image-to-image model's fixed test inputs beside its outputs and the targets, a classifier's
+fixed test images framed green where it is right and red where it is wrong.
 
 Both are drawn so that training never notices: eval mode (restored after), no gradients,
 generators of their own, the global RNG as it was.
@@ -12,6 +13,7 @@ import math
 from typing import Any, Callable, ContextManager
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import default_collate
 from torchvision.utils import make_grid
 
@@ -22,6 +24,10 @@ from zoo.recipe import Recipe, predictor
 
 SAMPLE_COUNT = 64  # images in a generative model's grid (8 x 8)
 PREVIEW_COUNT = 8  # test images in an image-to-image grid, one column each
+CLASSIFIED_COUNT = 32  # test images in a classifier's grid (4 rows of 8)
+FRAME = 3  # pixels of a classified image's frame
+CLASSIFIED_SIDE = 96  # larger classified images are shown scaled down to this (an ImageNet model's grid stays small)
+RIGHT, WRONG = (0.1, 0.75, 0.2), (0.9, 0.1, 0.1)  # frame colours (RGB in [0, 1])
 
 
 def preview_indices(length: int, count: int = PREVIEW_COUNT) -> list[int]:
@@ -31,7 +37,7 @@ def preview_indices(length: int, count: int = PREVIEW_COUNT) -> list[int]:
     return [index * length // count for index in range(count)]
 
 
-def preview_batch(test_set: Any, seed: int) -> Any | None:
+def preview_batch(test_set: Any, seed: int, count: int = PREVIEW_COUNT) -> Any | None:
     """The fixed test items an image-to-image grid shows, collated on the CPU; ``None`` when none can be read.
 
     Each item is read with a generator of its own and the global RNG restored after, so
@@ -39,7 +45,7 @@ def preview_batch(test_set: Any, seed: int) -> Any | None:
     """
     items = []
     with torch.random.fork_rng(devices=[]):
-        for index in preview_indices(len(test_set)):
+        for index in preview_indices(len(test_set), count):
             with seeded_item(derive_seed(seed, "preview", index)):
                 try:
                     items.append(test_set[index])
@@ -90,10 +96,34 @@ def restoration_grid(recipe: Recipe, batch: Any, device: torch.device,
     return _grid(torch.cat([inputs.float(), outputs.float().cpu(), targets.float()]), len(inputs))
 
 
-class Pictures:
-    """The grid a run shows of its model, by task: samples (generation), inputs/outputs/targets (image_to_image).
+def classified_grid(recipe: Recipe, batch: Any, device: torch.device,
+                    autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> torch.Tensor | None:
+    """Test images framed green where the classifier's top class is the label, red where not;
+    ``None`` if the model has no single prediction or its outputs are not one score per class."""
+    method = predictor(recipe)
+    if method is None:
+        return None
+    images, labels = batch
+    with _drawing(recipe), autocast():
+        scores = method(images.to(device))
+    if scores.dim() != 2 or len(scores) != len(images):
+        return None
+    right = scores.argmax(dim=1).cpu() == torch.as_tensor(labels)
+    colours = torch.tensor([RIGHT if ok else WRONG for ok in right.tolist()])
+    images = ((images.float() + 1) / 2).clamp(0, 1).expand(-1, 3, -1, -1)  # gray to RGB: frames have colour
+    if max(images.shape[2:]) > CLASSIFIED_SIDE:
+        images = F.interpolate(images, scale_factor=CLASSIFIED_SIDE / max(images.shape[2:]), mode="bilinear",
+                               antialias=True).clamp(0, 1)
+    framed = colours[:, :, None, None].repeat(1, 1, images.shape[2] + 2 * FRAME, images.shape[3] + 2 * FRAME)
+    framed[:, :, FRAME:-FRAME, FRAME:-FRAME] = images
+    return make_grid(framed, nrow=PREVIEW_COUNT, padding=2)
 
-    Classifiers get none. The image-to-image test items are read once, at the first grid.
+
+class Pictures:
+    """The grid a run shows of its model, by task: samples (generation), inputs/outputs/targets
+    (image_to_image), test images framed by right or wrong (classification).
+
+    The test items are read once, at the first grid.
     """
 
     def __init__(self, recipe: Recipe, test_set: Any, seed: int, device: torch.device,
@@ -104,10 +134,13 @@ class Pictures:
 
     def grid(self) -> torch.Tensor | None:
         """A ``(C, H, W)`` grid in ``[0, 1]`` on the CPU, or ``None`` when the model has nothing to show."""
-        if self.recipe.task == "generation":
+        task = self.recipe.task
+        if task == "generation":
             return sample_grid(self.recipe, self.seed, self.device, self.autocast)
-        if self.recipe.task != "image_to_image":
+        draw = {"image_to_image": restoration_grid, "classification": classified_grid}.get(task)
+        if draw is None:
             return None
         if not self._batch_read:
-            self._batch, self._batch_read = preview_batch(self.test_set, self.seed), True
-        return None if self._batch is None else restoration_grid(self.recipe, self._batch, self.device, self.autocast)
+            count = CLASSIFIED_COUNT if task == "classification" else PREVIEW_COUNT
+            self._batch, self._batch_read = preview_batch(self.test_set, self.seed, count), True
+        return None if self._batch is None else draw(self.recipe, self._batch, self.device, self.autocast)
