@@ -82,33 +82,35 @@ def sample_grid(recipe: Recipe, seed: int, device: torch.device,
     return None if images is None else _grid(images, int(math.sqrt(len(images))))
 
 
-def restoration_grid(recipe: Recipe, batch: Any, device: torch.device,
-                     autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> torch.Tensor | None:
-    """Three rows: the inputs, the model's outputs, the targets; ``None`` if the model has no single prediction."""
+def _predicted(recipe: Recipe, inputs: torch.Tensor, device: torch.device,
+               autocast: Callable[[], ContextManager]) -> torch.Tensor | None:
+    """The model's outputs for ``inputs`` on the CPU; ``None`` if it has no single prediction (see ``predictor``)."""
     method = predictor(recipe)
     if method is None:
         return None
-    inputs, targets = batch
     with _drawing(recipe), autocast():
-        outputs = method(inputs.to(device))
-    if outputs.shape != targets.shape:  # not images of the targets' shape: nothing to lay side by side
+        return method(inputs.to(device)).float().cpu()
+
+
+def restoration_grid(recipe: Recipe, batch: Any, device: torch.device,
+                     autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> torch.Tensor | None:
+    """Three rows: the inputs, the model's outputs, the targets; ``None`` if the model has no single prediction."""
+    inputs, targets = batch
+    outputs = _predicted(recipe, inputs, device, autocast)
+    if outputs is None or outputs.shape != targets.shape:  # not images of the targets' shape: nothing to compare
         return None
-    return _grid(torch.cat([inputs.float(), outputs.float().cpu(), targets.float()]), len(inputs))
+    return _grid(torch.cat([inputs.float(), outputs, targets.float()]), len(inputs))
 
 
 def classified_grid(recipe: Recipe, batch: Any, device: torch.device,
                     autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> torch.Tensor | None:
     """Test images framed green where the classifier's top class is the label, red where not;
     ``None`` if the model has no single prediction or its outputs are not one score per class."""
-    method = predictor(recipe)
-    if method is None:
-        return None
     images, labels = batch
-    with _drawing(recipe), autocast():
-        scores = method(images.to(device))
-    if scores.dim() != 2 or len(scores) != len(images):
+    scores = _predicted(recipe, images, device, autocast)
+    if scores is None or scores.dim() != 2 or len(scores) != len(images):
         return None
-    right = scores.argmax(dim=1).cpu() == torch.as_tensor(labels)
+    right = scores.argmax(dim=1) == torch.as_tensor(labels)
     colours = torch.tensor([RIGHT if ok else WRONG for ok in right.tolist()])
     images = ((images.float() + 1) / 2).clamp(0, 1).expand(-1, 3, -1, -1)  # gray to RGB: frames have colour
     if max(images.shape[2:]) > CLASSIFIED_SIDE:
