@@ -34,7 +34,7 @@ from torchvision import datasets, transforms
 
 from plugins.datasets.imagefolder import ImageFolderDataset
 from zoo.engine.cache import DecodedCache
-from zoo.engine.device_decode import DeviceDecoder, EncodedItems, collate_encoded
+from zoo.engine.device_decode import DeviceDecoder, EncodedItems, blocker, collate_encoded
 from zoo.engine.feed import make_loader
 
 
@@ -124,6 +124,9 @@ def main() -> None:
             print("(e), (f) skipped: no CUDA device (--device cpu times them on the CPU)")
         else:
             device = torch.device(args.device)
+            reason = blocker(dataset, device, cache_built_first=False)  # on CUDA: starts it and nvjpeg, untimed
+            if reason is not None and device.type == "cuda":
+                raise SystemExit(f"(e), (f): cannot decode on {device}: {reason}")
             count, seconds = device_pass(dataset, args.batch_size, args.workers, device)
             on_device = count / seconds
             print(f"(e) zoo decoding on {device.type:<4}             {on_device:8.0f} img/s  ({count} images, "

@@ -1,9 +1,10 @@
 """``zoo train`` alone against ``zoo train --nproc-per-node 1`` (through torchrun), alternately.
 
 Both run the same command; throughput is the median of the logged ``samples_per_sec``
-windows after the first (which holds start-up). A ratio near 1 means the launcher and
-the distributed machinery (process group, gradient all-reduce, agreed stop checks)
-cost nothing measurable on one device.
+windows after the first (which holds start-up). A ratio near 1 means going through the
+launcher costs nothing measurable. One launched process trains as a single process (zoo
+sets up a process group, gradient all-reduce and agreed stop checks only for two or more),
+so this times the launcher, not that machinery.
 
     python bench/launcher_speed.py --device cuda --batch-size 128 --steps 600 --workers 8
 """

@@ -10,8 +10,9 @@ the one every guide shows: a DataLoader, zero_grad/backward/step, nothing else.
         --workers 12 --cache-decoded --variants default,fast   # GPU: the default path and --fast
 
 On a GPU, drawing the shapes on the fly cannot keep up with a fast step; with
-``--cache-decoded`` both sides read them from zoo's decoded cache, so the figures
-time the training rather than the drawing.
+``--cache-decoded`` both sides read them from zoo's decoded cache (the one ``zoo train``
+keys, built in full before the first round), so the figures time the training rather
+than the drawing.
 
 Every measurement runs in a fresh process (so no run inherits another's allocator,
 threads or caches), in the order plain, then each variant, round after round.
@@ -35,15 +36,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from zoo.build import build_dataset, build_recipe
+from zoo.build import build_parts, build_recipe
 from zoo.config import TrainConfig
 from zoo.engine.cache import DecodedCache, default_root
 from zoo.engine.rundir import prepare_new
-from zoo.engine.trainer import Trainer
+from zoo.engine.trainer import Trainer, cache_origin
 from zoo.registry import get_registry
 
 
@@ -52,14 +54,31 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def bench_config(args: argparse.Namespace, folder: Path, variant: str = "default") -> TrainConfig:
+    """The ``zoo train`` settings of a zoo side (the plain side reads the same training split)."""
+    return TrainConfig(model="dcgan", batch_size=args.batch_size, max_steps=args.warmup + args.steps,
+                       device=str(args.device), workers=args.workers, eval_every=0, save_every=0,
+                       model_opt={"image_size": args.image_size},
+                       dataset_opt={"train_count": args.train_count}, run_dir=str(folder),
+                       cache_decoded=args.cache_decoded, **VARIANTS[variant])
+
+
+def training_split(args: argparse.Namespace) -> Any:
+    """The shapes both sides train on; with ``--cache-decoded``, served from the decoded cache zoo keys for
+    them, built in full (published) when it is not there yet."""
+    registry = get_registry()
+    parts = build_parts(registry, bench_config(args, Path("unused")))
+    if not args.cache_decoded:
+        return parts.train_set
+    return DecodedCache(parts.train_set, default_root(), workers=args.workers,
+                        origin=cache_origin(registry, parts.plan.dataset))
+
+
 def plain_loop(args: argparse.Namespace, device: torch.device) -> float:
     """Samples per second of a hand-written loop (after a warm-up)."""
     registry = get_registry()
+    dataset = training_split(args)
     torch.manual_seed(0)
-    dataset = build_dataset(registry.resolve("dataset", "shapes"), "train", task="generation", data=None,
-                            options={"train_count": args.train_count}, image_size=args.image_size, channels=3)
-    if args.cache_decoded:  # the same cached images zoo reads
-        dataset = DecodedCache(dataset, default_root(), workers=args.workers)
     recipe, _, _ = build_recipe(registry.resolve("model", "dcgan"), {"image_size": args.image_size, "nc": 3})
     torch.backends.cudnn.benchmark = True  # as PyTorch's DCGAN example sets it
     netG, netD = recipe.generator.to(device), recipe.discriminator.to(device)
@@ -107,11 +126,7 @@ VARIANTS: dict[str, dict[str, object]] = {
 
 def zoo_loop(args: argparse.Namespace, device: torch.device, folder: Path, variant: str) -> float:
     """Samples per second of zoo's engine on the same work (after a warm-up)."""
-    config = TrainConfig(model="dcgan", batch_size=args.batch_size, max_steps=args.warmup + args.steps,
-                         device=str(device), workers=args.workers, eval_every=0, save_every=0,
-                         model_opt={"image_size": args.image_size},
-                         dataset_opt={"train_count": args.train_count}, run_dir=str(folder),
-                         cache_decoded=args.cache_decoded, **VARIANTS[variant])
+    config = bench_config(args, folder, variant)
     if variant == "default-thread":
         from zoo.engine import feed, trainer as trainer_module
         trainer_module.prefetching = lambda loader, workers, depth: feed.Prefetcher(loader, max_prefetch=depth)
@@ -182,6 +197,8 @@ def main() -> None:
     unknown = [name for name in variants if name not in VARIANTS]
     if unknown or not variants:
         parser.error(f"unknown variant(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(VARIANTS)}")
+    if args.cache_decoded:  # before any timing: no side pays for drawing or reads a partly filled cache
+        training_split(args)
     plain: list[float] = []
     ours: dict[str, list[float]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory() as tmp:

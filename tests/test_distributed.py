@@ -103,3 +103,18 @@ def test_an_unreadable_file_met_by_the_second_process_is_named(tmp_path):
                "--batch-size", "4", "--max-steps", "2", "--nproc-per-node", "2", "--run-dir", str(tmp_path / "run"))
     assert done.returncode != 0
     assert second.name in done.stderr and "--skip-bad-files" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("device, gpus, refused", [("auto", 1, True), ("cuda", 2, False), ("cpu", 1, False)])
+def test_more_processes_than_gpus_is_refused_in_one_line(monkeypatch, device, gpus, refused):
+    """Each process trains on its own GPU: without enough, set_device would fail with a raw CUDA error."""
+    from zoo.engine.distributed import check_gpu_count
+    from zoo.errors import UsageError
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    if refused:
+        with pytest.raises(UsageError, match="2 processes on this machine need 2 GPUs .* but 1 is visible; "
+                                             "lower --nproc-per-node to 1, or train on --device cpu"):
+            check_gpu_count(device, 2)
+    else:
+        check_gpu_count(device, 2)

@@ -135,7 +135,8 @@ def test_gpu_memory_stays_flat_over_steps(zoo_cli, tmp_path, monkeypatch, flags)
         from test_device_decode import write_jpeg_folder
         write_jpeg_folder(tmp_path / "data", count=40)
         data = ["--dataset", "imagefolder", "--data", str(tmp_path / "data"), "--workers", "2"]
-    code, _, err = zoo_cli("train", *TINY, *data, "--max-steps", "60", "--log-every", "6", "--device", "cuda",
+    tiny = [arg for arg in TINY if arg not in ("--dataset-opt", "train_count=32", "test_count=8")] if data else TINY
+    code, _, err = zoo_cli("train", *tiny, *data, "--max-steps", "60", "--log-every", "6", "--device", "cuda",
                            *flags, "--run-dir", str(tmp_path / "run"))
     assert code == 0, err
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

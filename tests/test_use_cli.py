@@ -190,7 +190,7 @@ def test_predict_image_to_image_writes_restored_images_with_the_input_names(zoo_
     assert f"{images[0]} -> {out_dir / 'noisy-0.png'}" in out
     with Image.open(out_dir / "noisy-0.png") as image:
         assert image.size == (32, 32) and image.mode == "RGB"
-    code, out, err = zoo_cli("predict", "--run", str(runs["i2i"]), str(images[1]), "--json")
+    code, out, err = zoo_cli("predict", "--run", str(runs["i2i"]), str(images[1]), "--json", "--device", "cpu")
     assert code == 0, err
     default = runs["i2i"] / "predictions" / "noisy-1.png"
     assert json.loads(out)["predictions"] == [{"image": str(images[1]), "output": str(default)}]
@@ -205,14 +205,16 @@ def test_predict_restores_whole_images_at_their_size_unless_asked_to_crop(zoo_cl
     photo = tmp_path / "in" / "wide.png"
     photo.parent.mkdir()
     Image.fromarray(rng.integers(0, 255, (61, 71, 3), dtype=np.uint8)).save(photo)
-    code, _, err = zoo_cli("predict", "--run", str(runs["i2i"]), str(photo), "--out", str(tmp_path / "whole"))
+    code, _, err = zoo_cli("predict", "--run", str(runs["i2i"]), str(photo), "--out", str(tmp_path / "whole"),
+                           "--device", "cpu")  # compared bit for bit with the CPU's result below
     assert code == 0, err
     with Image.open(tmp_path / "whole" / "wide.png") as image:
         assert image.size == (71, 61)
         restored = np.array(image)
     expected = api.to_image(run.predict(run.preprocess(photo, whole=True)[None])[0])  # the model on all of it
     assert np.array_equal(restored, np.array(expected))
-    code, _, err = zoo_cli("predict", "--run", str(runs["i2i"]), str(photo), "--crop", "--out", str(tmp_path / "crop"))
+    code, _, err = zoo_cli("predict", "--run", str(runs["i2i"]), str(photo), "--crop", "--out", str(tmp_path / "crop"),
+                           "--device", "cpu")
     assert code == 0, err
     with Image.open(tmp_path / "crop" / "wide.png") as image:
         assert image.size == (32, 32)

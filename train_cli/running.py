@@ -105,12 +105,13 @@ def train_command(ctx, resume: str | None, overwrite: bool, config_file: str | N
         model_entry = registry.resolve("model", config.model)  # a typo fails before any folder is made
         run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(
             config.model, config.loss or _default_loss(model_entry))
-    from zoo.engine.distributed import broadcast_object, launched_by_torchrun, teardown  # imports torch
+    from zoo.engine.distributed import broadcast_object, check_gpu_count, launched_by_torchrun, teardown
     from zoo.engine.distributed import setup as distributed_setup
 
     if moved_from is not None and not launched_by_torchrun():  # said once: by the launcher or the lone process
         click.echo(f"zoo: the run's data {moved_from} is gone; reading {config.data} instead.", err=True)
     if nproc is not None and not launched_by_torchrun():
+        check_gpu_count(config.device, nproc)
         _launch(nproc, run_dir, given_run_dir=bool(resume or config.run_dir))
         return
     dist_context = distributed_setup(config.device)

@@ -360,7 +360,7 @@ def load_run(run_dir: str | Path, step: int | None = None, device: str | Any = "
     parts_named = dataclasses.replace(config)  # the recorded plugin:name spellings; config stays as saved
     pin_recorded_parts(parts_named, saved.get("resolved"))
     folder = choose_checkpoint(run_dir, step, checkpoint)
-    torch_device = device if isinstance(device, torch.device) else resolve_device(str(device))
+    torch_device = resolve_device(str(device))  # checked, and a bare 'cuda' given its index
     registry = registry or get_registry()
     resolved = dict(saved.get("resolved") or {})
     plan = build.plan_run(registry, parts_named.model or "", parts_named.loss, parts_named.dataset, [], [])

@@ -20,6 +20,8 @@ import torch
 import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
+from zoo.errors import UsageError
+
 
 @dataclasses.dataclass
 class DistContext:
@@ -46,12 +48,23 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def check_gpu_count(device_name: str, processes: int) -> None:
+    """A UsageError when ``processes`` on this machine would train on CUDA with fewer GPUs than processes."""
+    if device_name == "cpu" or not torch.cuda.is_available() or processes <= torch.cuda.device_count():
+        return
+    count = torch.cuda.device_count()
+    raise UsageError(f"{processes} processes on this machine need {processes} GPUs (one each) but {count} "
+                     f"{'is' if count == 1 else 'are'} visible; lower --nproc-per-node to {count}, "
+                     f"or train on --device cpu.")
+
+
 def setup(device_name: str) -> DistContext:
     """Join the process group torchrun describes; NCCL for CUDA devices, gloo otherwise."""
     if not launched_by_torchrun():
         return DistContext()
     use_cuda = device_name != "cpu" and torch.cuda.is_available()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    check_gpu_count(device_name, int(os.environ.get("LOCAL_WORLD_SIZE", local_rank + 1)))
     if use_cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():

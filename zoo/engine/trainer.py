@@ -36,6 +36,18 @@ DEFAULT_EPOCHS = 10
 STATE_KEYS = frozenset({"model", "step", "epoch", "position", "train_size", "optimizers", "schedulers", "rng"})
 
 
+def describe_entry(registry: Registry, entry: Any) -> dict[str, Any]:
+    """A plugin part as config.json records it: ``plugin:name`` and its plugin's version."""
+    info = registry.plugins.get(entry.plugin)
+    return {"name": entry.qualified_name, "version": info.version if info else None}
+
+
+def cache_origin(registry: Registry, entry: Any) -> str:
+    """What keys a dataset's decoded caches besides its files: ``plugin:name@version``."""
+    described = describe_entry(registry, entry)
+    return f"{described['name']}@{described['version']}"
+
+
 class Interrupted(ZooError):
     """The run stopped on SIGINT/SIGTERM after saving; exit 130 or 143."""
 
@@ -176,10 +188,10 @@ class Trainer:
                 # one process: the first pass over each split fills its cache; several: rank 0 builds them first
                 # (the training split's, on the device when it decodes there: another cache, another key)
                 train_decoder = device_decode.cache_decoder_name(self.train_set) if decoding_on_device else None
-                origin = self._describe(self.plan.dataset)  # a new version of the dataset's plugin: new caches
+                origin = cache_origin(self.registry, self.plan.dataset)  # a new plugin version: new caches
                 self.train_set, self.test_set = (
                     cache.DecodedCache(split, root, workers=config.workers, fill_on_read=not self.dist.enabled,
-                                       decoder=decoder, origin=f"{origin['name']}@{origin['version']}")
+                                       decoder=decoder, origin=origin)
                     for split, decoder in ((self.train_set, train_decoder), (self.test_set, None)))
                 if self.dist.is_main:
                     distributed.barrier(self.dist)
@@ -300,10 +312,10 @@ class Trainer:
         document.update({
             "config": self.config.to_dict(),
             "resolved": {
-                "model": self._describe(plugins.model),
-                "loss": self._describe(plugins.loss) if plugins.loss else None,
-                "dataset": self._describe(plugins.dataset),
-                "hooks": [self._describe(e) for e in plugins.hooks],
+                "model": describe_entry(self.registry, plugins.model),
+                "loss": describe_entry(self.registry, plugins.loss) if plugins.loss else None,
+                "dataset": describe_entry(self.registry, plugins.dataset),
+                "hooks": [describe_entry(self.registry, e) for e in plugins.hooks],
                 "model_options": self.model_options,
                 "input_shape": list(self.train_set.image_shape),
                 "classes": getattr(self.train_set, "classes", None),
@@ -319,10 +331,6 @@ class Trainer:
             "versions": versions(),
         })
         write_json(path, document)
-
-    def _describe(self, entry: Any) -> dict[str, Any]:
-        info = self.registry.plugins.get(entry.plugin)
-        return {"name": entry.qualified_name, "version": info.version if info else None}
 
     # ------------------------------------------------------------- resuming
     def _resume(self) -> None:
