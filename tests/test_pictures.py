@@ -186,3 +186,35 @@ def test_no_grid_when_the_model_cannot_say_what_to_run_or_changes_the_shape():
             return inputs[..., :2, :2]
 
     assert pictures.restoration_grid(Shrinks(), batch, torch.device("cpu")) is None
+
+
+def test_a_grid_that_cannot_be_drawn_is_given_up_in_one_line_and_training_goes_on():
+    class Broken(_TwoNets):
+        task = "classification"
+
+        def predict(self, inputs):
+            raise RuntimeError("expected a dict batch\nmore detail")
+
+    said = []
+    shown = pictures.Pictures(Broken(), [(torch.zeros(1, 4, 4), 0)] * 3, seed=0, device=torch.device("cpu"),
+                              say=said.append)
+    assert shown.grid() is None and shown.grid() is None
+    assert said == ["zoo: no grid of test images for this run (RuntimeError: expected a dict batch); "
+                    "training goes on."]
+
+
+@pytest.mark.parametrize("item", [
+    (torch.zeros(4, 4, 4), 0),  # four channels: no PNG shows them
+    (torch.zeros(1, 4, 4), torch.tensor([0, 1])),  # not one class index per image
+    ({"image": torch.zeros(1, 4, 4)}, 0),  # not an image tensor
+])
+def test_no_classifier_grid_for_items_that_are_not_labelled_images(item):
+    class Scores(_TwoNets):
+        task = "classification"
+
+        def predict(self, inputs):
+            return torch.zeros(len(inputs), 2)
+
+    said = []
+    shown = pictures.Pictures(Scores(), [item] * 2, seed=0, device=torch.device("cpu"), say=said.append)
+    assert shown.grid() is None and said == []

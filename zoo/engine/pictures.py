@@ -2,8 +2,10 @@
 an image-to-image model's fixed test inputs beside its outputs and the targets, a classifier's
 fixed test images framed green where it is right and red where it is wrong.
 
-Both are drawn so that training never notices: eval mode (restored after), no gradients,
-generators of their own, the global RNG as it was.
+Every grid is drawn so that training never notices: eval mode (restored after), no gradients,
+generators of their own, the global RNG as it was. A test-image grid that cannot be drawn
+(a plugin's model or data not shaped as zoo's builtins are) is given up in one line, never
+stopping the run.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from torchvision.utils import make_grid
 
 from zoo.data import seeded_item
 from zoo.engine.rng import derive_seed
-from zoo.errors import ZooError
+from zoo.errors import ZooError, first_line
 from zoo.recipe import Recipe, predictor
 
 SAMPLE_COUNT = 64  # images in a generative model's grid (8 x 8)
@@ -38,7 +40,7 @@ def preview_indices(length: int, count: int = PREVIEW_COUNT) -> list[int]:
 
 
 def preview_batch(test_set: Any, seed: int, count: int = PREVIEW_COUNT) -> Any | None:
-    """The fixed test items an image-to-image grid shows, collated on the CPU; ``None`` when none can be read.
+    """The fixed test items a grid shows, collated on the CPU; ``None`` when none can be read.
 
     Each item is read with a generator of its own and the global RNG restored after, so
     training draws what it would have drawn. An unreadable item is left out.
@@ -82,6 +84,11 @@ def sample_grid(recipe: Recipe, seed: int, device: torch.device,
     return None if images is None else _grid(images, int(math.sqrt(len(images))))
 
 
+def _images(batch: Any) -> bool:
+    """Whether a collated batch is images a PNG can show: ``(N, 1 or 3, H, W)``."""
+    return isinstance(batch, torch.Tensor) and batch.dim() == 4 and batch.shape[1] in (1, 3)
+
+
 def _predicted(recipe: Recipe, inputs: torch.Tensor, device: torch.device,
                autocast: Callable[[], ContextManager]) -> torch.Tensor | None:
     """The model's outputs for ``inputs`` on the CPU; ``None`` if it has no single prediction (see ``predictor``)."""
@@ -96,6 +103,8 @@ def restoration_grid(recipe: Recipe, batch: Any, device: torch.device,
                      autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> torch.Tensor | None:
     """Three rows: the inputs, the model's outputs, the targets; ``None`` if the model has no single prediction."""
     inputs, targets = batch
+    if not _images(inputs):
+        return None
     outputs = _predicted(recipe, inputs, device, autocast)
     if outputs is None or outputs.shape != targets.shape:  # not images of the targets' shape: nothing to compare
         return None
@@ -107,10 +116,13 @@ def classified_grid(recipe: Recipe, batch: Any, device: torch.device,
     """Test images framed green where the classifier's top class is the label, red where not;
     ``None`` if the model has no single prediction or its outputs are not one score per class."""
     images, labels = batch
-    scores = _predicted(recipe, images, device, autocast)
-    if scores is None or scores.dim() != 2 or len(scores) != len(images):
+    labels = torch.as_tensor(labels)
+    if not _images(images) or labels.shape != (len(images),):  # one class index per image
         return None
-    right = scores.argmax(dim=1) == torch.as_tensor(labels)
+    scores = _predicted(recipe, images, device, autocast)
+    if scores is None or scores.shape[:1] != labels.shape or scores.dim() != 2:
+        return None
+    right = scores.argmax(dim=1) == labels
     colours = torch.tensor([RIGHT if ok else WRONG for ok in right.tolist()])
     images = ((images.float() + 1) / 2).clamp(0, 1).expand(-1, 3, -1, -1)  # gray to RGB: frames have colour
     if max(images.shape[2:]) > CLASSIFIED_SIDE:
@@ -129,10 +141,13 @@ class Pictures:
     """
 
     def __init__(self, recipe: Recipe, test_set: Any, seed: int, device: torch.device,
-                 autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> None:
+                 autocast: Callable[[], ContextManager] = contextlib.nullcontext,
+                 say: Callable[[str], None] = lambda _line: None) -> None:
         self.recipe, self.test_set, self.seed, self.device, self.autocast = recipe, test_set, seed, device, autocast
+        self.say = say
         self._batch: Any | None = None
         self._batch_read = False
+        self._given_up = False
 
     def grid(self) -> torch.Tensor | None:
         """A ``(C, H, W)`` grid in ``[0, 1]`` on the CPU, or ``None`` when the model has nothing to show."""
@@ -140,9 +155,16 @@ class Pictures:
         if task == "generation":
             return sample_grid(self.recipe, self.seed, self.device, self.autocast)
         draw = {"image_to_image": restoration_grid, "classification": classified_grid}.get(task)
-        if draw is None:
+        if draw is None or self._given_up:
             return None
-        if not self._batch_read:
-            count = CLASSIFIED_COUNT if task == "classification" else PREVIEW_COUNT
-            self._batch, self._batch_read = preview_batch(self.test_set, self.seed, count), True
-        return None if self._batch is None else draw(self.recipe, self._batch, self.device, self.autocast)
+        try:
+            if not self._batch_read:
+                count = CLASSIFIED_COUNT if task == "classification" else PREVIEW_COUNT
+                self._batch, self._batch_read = preview_batch(self.test_set, self.seed, count), True
+            return None if self._batch is None else draw(self.recipe, self._batch, self.device, self.autocast)
+        except torch.OutOfMemoryError:
+            raise  # the device is full: training would fail next, and should say so itself
+        except Exception as exc:  # a picture is not worth a run: say why once, draw no more
+            self._given_up = True
+            self.say(f"zoo: no grid of test images for this run ({first_line(exc)}); training goes on.")
+            return None

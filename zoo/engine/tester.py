@@ -40,7 +40,8 @@ def evaluate_run(registry: Registry, run_dir: Path, *, step: int | None = None, 
     step = run.step
     result: dict[str, Any] = {"checkpoint": str(folder), "step": step, "samples": len(run.test_set),
                               "metrics": metrics}
-    grid = Pictures(recipe, run.test_set, config.seed, torch_device, precision.autocast).grid()
+    grid = Pictures(recipe, run.test_set, config.seed, torch_device, precision.autocast,
+                    say=lambda line: print(line, file=sys.stderr)).grid()
     if grid is not None:
         (run_dir / "samples").mkdir(exist_ok=True)
         grid_path = run_dir / "samples" / f"test-step-{step}.png"

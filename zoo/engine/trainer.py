@@ -128,7 +128,7 @@ class Trainer:
         self.hooks = HookCaller(build.build_hooks(self.plan.hooks, config.hook_opt))
         self.metrics_log = MetricsLog(self.run_dir)
         self.pictures = pictures.Pictures(self.recipe, self.test_set, config.seed, self.device,
-                                          self.precision.autocast)
+                                          self.precision.autocast, say=_echo)
         self.context = RunContext(self.run_dir, config, self.recipe, self.device, self.pictures.grid,
                                   self.metrics_log, self._emit_log)
         self.step = self.epoch = self.position = 0
