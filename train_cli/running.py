@@ -12,8 +12,8 @@ from pathlib import Path
 
 import click
 
-from zoo.config import TrainConfig, absolute_data, load_toml, merge, pin_recorded_parts, resume_config
-from zoo.errors import UsageError, ZooError
+from zoo.config import TrainConfig, absolute_data, data_present, load_toml, merge, pin_recorded_parts, resume_config
+from zoo.errors import RunError, UsageError, ZooError
 from zoo.options import split_assignments, split_hook_assignments
 
 @click.command("train")
@@ -75,6 +75,7 @@ def train_command(ctx, resume: str | None, overwrite: bool, config_file: str | N
     """Train a model; Ctrl-C or SIGTERM saves a checkpoint first (exit 130 / 143)."""
     from zoo.engine.rundir import default_run_dir, read_config
 
+    _no_empty_paths(resume=resume, config=config_file, run_dir=options.get("run_dir"))
     registry = ctx.registry()
     given = {key: value for key, value in options.items()}
     given["hooks"] = list(given["hooks"])
@@ -91,6 +92,8 @@ def train_command(ctx, resume: str | None, overwrite: bool, config_file: str | N
         if config_file:
             raise UsageError("--config cannot be combined with --resume; the run keeps its saved config.")
         saved = read_config(Path(resume))
+        if given.get("data") is None:
+            _check_data_there(saved["config"].get("data"), f"zoo train --resume {resume} --data NEW")
         config = resume_config(saved.get("config", {}), given)
         pin_recorded_parts(config, saved.get("resolved"))
         if config.data != absolute_data(saved.get("config", {}).get("data")):
@@ -124,6 +127,20 @@ def train_command(ctx, resume: str | None, overwrite: bool, config_file: str | N
         teardown(dist_context)
 
 
+def _no_empty_paths(**paths: str | None) -> None:
+    """An empty ``--resume``, ``--config`` or ``--run-dir`` is a mistake, not the option left out."""
+    for name, value in paths.items():
+        if value is not None and not value.strip():
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag} was given an empty path; name a folder or file, or leave {flag} out.")
+
+
+def _check_data_there(saved_data: str | None, fix: str) -> None:
+    """A run's saved --data that was a path and is gone: say so, and how to name its new place."""
+    if saved_data and os.path.isabs(saved_data) and not data_present(saved_data):
+        raise UsageError(f"the run's data {saved_data} is gone; if it moved, name its new place: {fix}")
+
+
 def _default_loss(entry) -> str | None:
     """The loss a model trains with when --loss is not given (for the run folder's name)."""
     from zoo.build import load_recipe_class
@@ -134,22 +151,35 @@ def _train(registry, config: TrainConfig, run_dir: Path, resume: bool, overwrite
     """Take the run folder (rank 0), prepare it and train."""
     from zoo.engine.distributed import barrier
     from zoo.engine.lock import RunLock
-    from zoo.engine.rundir import prepare_new
+    from zoo.engine.rundir import discard_replaced, prepare_new, restore_replaced
 
     lock = RunLock(run_dir) if dist_context.is_main else None
     created = not run_dir.exists()
     finished = False
+    replaced = None  # the run --overwrite replaces, kept aside until the new one has started
     try:
         if lock is not None:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            lock.acquire()
-            if not resume:
-                prepare_new(run_dir, overwrite)
+            if overwrite and config.init_from and _inside(Path(config.init_from), run_dir):
+                raise UsageError(f"--init-from {config.init_from} is in the run --overwrite replaces; copy the "
+                                 f"checkpoint out of {run_dir} first, or pick another --run-dir.")
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                lock.acquire()
+                if not resume:
+                    replaced = prepare_new(run_dir, overwrite, keep_replaced=True)
+            except OSError as exc:
+                raise UsageError(f"cannot write the run folder {run_dir} ({exc.strerror or exc}); pick a "
+                                 f"writable --run-dir.") from None
         barrier(dist_context)
         from zoo.engine.trainer import Trainer  # imports torch: after the cheap checks above
 
-        trainer = Trainer(config, registry, run_dir, resume=resume, command_line=["zoo", *sys.argv[1:]],
-                          dist_context=dist_context)
+        try:
+            trainer = Trainer(config, registry, run_dir, resume=resume, command_line=["zoo", *sys.argv[1:]],
+                              dist_context=dist_context)
+        except BaseException:
+            restore_replaced(replaced)  # the new run did not start: the old one stays as it was
+            raise
+        discard_replaced(replaced)
         finished = True  # built: from here on the folder is a run, whatever happens
         try:
             trainer.fit()
@@ -164,6 +194,12 @@ def _train(registry, config: TrainConfig, run_dir: Path, resume: bool, overwrite
             lock.release()
             if created and not finished and not resume:
                 shutil.rmtree(run_dir, ignore_errors=True)  # a run that never started leaves nothing
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies in it."""
+    path, folder = path.expanduser().resolve(), folder.expanduser().resolve()
+    return path == folder or folder in path.parents
 
 
 def _launch(nproc: int, run_dir: Path, given_run_dir: bool) -> None:
@@ -222,18 +258,25 @@ def _launch(nproc: int, run_dir: Path, given_run_dir: bool) -> None:
 def test_command(ctx, run_dir: str, step: int | None, checkpoint: str | None, device: str, batch_size: int | None,
                  workers: int, data: str | None, skip_bad_files: bool, as_json: bool) -> None:
     """Evaluate a run's checkpoint on its dataset's test split; saves test-metrics.json."""
+    from zoo.engine.rundir import read_config
     from zoo.engine.tester import evaluate_run
 
+    if data is None:
+        _check_data_there(read_config(Path(run_dir))["config"].get("data"), f"zoo test --run {run_dir} --data NEW")
     result = evaluate_run(ctx.registry(), Path(run_dir), step=step, chosen=checkpoint, device=device,
                           batch_size=batch_size, workers=workers, data=absolute_data(data),
                           skip_bad_files=skip_bad_files)
+    unsaved = result.pop("not_saved", None)
     if as_json:
         click.echo(json.dumps(result, indent=2))
-        return
-    click.echo(f"checkpoint {result['checkpoint']} on {result['samples']} test samples:")
-    width = max([len(key) for key in result["metrics"]] + [len("samples")])
-    for key, value in result["metrics"].items():
-        click.echo(f"  {key:<{width}}  {value:.4f}")
-    if "sample_grid" in result:
-        click.echo(f"  {'samples':<{width}}  {result['sample_grid']}")
-    click.echo(f"saved {Path(run_dir) / 'test-metrics.json'}")
+    else:
+        click.echo(f"checkpoint {result['checkpoint']} on {result['samples']} test samples:")
+        width = max([len(key) for key in result["metrics"]] + [len("samples")])
+        for key, value in result["metrics"].items():
+            click.echo(f"  {key:<{width}}  {value:.4f}")
+        if "sample_grid" in result:
+            click.echo(f"  {'samples':<{width}}  {result['sample_grid']}")
+        if not unsaved:
+            click.echo(f"saved {Path(run_dir) / 'test-metrics.json'}")
+    if unsaved:
+        raise RunError(unsaved)

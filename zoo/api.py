@@ -351,9 +351,7 @@ def load_run(run_dir: str | Path, step: int | None = None, device: str | Any = "
     from zoo.engine.rundir import read_config
 
     run_dir = Path(run_dir)
-    saved = read_config(run_dir)
-    if not isinstance(saved.get("config"), dict) or not saved["config"].get("model"):
-        raise UsageError(f"{run_dir}/config.json names no model; pass a folder made by 'zoo train'.")
+    saved = read_config(run_dir)  # a zoo run's: its config names a model
     config = TrainConfig.from_dict(saved["config"], f"{run_dir}/config.json")
     if data is not None:
         config.data = data

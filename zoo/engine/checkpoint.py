@@ -150,6 +150,17 @@ def list_steps(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def set_aside(folder: Path) -> Path:
+    """Rename a damaged checkpoint folder to ``damaged-<name>`` (``damaged-<name>.2``, ... when taken); the new path."""
+    aside = folder.with_name(f"damaged-{folder.name}")
+    number = 1
+    while aside.exists():
+        number += 1
+        aside = folder.with_name(f"damaged-{folder.name}.{number}")
+    folder.rename(aside)
+    return aside
+
+
 def load(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a checkpoint folder; raise :class:`CheckpointError` if any part is damaged."""
     folder = Path(folder)

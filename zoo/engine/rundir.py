@@ -13,6 +13,9 @@ from typing import Any
 
 from zoo.errors import UsageError
 
+# what a run folder holds besides its lock: what --overwrite replaces, and what marks a folder as used
+RUN_ENTRIES = ("config.json", "checkpoints", "tensorboard", "samples", "metrics.jsonl", "test-metrics.json",
+               "predictions")
 
 def versions() -> dict[str, str]:
     """Versions of the packages a run depends on."""
@@ -37,37 +40,92 @@ def default_run_dir(model: str, loss: str | None) -> Path:
     return candidate
 
 
+def _is_run_config(document: Any) -> bool:
+    """Whether a parsed config.json is one ``zoo train`` wrote: a config section naming a model."""
+    return isinstance(document, dict) and isinstance(document.get("config"), dict) \
+        and isinstance(document["config"].get("model"), str) and bool(document["config"]["model"])
+
+
 def read_config(run_dir: Path) -> dict[str, Any]:
-    """The saved config.json of a run; a missing or unreadable one is a usage error."""
+    """The saved config.json of a run; a missing, unreadable or foreign one is a usage error."""
     path = Path(run_dir) / "config.json"
+    if Path(run_dir).is_file():
+        raise UsageError(f"{run_dir} is a file, not a run folder; pass a folder made by 'zoo train'.")
     if not Path(run_dir).is_dir():
         raise UsageError(f"run dir {run_dir} does not exist; pass a folder made by 'zoo train'.")
     if not path.is_file():
         raise UsageError(f"{run_dir} holds no config.json, so it is not a zoo run; pass a folder made by 'zoo train'.")
     try:
-        return json.loads(path.read_text())
+        document = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise UsageError(f"{path} is unreadable ({exc}); the run cannot be used.") from None
+    if not _is_run_config(document):
+        raise UsageError(f"{path} is not the config.json 'zoo train' writes (it has no config section naming a "
+                         f"model); the run cannot be used.")
+    return document
 
 
-def prepare_new(run_dir: Path, overwrite: bool) -> None:
-    """Create a fresh run folder, refusing to mix two runs in one."""
+def _is_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a config.json that ``zoo train`` wrote."""
+    try:
+        return _is_run_config(json.loads((run_dir / "config.json").read_text()))
+    except (OSError, ValueError):
+        return False
+
+
+def prepare_new(run_dir: Path, overwrite: bool, keep_replaced: bool = False) -> Path | None:
+    """Make ``run_dir`` ready for a new run, refusing to mix two runs in one or to touch what is not a run.
+
+    A run it replaces (``overwrite``, or one that never saved a checkpoint) is deleted; with
+    ``keep_replaced`` it is moved aside instead, into the returned folder, until the new run has
+    started (``discard_replaced``) or failed to (``restore_replaced``). ``None`` when there was
+    nothing to replace.
+    """
     run_dir = Path(run_dir)
-    never_saved = not any((run_dir / "checkpoints").glob("step-*"))
-    if (run_dir / "config.json").exists():
-        if never_saved and not overwrite:
-            print(f"zoo: replacing the run in {run_dir}, which never saved a checkpoint.", file=sys.stderr)
-            overwrite = True
-        if not overwrite:
+    present = [name for name in RUN_ENTRIES if (run_dir / name).exists()]
+    if not present:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return None
+    if not _is_run(run_dir):
+        raise UsageError(f"{run_dir} holds {', '.join(present)} but is not a zoo run (no config.json that "
+                         f"'zoo train' wrote), so zoo leaves it alone; pick another --run-dir.")
+    if not overwrite:
+        if any((run_dir / "checkpoints").glob("step-*")):
             raise UsageError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                              f"or replace it with --overwrite.")
-        for name in ("checkpoints", "tensorboard", "samples", "metrics.jsonl", "config.json", "test-metrics.json"):
-            target = run_dir / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-    run_dir.mkdir(parents=True, exist_ok=True)
+        print(f"zoo: replacing the run in {run_dir}, which never saved a checkpoint.", file=sys.stderr)
+    aside = run_dir / f".replaced-{os.getpid()}"
+    discard_replaced(aside)  # what an earlier start in this folder left
+    aside.mkdir()
+    for name in present:
+        os.replace(run_dir / name, aside / name)
+    if keep_replaced:
+        return aside
+    discard_replaced(aside)
+    return None
+
+
+def discard_replaced(aside: Path | None) -> None:
+    """Delete the run ``prepare_new`` moved aside (and any a killed start left): the new run has started."""
+    if aside is not None:
+        for left in aside.parent.glob(".replaced-*"):
+            shutil.rmtree(left, ignore_errors=True)
+
+
+def restore_replaced(aside: Path | None) -> None:
+    """Put the run ``prepare_new`` moved aside back in place of what the new run wrote before failing."""
+    if aside is None:
+        return
+    for name in RUN_ENTRIES:
+        written, kept = aside.parent / name, aside / name
+        if not kept.exists():
+            continue
+        if written.is_dir():
+            shutil.rmtree(written)
+        elif written.exists():
+            written.unlink()
+        os.replace(kept, written)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

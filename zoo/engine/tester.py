@@ -23,6 +23,8 @@ def evaluate_run(registry: Registry, run_dir: Path, *, step: int | None = None, 
                  skip_bad_files: bool = False) -> dict[str, Any]:
     """Evaluate a checkpoint; write ``test-metrics.json`` (and a grid of samples, or of test inputs, outputs and targets).
 
+    When the run folder cannot be written the result says why under ``not_saved``.
+
     ``data`` reads the test split from there instead of the run's ``--data`` (data that moved).
     """
     run_dir = Path(run_dir)
@@ -42,10 +44,14 @@ def evaluate_run(registry: Registry, run_dir: Path, *, step: int | None = None, 
                               "metrics": metrics}
     grid = Pictures(recipe, run.test_set, config.seed, torch_device, precision.autocast,
                     say=lambda line: print(line, file=sys.stderr)).grid()
-    if grid is not None:
-        (run_dir / "samples").mkdir(exist_ok=True)
-        grid_path = run_dir / "samples" / f"test-step-{step}.png"
-        save_image(grid, str(grid_path))
-        result["sample_grid"] = str(grid_path)
-    write_json(run_dir / "test-metrics.json", result)
+    try:
+        if grid is not None:
+            (run_dir / "samples").mkdir(exist_ok=True)
+            grid_path = run_dir / "samples" / f"test-step-{step}.png"
+            save_image(grid, str(grid_path))
+            result["sample_grid"] = str(grid_path)
+        write_json(run_dir / "test-metrics.json", result)
+    except OSError as exc:  # the figures still reach the caller; only keeping them failed
+        result["not_saved"] = (f"could not save the results in {run_dir} ({exc.strerror or exc}); the run folder "
+                               f"is not writable: the figures above are all there is.")
     return result
