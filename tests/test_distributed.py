@@ -105,6 +105,29 @@ def test_an_unreadable_file_met_by_the_second_process_is_named(tmp_path):
     assert second.name in done.stderr and "--skip-bad-files" in done.stderr, done.stderr
 
 
+@pytest.mark.parametrize("is_main", [True, False])
+def test_each_error_of_a_job_is_said_once(is_main):
+    from train_cli.running import _once_per_job
+    from zoo.engine.feed import BadSampleError
+    from zoo.errors import UsageError
+    said = _once_per_job(UsageError("model 'dcgan' has no option 'nosuch'"), is_main)
+    assert said.quiet is not is_main  # every process meets it: rank 0 says it
+    assert not _once_per_job(BadSampleError("cannot read data/img03.png"), is_main).quiet  # only it can name it
+    ended = _once_per_job(RuntimeError("[gloo/transport/tcp/pair.cc:561] Connection closed by peer"), is_main)
+    assert ended.quiet and ended.exit_code == 1  # the peer, or the launcher, said why
+    bug = RuntimeError("index out of range")
+    assert _once_per_job(bug, is_main) is bug  # a bug of its own still shows
+
+
+def test_a_run_folder_refused_by_rank_0_ends_the_other_process_quietly(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text('{"app": "settings"}')
+    done = zoo("train", *MODEL, "--max-steps", "1", "--nproc-per-node", "2", "--run-dir", str(tmp_path / "run"))
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "is not a zoo run" in lines[0], done.stderr
+
+
 @pytest.mark.parametrize("device, gpus, refused", [("auto", 1, True), ("cuda", 2, False), ("cpu", 1, False)])
 def test_more_processes_than_gpus_is_refused_in_one_line(monkeypatch, device, gpus, refused):
     """Each process trains on its own GPU: without enough, set_device would fail with a raw CUDA error."""

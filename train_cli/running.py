@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from zoo.config import TrainConfig, absolute_data, data_present, load_toml, merge, pin_recorded_parts, resume_config
-from zoo.errors import RunError, UsageError, ZooError
+from zoo.errors import RunError, UsageError, ZooError, first_line
 from zoo.options import split_assignments, split_hook_assignments
 
 @click.command("train")
@@ -123,8 +123,37 @@ def train_command(ctx, resume: str | None, overwrite: bool, config_file: str | N
             run_dir = Path(broadcast_object(str(run_dir), dist_context))  # one folder for every process
         config.run_dir = str(run_dir)
         _train(registry, config, run_dir, bool(resume), overwrite, dist_context)
+    except Exception as exc:
+        said = _once_per_job(exc, dist_context.is_main) if dist_context.enabled else exc
+        if said is exc:
+            raise
+        raise said from exc
     finally:
         teardown(dist_context)
+
+
+# what a process's collective calls raise when another process of the job has left
+_PEER_GONE = ("connection closed by peer", "connection reset by peer", "broken pipe", "socket closed")
+
+
+def _once_per_job(exc: Exception, is_main: bool) -> Exception:
+    """A process's error in a job of several, made quiet where another process says why the job ended.
+
+    Each message is printed once per job: rank 0's (the same usage error on every process), except an
+    unreadable file, which only the process that met it can name. A process whose peer left (it stopped
+    on an error it printed, or the launcher names the signal that killed it) ends quietly, not as an
+    internal error.
+    """
+    from zoo.engine.feed import BadSampleError
+
+    if isinstance(exc, ZooError):
+        exc.quiet = exc.quiet or (not is_main and not isinstance(exc, BadSampleError))
+        return exc
+    if any(words in str(exc).lower() for words in _PEER_GONE):
+        ended = RunError(f"another process of the job stopped ({first_line(exc)})")
+        ended.quiet = True
+        return ended
+    return exc
 
 
 def _no_empty_paths(**paths: str | None) -> None:
@@ -181,14 +210,7 @@ def _train(registry, config: TrainConfig, run_dir: Path, resume: bool, overwrite
             raise
         discard_replaced(replaced)
         finished = True  # built: from here on the folder is a run, whatever happens
-        try:
-            trainer.fit()
-        except ZooError as exc:
-            from zoo.engine.feed import BadSampleError
-
-            # one message per job, from rank 0, but an unreadable file from the process that met it
-            exc.quiet = not dist_context.is_main and not isinstance(exc, BadSampleError)
-            raise
+        trainer.fit()
     finally:
         if lock is not None:
             lock.release()
