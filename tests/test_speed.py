@@ -173,3 +173,24 @@ def test_a_compiler_failure_on_the_first_step_falls_back_without_a_double_update
     assert "torch.compile failed on this model's first step (AssertionError" in capsys.readouterr().err
     steps = {float(state["step"]) for opt in trainer.optimizers.values() for state in opt.state.values()}
     assert steps == {1.0}  # one update per optimizer, not two
+
+
+def test_more_workers_than_cpus_is_said_once_in_one_line(capsys):
+    import os
+    import warnings
+
+    from zoo.engine import feed
+    from zoo.engine.feed import make_loader
+    feed._check_workers.cache_clear()  # said once per process: start this test afresh
+    cpus = len(os.sched_getaffinity(0))
+    items = [(torch.zeros(1), 0)] * 4
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):  # a training and a test loader
+            loader, _ = make_loader(items, 2, seed=0, workers=cpus + 1, shuffle=False, drop_last=False,
+                                    pin_memory=False)
+            assert sum(len(batch[0]) for batch, _ in loader) == 4
+    said = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert said == [f"zoo: --workers {cpus + 1} is more than the {cpus} CPUs this process may use; loading gets no "
+                    f"faster past that and each worker costs memory (try --workers {cpus})."]
+    assert not [w for w in caught if "worker processes" in str(w.message)]  # torch's own, several lines

@@ -10,9 +10,13 @@ loads it.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
 import queue
 import signal
+import sys
 import threading
+import warnings
 from typing import Any, Callable, Iterator
 
 import torch
@@ -148,6 +152,7 @@ def make_loader(dataset: Dataset, batch_size: int, seed: int, workers: int, shuf
     ``items`` wraps the dataset for the workers and ``collate`` joins what they send
     (the finished samples by default).
     """
+    _check_workers(workers)
     order = EpochOrder(len(dataset), seed, shuffle, shard)  # type: ignore[arg-type]
     generator = torch.Generator()  # keeps the loader from drawing on the global RNG
     generator.manual_seed(derive_seed(seed, "loader"))
@@ -158,6 +163,19 @@ def make_loader(dataset: Dataset, batch_size: int, seed: int, workers: int, shuf
         persistent_workers=False, prefetch_factor=4 if workers else None,
     )
     return loader, order
+
+
+@functools.cache
+def _check_workers(workers: int) -> None:
+    """Say once, in one line, that more loader workers than usable CPUs will not load faster.
+
+    torch's own warning (several lines, once per loader) is silenced in favour of this one.
+    """
+    warnings.filterwarnings("ignore", message=r"This DataLoader will create \d+ worker processes")
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if workers > cpus:
+        print(f"zoo: --workers {workers} is more than the {cpus} CPUs this process may use; loading gets no "
+              f"faster past that and each worker costs memory (try --workers {cpus}).", file=sys.stderr)
 
 
 def to_device(batch: Any, device: torch.device, non_blocking: bool, channels_last: bool = False) -> Any:
