@@ -6,10 +6,14 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 from PIL import Image
 
+import zoo
+from train_cli.main import ABORTED, INTERRUPTED
 from zoo.engine import checkpoint
+from zoo.errors import UsageError
 
 TINY = ["--model", "dcgan", "--loss", "mse", "--model-opt", "ngf=8", "--model-opt", "ndf=8",
         "--model-opt", "nz=16", "--batch-size", "4", "--device", "cpu", "--log-every", "1"]
@@ -48,7 +52,7 @@ def test_relative_data_is_kept_absolute_and_moved_data_can_be_named_again(zoo_cl
 
     shutil.move(tmp_path / "data", tmp_path / "moved")
     code, _, err = zoo_cli("test", "--run", str(run))
-    assert code == 2 and f"data folder {tmp_path / 'data'} does not exist" in err
+    assert code == 2 and f"the run's data {tmp_path / 'data'} is gone" in err and "--data NEW" in err
     code, out, err = zoo_cli("test", "--run", str(run), "--data", str(tmp_path / "moved"))
     assert code == 0 and "on 4 test samples" in out, err
     code, _, err = zoo_cli("train", "--resume", str(run), "--data", "../moved", "--max-steps", "4")
@@ -180,3 +184,118 @@ def test_disable_plugin_may_follow_the_command(zoo_cli):
     assert {r["name"]: r["status"] for r in json.loads(out)}["torchvision"] == "disabled"
     code, _, err = zoo_cli("list", "--disable-plugin")  # no name: click's own usage error
     assert code == 2 and "Option '--disable-plugin' requires an argument" in err
+
+
+# ----------------------------------------------------------------- bad input: one line, exit 2, never a crash
+ONE_STEP = [*TINY, *SHAPES, "--max-steps", "1"]  # where a check fails to refuse, the run stays short
+
+
+@pytest.mark.parametrize("line, field", [
+    ("hooks = [1]", "hooks"), ("no_hooks = [1]", "no_hooks"), ('freeze = ["net.*", 1]', "freeze"),
+    ("[hook_opt]\nearly_stopping = 3", "hook_opt.early_stopping"),
+], ids=["hooks", "no_hooks", "freeze", "hook_opt"])
+def test_a_config_list_or_table_of_wrong_items_is_a_usage_error(zoo_cli, tmp_path, line, field):
+    config = tmp_path / "c.toml"
+    config.write_text(line + "\n")
+    code, _, err = zoo_cli("train", *ONE_STEP, "--config", str(config), "--run-dir", str(tmp_path / "run"))
+    assert code == 2 and err.startswith(f"zoo: error: {config}: {field} must be ") and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_config_file_must_be_utf8_and_may_start_with_a_bom(zoo_cli, tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_bytes(b"\xff\xfem\x00o\x00d\x00e\x00l\x00")
+    code, _, err = zoo_cli("train", *ONE_STEP, "--config", str(config), "--run-dir", str(tmp_path / "run"))
+    assert code == 2 and f"config file {config} is not a UTF-8 TOML file (byte 0xff at offset 0)" in err, err
+    config.write_bytes(b"\xef\xbb\xbfmax_steps = 1\n")
+    code, _, err = zoo_cli("train", *TINY, *SHAPES, "--config", str(config), "--run-dir", str(tmp_path / "run"))
+    assert code == 0, err
+    assert saved_config(tmp_path / "run")["config"]["max_steps"] == 1
+
+
+@pytest.mark.parametrize("seed", ["99999999999999999999999", str(2**63), str(-2**63 - 1)])
+def test_a_seed_out_of_range_names_the_range(zoo_cli, tmp_path, seed):
+    refused = f"zoo: error: --seed must be a signed 64-bit integer, from -2**63 to 2**63-1, got {seed}."
+    code, _, err = zoo_cli("train", *ONE_STEP, "--seed", seed, "--run-dir", str(tmp_path / "run"))
+    assert code == 2 and err.strip() == refused
+    code, _, err = zoo_cli("sample", "--run", str(tmp_path / "run"), "--seed", seed)
+    assert code == 2 and err.strip() == refused
+
+
+def test_a_negative_seed_is_its_own_seed(zoo_cli, tmp_path):
+    """Negative seeds stay allowed (runs made with one resume and load); -1 draws other weights than 1."""
+    weights = {}
+    for seed in ("-1", "1"):
+        run = tmp_path / f"run{seed}"
+        code, _, err = zoo_cli("train", *ONE_STEP, "--seed", seed, "--run-dir", str(run))
+        assert code == 0, err
+        weights[seed] = checkpoint.load_weights(checkpoint.list_steps(run)[-1][1])
+    assert any(not torch.equal(weights["-1"][key], weights["1"][key]) for key in weights["1"])
+
+
+@pytest.mark.parametrize("flag, value, shown", [
+    ("--lr", "inf", "inf"), ("--lr", "1e400", "inf"), ("--lr", "nan", "nan"), ("--clip-grad", "inf", "inf"),
+    ("--clip-grad", "-inf", "-inf"),
+])
+def test_an_infinite_learning_rate_or_clip_is_refused(zoo_cli, tmp_path, flag, value, shown):
+    code, _, err = zoo_cli("train", *ONE_STEP, flag, value, "--run-dir", str(tmp_path / "run"))
+    assert code == 2 and err.strip() == f"zoo: error: {flag} must be a finite positive number, got {shown}."
+
+
+def test_hook_opt_without_a_dot_or_equals_shows_the_hook_form(zoo_cli):
+    for given in ("badformat", "patience=3"):
+        code, _, err = zoo_cli("train", *ONE_STEP, "--hook-opt", given)
+        assert code == 2 and "--hook-opt expects HOOK.KEY=VALUE (e.g. early_stopping.patience=5)" in err, err
+
+
+def test_hook_opt_for_an_unknown_hook_suggests_the_registered_one():
+    from zoo.registry import get_registry
+    registry = get_registry()
+    registry.check_known("hook", ["early_stopping", "builtin:early_stopping"], "--hook-opt")  # known: nothing said
+    with pytest.raises(UsageError) as caught:
+        registry.check_known("hook", ["early_stoping"], "--hook-opt")
+    assert str(caught.value) == ("--hook-opt names unknown hook 'early_stoping'. Did you mean: early_stopping? "
+                                 "Run 'zoo list hooks' to see all.")
+
+
+@pytest.mark.parametrize("args, message", [
+    (("train", "--model", "dcgan"), ABORTED),
+    (("test", "--run", "r"), INTERRUPTED),
+    (("predict", "--run", "r", "x.png"), INTERRUPTED),
+    (("sample", "--run", "r"), INTERRUPTED),
+    (("--disable-plugin", "torchvision", "info", "dcgan"), INTERRUPTED),
+], ids=["train", "test", "predict", "sample", "info"])
+def test_ctrl_c_says_resume_only_for_train(zoo_cli, monkeypatch, args, message):
+    def interrupted(*_args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("train_cli.main.Context", interrupted)  # Ctrl-C as the command starts
+    code, _, err = zoo_cli(*args)
+    assert code == 130 and err.strip() == message
+
+
+def test_hook_opt_for_an_unknown_hook_is_refused_before_the_run_starts(zoo_cli, tmp_path):
+    run = tmp_path / "run"
+    code, _, err = zoo_cli("train", *ONE_STEP, "--hook-opt", "early_stoping.patience=3", "--run-dir", str(run))
+    assert code == 2 and err.strip() == ("zoo: error: --hook-opt names unknown hook 'early_stoping'. "
+                                         "Did you mean: early_stopping? Run 'zoo list hooks' to see all.")
+    assert not run.exists()
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: zoo.create_model(None), "a model name must be a str such as 'dcgan', got NoneType None."),
+    (lambda: zoo.create_loss(3), "a loss name must be a str such as 'mse', got int 3."),
+    (lambda: zoo.create_dataset(None), "a dataset name must be a str such as 'shapes', got NoneType None."),
+    (lambda: zoo.list_models(5), "pattern must be a str such as 'tv_resnet*', a sequence of str or None, got 5."),
+    (lambda: zoo.list_losses(["l*", 1]), "pattern must be a str such as 'tv_resnet*', a sequence of str or None, "
+                                         "got ['l*', 1]."),
+    (lambda: zoo.list_datasets(registry="x"), "registry must be a zoo.registry.Registry or None, got str."),
+    (lambda: zoo.preprocess_image(None, (3, 8, 8)), "image must be a PIL image (zoo.read_image(path) reads one), "
+                                                    "got NoneType."),
+    (lambda: zoo.to_image([0.0]), "expected a (C, H, W) torch.Tensor image, got list."),
+], ids=["create_model", "create_loss", "create_dataset", "list_models", "list_losses", "registry",
+        "preprocess_image", "to_image"])
+def test_the_python_api_names_the_type_it_expects(call, message):
+    with pytest.raises(TypeError) as caught:
+        call()
+    assert str(caught.value) == message

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import shutil
 import sys
@@ -64,11 +65,14 @@ def list_command(ctx, args: tuple[str, ...], as_json: bool) -> None:
         import fnmatch
         plugins = [p for p in plugins if any(fnmatch.fnmatchcase(p.name, pat) for pat in patterns)]
     show_plugins = kind == "plugin" or (kind is None and not patterns)
+    misspelt = _misspelt_kind(registry, patterns) if kind is None else None
     if as_json:
         records = [_entry_record(e, registry) for e in entries]
         if show_plugins:
             records += [_plugin_record(p) for p in plugins]
         click.echo(json.dumps(records, indent=2))
+        if misspelt:  # stdout stays JSON
+            click.echo(f"zoo: note: {misspelt}", err=True)
         return
     lines: list[str] = []
     for group in KINDS:
@@ -97,8 +101,20 @@ def list_command(ctx, args: tuple[str, ...], as_json: bool) -> None:
                          f"'zoo list plugins' shows why.")
     if not show_plugins and not entries:
         what = _PLURAL_OF[kind] if kind else "entries"
-        lines.append(f"no {what} match {' '.join(patterns)}" if patterns else f"no {what} installed")
+        lines.append(misspelt or (f"no {what} match {' '.join(patterns)}" if patterns else f"no {what} installed"))
+    elif misspelt:  # other patterns matched: still point out the word that looks like a kind
+        lines.append(f"note: {misspelt}")
     click.echo("\n".join(lines).rstrip())
+
+
+def _misspelt_kind(registry: Registry, patterns: list[str]) -> str | None:
+    """A did-you-mean line when the first word matches no name but is close to a kind (``modles``)."""
+    if not patterns or registry.entries(None, patterns[:1]):
+        return None
+    close = difflib.get_close_matches(patterns[0], [*PLURALS, "plugins"], n=1, cutoff=0.6)
+    if not close:
+        return None
+    return f"no kind or name matches '{patterns[0]}'; did you mean 'zoo list {' '.join([*close, *patterns[1:]])}'?"
 
 
 @click.command("info")

@@ -17,6 +17,7 @@ from zoo.errors import ZooError
 from zoo.registry import get_registry
 
 ABORTED = "zoo: aborted; nothing more was saved (--resume goes on from the last checkpoint, if one was written)."
+INTERRUPTED = "zoo: interrupted."  # commands other than train: nothing to go on from
 
 _WARNED = False
 
@@ -103,6 +104,23 @@ def _global_options_first(argv: list[str], debug: bool) -> list[str]:
     return front + rest
 
 
+def _command_of(argv: list[str]) -> str | None:
+    """The command ``argv`` runs (``train``, ``test``...): its first word that is not a global option."""
+    arguments = iter(argv)
+    for arg in arguments:
+        if arg == "--disable-plugin":
+            next(arguments, None)  # its value
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def _interrupted(argv: list[str], train_message: str) -> int:
+    """Say that Ctrl-C stopped the command (only a training run goes on with --resume); return the exit code."""
+    click.echo(train_message if _command_of(argv) == "train" else INTERRUPTED, err=True)
+    return 130
+
+
 def _caused_by_interrupt(exc: BaseException) -> bool:
     seen = 0
     while exc is not None and seen < 20:
@@ -126,9 +144,8 @@ def main(argv: list[str] | None = None) -> None:
         command = exc.ctx.command_path if exc.ctx else "zoo"
         click.echo(f"zoo: error: {exc.format_message()} (see '{command} --help')", err=True)
         code = 2
-    except click.exceptions.Abort:
-        click.echo(ABORTED, err=True)
-        code = 130
+    except click.exceptions.Abort:  # click's form of a KeyboardInterrupt
+        code = _interrupted(argv, ABORTED)
     except ZooError as exc:
         if debug:
             traceback.print_exc()
@@ -139,14 +156,12 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         if debug:
             traceback.print_exc()
-        click.echo("zoo: aborted without saving.", err=True)
-        code = 130
+        code = _interrupted(argv, "zoo: aborted without saving.")
     except BrokenPipeError:
         code = 0
     except Exception as exc:  # a bug: say so in one line unless debugging
         if _caused_by_interrupt(exc):  # Ctrl-C while a module was importing surfaces wrapped
-            click.echo(ABORTED, err=True)
-            sys.exit(130)
+            sys.exit(_interrupted(argv, ABORTED))
         if debug:
             traceback.print_exc()
         hint = "" if debug else " (run with --debug for the traceback)"

@@ -25,7 +25,7 @@ from zoo.options import split_assignments, split_hook_assignments
 @click.option("--max-steps", type=int, help="Stop after this many steps (with --epochs: whichever ends first).")
 @click.option("--batch-size", type=int, help="Samples per batch (default 64).")
 @click.option("--lr", type=float, help="Learning rate (default: the model's own).")
-@click.option("--seed", type=int, help="Seed for every RNG (default 0).")
+@click.option("--seed", type=int, help="Seed for every RNG, -2**63 to 2**63-1 (default 0).")
 @click.option("--device", help="auto, cpu, cuda, cuda:N or mps (default auto).")
 @click.option("--workers", type=int, help="DataLoader worker processes (default 0).")
 @click.option("--precision", type=click.Choice(["32", "bf16", "16-mixed"]), help="Numeric precision (default 32).")
@@ -108,6 +108,7 @@ def train_command(ctx, resume: str | None, overwrite: bool, config_file: str | N
         model_entry = registry.resolve("model", config.model)  # a typo fails before any folder is made
         run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(
             config.model, config.loss or _default_loss(model_entry))
+    registry.check_known("hook", config.hook_opt, "--hook-opt")  # a typo fails before any folder is made
     from zoo.engine.distributed import broadcast_object, check_gpu_count, launched_by_torchrun, teardown
     from zoo.engine.distributed import setup as distributed_setup
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from zoo.config import check_seed
 from zoo.errors import RunError, UsageError
 
 PREDICT_BATCH = 32
@@ -70,7 +71,8 @@ def _slerp(a: Any, b: Any, steps: int) -> Any:
 @click.option("--run", "run_dir", required=True, type=click.Path(), help="A run folder of a generative model.")
 @click.option("-n", "--count", type=click.IntRange(min=1), default=64, show_default=True,
               help="Images to generate (points on the walk with --interpolate).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the noise; same seed, same images.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the noise, -2**63 to 2**63-1; same seed, same images.")
 @click.option("--out", type=click.Path(dir_okay=False),
               help="PNG grid to write (default RUN/samples/sample-seed<S>.png, or interpolate-seed<S>.png).")
 @click.option("--each", type=click.Path(file_okay=False),
@@ -82,6 +84,7 @@ def _slerp(a: Any, b: Any, steps: int) -> Any:
 def sample_command(ctx, run_dir: str, count: int, seed: int, out: str | None, each: str | None,
                    interpolate: bool, step: int | None, device: str) -> None:
     """Generate images with a generative run (e.g. dcgan): a PNG grid, or single files with --each."""
+    check_seed(seed)
     run_path = Path(run_dir)
     _refuse_sample(run_path, _saved_task(run_path))
     grid_path = Path(out) if out else None

@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from zoo.errors import PluginError, UsageError
 from zoo.registry import Registry, get_registry
@@ -61,11 +62,39 @@ __all__ = [
     "to_image",
 ]
 
+# --------------------------------------------------------------------------- argument checks
+def _registry(registry: Any) -> Registry:
+    """The given registry, or this process's; anything else is a one-line TypeError."""
+    if registry is not None and not isinstance(registry, Registry):
+        raise TypeError(f"registry must be a zoo.registry.Registry or None, got {type(registry).__name__}.")
+    return registry or get_registry()
+
+
+_EXAMPLES = {"model": "dcgan", "loss": "mse", "dataset": "shapes"}
+
+
+def _name(kind: str, name: Any) -> str:
+    """``name`` if it is a string, else a one-line TypeError naming what ``kind`` names look like."""
+    if not isinstance(name, str):
+        raise TypeError(f"a {kind} name must be a str such as {_EXAMPLES[kind]!r}, "
+                        f"got {type(name).__name__} {name!r}.")
+    return name
+
+
+def _patterns(pattern: Any) -> list[str]:
+    """``pattern`` as a list of shell wildcards; anything but a str, a sequence of str or None is a TypeError."""
+    if isinstance(pattern, str):
+        return [pattern]
+    if pattern is None or (isinstance(pattern, Sequence) and all(isinstance(p, str) for p in pattern)):
+        return list(pattern or [])
+    raise TypeError(f"pattern must be a str such as 'tv_resnet*', a sequence of str or None, got {pattern!r}.")
+
+
 # --------------------------------------------------------------------------- listing
 def _list(kind: str, pattern: str | Sequence[str] | None, registry: Registry | None) -> list[str]:
     """Names of one kind matching ``pattern``; ``plugin:name`` where two plugins offer a name."""
-    registry = registry or get_registry()
-    patterns = [pattern] if isinstance(pattern, str) else list(pattern or [])
+    patterns = _patterns(pattern)
+    registry = _registry(registry)
     counts = Counter(entry.name for entry in registry.entries(kind))
     return [entry.name if counts[entry.name] == 1 else entry.qualified_name
             for entry in registry.entries(kind, patterns)]
@@ -103,7 +132,7 @@ def create_model(name: str, *, registry: Registry | None = None, **options: Any)
     not get keep their defaults.
     """
     from zoo.build import build_recipe
-    entry = (registry or get_registry()).resolve("model", name)
+    entry = _registry(registry).resolve("model", _name("model", name))
     recipe, _, _ = build_recipe(entry, options)
     return recipe
 
@@ -111,7 +140,7 @@ def create_model(name: str, *, registry: Registry | None = None, **options: Any)
 def create_loss(name: str, *, registry: Registry | None = None, **options: Any) -> nn.Module:
     """Build a loss module from its name and options (checked like ``--loss-opt``)."""
     from zoo.build import build_loss
-    entry = (registry or get_registry()).resolve("loss", name)
+    entry = _registry(registry).resolve("loss", _name("loss", name))
     return build_loss(entry, options)
 
 
@@ -130,7 +159,7 @@ def create_dataset(name: str, split: str = "train", *, task: str | None = None, 
     from zoo.build import build_dataset, load_dataset_class
     if split not in ("train", "test"):
         raise UsageError(f"split must be 'train' or 'test', not {split!r}.")
-    entry = (registry or get_registry()).resolve("dataset", name)
+    entry = _registry(registry).resolve("dataset", _name("dataset", name))
     cls = load_dataset_class(entry)
     task = task or cls.tasks[0]
     if task not in cls.tasks:
@@ -170,6 +199,9 @@ def preprocess_image(image: PILImage.Image, input_shape: Sequence[int], whole: b
     """
     import torch
     import torchvision.transforms.v2.functional as TF
+    from PIL import Image
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"image must be a PIL image (zoo.read_image(path) reads one), got {type(image).__name__}.")
     channels, height, width = (int(v) for v in input_shape)
     if channels not in (1, 3):
         raise UsageError(f"input shape {tuple(input_shape)} has {channels} channels; images give 1 or 3.")
@@ -198,6 +230,8 @@ def to_image(tensor: torch.Tensor) -> PILImage.Image:
     """Turn a ``(C, H, W)`` image in ``[-1, 1]`` (C 1 or 3) into a PIL image (grey or RGB)."""
     import torch
     from PIL import Image
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"expected a (C, H, W) torch.Tensor image, got {type(tensor).__name__}.")
     image = tensor.detach().float().cpu()
     if image.dim() != 3 or image.shape[0] not in (1, 3):
         raise ValueError(f"expected a (1|3, H, W) image, got shape {tuple(image.shape)}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import glob
+import math
 import os
 import tomllib
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import Any
 from zoo.errors import UsageError
 
 PRECISIONS = ("32", "bf16", "16-mixed")
+# Seeds are signed 64-bit integers: torch takes -2**63..2**64-1, and a seed past 2**63-1 would alias a negative one.
+SEED_RANGE = (-2**63, 2**63 - 1)
 OPTION_TABLES = ("model_opt", "loss_opt", "dataset_opt", "hook_opt")
 # Options that only extend or observe a run: allowed beside --resume.
 RESUME_OVERRIDABLE = ("max_steps", "epochs", "hooks", "no_hooks", "hook_opt", "device", "workers",
@@ -100,10 +103,11 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise UsageError(f"{_flag(name)} must be 0 or more, got {value}.")
-        if self.lr is not None and not self.lr > 0:
-            raise UsageError(f"--lr must be a positive number, got {self.lr}.")
-        if self.clip_grad is not None and not self.clip_grad > 0:
-            raise UsageError(f"--clip-grad must be a positive number, got {self.clip_grad}.")
+        for name in ("lr", "clip_grad"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise UsageError(f"{_flag(name)} must be a finite positive number, got {value}.")
+        check_seed(self.seed)
         if self.precision not in PRECISIONS:
             raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
 
@@ -113,19 +117,37 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def check_seed(seed: int) -> None:
+    """Refuse a seed outside SEED_RANGE, which torch's generators would reject (or alias another seed)."""
+    low, high = SEED_RANGE
+    if not low <= seed <= high:
+        raise UsageError(f"--seed must be a signed 64-bit integer, from -2**63 to 2**63-1, got {seed}.")
+
+
+# A field's type as written in TrainConfig: (the type of the value, the type of each list item or dict value).
+_EXPECTED_TYPES: dict[str, tuple[type | tuple[type, ...], type | None]] = {
+    "bool": (bool, None), "int": (int, None), "float": ((int, float), None), "str": (str, None),
+    "list[str]": (list, str), "dict[str, Any]": (dict, None), "dict[str, dict[str, Any]]": (dict, dict)}
+
+
+def _is(value: Any, want: type | tuple[type, ...]) -> bool:
+    """``isinstance``, except that a bool is no number."""
+    return isinstance(value, want) and (want is bool or not isinstance(value, bool))
+
+
+def _fits(value: Any, want: type | tuple[type, ...], item: type | None) -> bool:
+    """Whether ``value`` is a ``want`` whose list items (or table values) are all ``item``s."""
+    if not _is(value, want):
+        return False
+    return item is None or all(_is(one, item) for one in (value.values() if isinstance(value, dict) else value))
+
+
 def _check_type(config: TrainConfig, source: str) -> None:
-    """Reject values of the wrong type (a config file can hold anything)."""
-    expected = {"bool": bool, "int": int, "float": (int, float), "str": str, "list[str]": list, "dict[str, Any]": dict,
-                "dict[str, dict[str, Any]]": dict}
+    """Reject values of the wrong type, and lists or tables of wrong items (a config file can hold anything)."""
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
-        if value is None:
-            continue
         type_text = str(field.type).replace(" | None", "")
-        want = expected.get(type_text)
-        if want is None:
-            continue
-        if (isinstance(value, bool) and want is not bool) or not isinstance(value, want):
+        if value is not None and type_text in _EXPECTED_TYPES and not _fits(value, *_EXPECTED_TYPES[type_text]):
             raise UsageError(f"{source}: {field.name} must be {type_text}, got {value!r}.")
 
 
@@ -135,13 +157,22 @@ def load_toml(path: str) -> dict[str, Any]:
     if not file.is_file():
         raise UsageError(f"config file {path} does not exist; pass an existing TOML file to --config.")
     try:
-        with file.open("rb") as handle:
-            values = tomllib.load(handle)
+        text = file.read_bytes().decode("utf-8-sig")  # a byte-order mark, as some editors write, is dropped
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"config file {path} is not a UTF-8 TOML file (byte {exc.object[exc.start]:#04x} at "
+                         f"offset {exc.start}); save it as UTF-8.") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read config file {path}: {exc.strerror or exc}.") from None
+    try:
+        values = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"config file {path} is not valid TOML: {exc}.") from None
     for table in OPTION_TABLES:
         if table in values and not isinstance(values[table], dict):
             raise UsageError(f"{path}: {table} must be a table like [{table}].")
+    for hook, options in values.get("hook_opt", {}).items():
+        if not isinstance(options, dict):
+            raise UsageError(f"{path}: hook_opt.{hook} must be a table like [hook_opt.{hook}].")
     return values
 
 

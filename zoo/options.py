@@ -19,6 +19,7 @@ from zoo.errors import UsageError
 _MISSING = inspect.Parameter.empty
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+_HOOK_FORM = "HOOK.KEY=VALUE (e.g. early_stopping.patience=5)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,13 +219,13 @@ def parse_options(what: str, factory: Callable[..., Any], raw: dict[str, Any],
     return parsed
 
 
-def split_assignments(pairs: Iterable[str], flag: str) -> dict[str, str]:
-    """Turn ``["a=1", "b=x"]`` into ``{"a": "1", "b": "x"}``; a pair without '=' is a usage error."""
+def split_assignments(pairs: Iterable[str], flag: str, form: str = "KEY=VALUE") -> dict[str, str]:
+    """Turn ``["a=1", "b=x"]`` into ``{"a": "1", "b": "x"}``; a pair without '=' is a usage error showing ``form``."""
     result: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise UsageError(f"{flag} expects KEY=VALUE, got {pair!r}.")
+            raise UsageError(f"{flag} expects {form}, got {pair!r}.")
         result[key.strip()] = value.strip()
     return result
 
@@ -232,9 +233,9 @@ def split_assignments(pairs: Iterable[str], flag: str) -> dict[str, str]:
 def split_hook_assignments(pairs: Iterable[str]) -> dict[str, dict[str, str]]:
     """Turn ``["early_stopping.patience=5"]`` into ``{"early_stopping": {"patience": "5"}}``."""
     result: dict[str, dict[str, str]] = {}
-    for key, value in split_assignments(pairs, "--hook-opt").items():
+    for key, value in split_assignments(pairs, "--hook-opt", _HOOK_FORM).items():
         hook, dot, option = key.rpartition(".")
         if not dot or not hook or not option:
-            raise UsageError(f"--hook-opt expects HOOK.KEY=VALUE, got {key}={value!r}.")
+            raise UsageError(f"--hook-opt expects {_HOOK_FORM}, got {key}={value!r}.")
         result.setdefault(hook, {})[option] = value
     return result

@@ -183,6 +183,13 @@ class Registry:
             raise error(f"{kind} '{name}' comes from plugin '{plugin}', which is skipped: {info.error}.")
         raise UsageError(self._unknown_message(kind, name))
 
+    def check_known(self, kind: str, names: Iterable[str], flag: str) -> None:
+        """Refuse an option given for a name no plugin offers (``--hook-opt nosuch.x=1``), with did-you-mean."""
+        known = {spelling for e in self._entries if e.kind == kind for spelling in (e.name, e.qualified_name)}
+        unknown = next((name for name in names if name not in known), None)
+        if unknown is not None:
+            raise UsageError(f"{flag} names {self._unknown_message(kind, unknown)}")
+
     def _unknown_message(self, kind: str, name: str) -> str:
         pool = {e.name for e in self._entries if e.kind == kind}
         pool |= {e.qualified_name for e in self._entries if e.kind == kind}
