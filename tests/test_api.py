@@ -194,7 +194,7 @@ def test_preprocess_image_is_exactly_the_imagefolder_test_transform(tmp_path):
                 image = image.convert("I;16")
             image.save(folder / f"{index}.png")
     for channels, size in ((3, 16), (1, 24), (3, 36)):
-        data = zoo.create_dataset("imagefolder", "test", task="classification", data=str(root),
+        data = zoo.create_dataset("imagefolder", "test", task="generation", data=str(root),
                                   image_size=size, channels=channels)
         for (path, _), (item, _) in zip(data.files, (data[i] for i in range(len(data)))):
             mine = api.preprocess_image(api.read_image(path), (channels, size, size))

@@ -142,10 +142,10 @@ def test_zoo_test_skips_bad_files_on_request_and_names_older_checkpoints(zoo_cli
     assert json.loads((run / "test-metrics.json").read_text())["step"] == 2
 
 
-def test_data_for_a_dataset_that_reads_none_is_named(zoo_cli, tmp_path):
+def test_data_for_a_dataset_that_reads_none_is_refused(zoo_cli, tmp_path):
     code, _, err = zoo_cli("train", *TINY, *SHAPES, "--data", str(tmp_path), "--max-steps", "1",
                            "--run-dir", str(tmp_path / "run"))
-    assert code == 0, err
+    assert code == 2 and not (tmp_path / "run").exists(), err
     assert f"dataset 'shapes' does not read --data {tmp_path}; to train on those files pick a dataset" in err
 
 
@@ -165,7 +165,7 @@ def test_debug_may_follow_the_command_and_shows_the_traceback(zoo_cli, monkeypat
 def test_a_hook_switched_off_on_resume_can_be_switched_on_again(zoo_cli, tmp_path):
     run = tmp_path / "run"
     assert zoo_cli("train", *TINY, *SHAPES, "--max-steps", "1", "--hook", "early_stopping",
-                   "--run-dir", str(run))[0] == 0
+                   "--hook-opt", "early_stopping.metric=generator", "--run-dir", str(run))[0] == 0
     assert zoo_cli("train", "--resume", str(run), "--max-steps", "2", "--no-hook", "early_stopping")[0] == 0
     config = saved_config(run)
     assert "early_stopping" in config["config"]["no_hooks"]

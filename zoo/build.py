@@ -8,10 +8,12 @@ model's task, do the options match the signatures.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import inspect
+import re
+from typing import Any, Sequence
 
 from zoo.config import same_part_name
-from zoo.errors import AmbiguousNameError, PluginError, UsageError
+from zoo.errors import AmbiguousNameError, PluginError, RunError, UsageError
 from zoo.options import parse_options
 from zoo.registry import Entry, Registry
 
@@ -139,11 +141,13 @@ def build_dataset(entry: Entry, split: str, *, task: str, data: str | None, opti
 
 
 def build_recipe(entry: Entry, options: dict[str, Any], shape: tuple[int, int, int] | None = None,
-                 num_classes: int | None = None) -> tuple[Any, dict[str, Any], tuple[int, int] | None]:
+                 num_classes: int | None = None, *,
+                 dataset: str = "the dataset") -> tuple[Any, dict[str, Any], tuple[int, int] | None]:
     """Build a recipe; with a data shape, fill shape options from it first.
 
     Returns the recipe, its complete options, and the ``(channels, size)`` the
-    model wants its input in (``None`` without a shape).
+    model wants its input in (``None`` without a shape). ``dataset`` names the
+    data in errors (a class count the model cannot take).
     """
     cls = load_recipe_class(entry)
     parsed = parse_options(f"model '{entry.name}'", cls, options, exclude=tuple(entry.bound_options))
@@ -151,11 +155,60 @@ def build_recipe(entry: Entry, options: dict[str, Any], shape: tuple[int, int, i
     wanted = None
     if shape is not None:
         full, wanted = cls.adapt_to_data(tuple(shape), num_classes, full)
+        _check_class_count(cls, entry, full, parsed, num_classes, dataset)
     try:
         recipe = cls(**full)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"model '{entry.name}' rejected its options: {exc}") from None
+    except RuntimeError as exc:  # torch.OutOfMemoryError is one
+        asked = allocation_size(exc)
+        if asked is None:
+            raise
+        raise RunError(f"out of memory building model '{entry.name}' (it asked for {asked}); "
+                       f"lower its options (zoo info {entry.name}).") from exc
     return recipe, {k: v for k, v in full.items() if k not in entry.bound_options}, wanted
+
+
+def _check_class_count(cls: type, entry: Entry, options: dict[str, Any], user_options: dict[str, Any],
+                       classes: int | None, dataset: str) -> None:
+    """Refuse a model of fewer classes than the data has: its labels would index past the logits."""
+    params = inspect.signature(cls.__init__).parameters
+    if not classes or "num_classes" not in params:
+        return
+    wanted = options.get("num_classes", params["num_classes"].default)
+    if not isinstance(wanted, int) or wanted >= classes:
+        return
+    if "num_classes" in user_options:
+        raise UsageError(f"{dataset} has {classes} classes; --model-opt num_classes={wanted} is too few "
+                         f"(leave it unset to take {classes}).")
+    fix = ("pick a model or a dataset that fit" if "num_classes" in entry.bound_options
+           else f"pass --model-opt num_classes={classes}")
+    raise UsageError(f"{dataset} has {classes} classes but model '{entry.name}' is built for {wanted} "
+                     f"(num_classes={wanted}); {fix}.")
+
+
+def allocation_size(exc: RuntimeError) -> str | None:
+    """What an allocator failure asked for (``"1.5 TiB"``); ``None`` when ``exc`` is no allocation failure."""
+    import torch
+    text = str(exc)
+    if not (isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in text
+            or "tried to allocate" in text.lower()):
+        return None
+    found = re.search(r"tried to allocate (\d+) bytes", text, re.IGNORECASE)
+    if found:
+        return _bytes_text(int(found.group(1)))
+    found = re.search(r"tried to allocate ([\d.]+ [KMGTP]?i?B)", text, re.IGNORECASE)
+    return found.group(1) if found else "more than is free"
+
+
+def _bytes_text(count: int) -> str:
+    """A byte count as people read it: ``1.5 TiB``, ``512 MiB``."""
+    value, unit = float(count), "bytes"
+    for bigger in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{value:.1f}".removesuffix(".0") + f" {unit}"
 
 
 def build_loss(entry: Entry | None, options: dict[str, Any]) -> Any:
@@ -172,9 +225,15 @@ def build_loss(entry: Entry | None, options: dict[str, Any]) -> Any:
         raise UsageError(f"loss '{entry.name}' rejected its options: {exc}") from None
 
 
-def build_hooks(entries: list[Entry], options: dict[str, dict[str, Any]] | None = None) -> list[tuple[Entry, Any]]:
-    """Instantiate the selected training hooks with their ``--hook-opt`` options."""
-    options = dict(options or {})
+def build_hooks(entries: list[Entry], options: dict[str, dict[str, Any]] | None = None,
+                switched_off: Sequence[str] = ()) -> list[tuple[Entry, Any]]:
+    """Instantiate the selected training hooks with their ``--hook-opt`` options.
+
+    Options of a hook in ``switched_off`` (``--no-hook``) are left unused, not refused: a run keeps
+    them for when the hook is switched on again.
+    """
+    options = {name: opts for name, opts in (options or {}).items()
+               if not any(same_part_name(name, off) for off in switched_off)}
     built = []
     for entry in entries:
         cls = entry.load()
@@ -211,7 +270,8 @@ def build_parts(registry: Registry, config: Any, need_train: bool = True) -> Run
                           options=config.dataset_opt)
     classes = getattr(probe, "classes", None)
     recipe, model_options, (channels, size) = build_recipe(
-        plan.model, config.model_opt, tuple(probe.image_shape), len(classes) if classes else None)
+        plan.model, config.model_opt, tuple(probe.image_shape), len(classes) if classes else None,
+        dataset=f"dataset '{plan.dataset.name}'")
 
     def split(name: str) -> Any:
         if probe.split == name and (channels, size) == tuple(probe.image_shape[:2]):

@@ -32,7 +32,7 @@ class ZooDataset(Dataset):
 
     tasks: ClassVar[tuple[str, ...]] = ("generation", "classification")
     needs_data: ClassVar[bool] = True  # --data is required
-    reads_data: ClassVar[bool] = True  # False: --data means nothing to it (a run that gives one is told so)
+    reads_data: ClassVar[bool] = True  # False: --data means nothing to it (a new run that gives one is refused)
     data_help: ClassVar[str] = "a folder"
 
     image_shape: tuple[int, int, int]

@@ -30,6 +30,8 @@ class Recipe(nn.Module):
     * ``loss_role``: one sentence saying what ``--loss`` means for this model.
     * ``metric``: ``(name, "max"|"min")`` of the evaluation metric that picks
       the best checkpoint, or ``None``.
+    * ``eval_metrics``: the names ``evaluation_step`` reports (besides ``count``),
+      so hooks can check theirs before training; ``None`` when not declared.
     """
 
     task: ClassVar[str] = "classification"
@@ -37,6 +39,7 @@ class Recipe(nn.Module):
     default_loss: ClassVar[str | None] = None
     loss_role: ClassVar[str] = "the training objective"
     metric: ClassVar[tuple[str, str] | None] = None
+    eval_metrics: ClassVar[tuple[str, ...] | None] = None
     default_lr: ClassVar[float] = 1e-3
     compilable: ClassVar[bool] = True  # False when torch.compile cannot take the networks
     # True once training_step is known to run the same device work every step: no host syncs,

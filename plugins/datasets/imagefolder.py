@@ -86,6 +86,9 @@ class ImageFolderDataset(ZooDataset):
         if not train:
             raise UsageError(f"no class folders in {train_dir}: put each class's images in "
                              f"{train_dir}/<class>/ ({LAYOUT})")
+        if task == "classification" and len(train) == 1:  # one class: nothing to tell apart
+            raise UsageError(f"only one class folder ({next(iter(train))}) under {train_dir}; a classifier "
+                             f"needs at least 2: add a folder for each other class")
         self.classes = list(train)
         train_files = [(path, label) for label, name in enumerate(self.classes) for path in train[name]]
         if not train_files:

@@ -20,6 +20,9 @@ FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
          "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 IMAGES_MAGIC = 2051
 LABELS_MAGIC = 2049
+LABELS_HEADER = 8  # magic number and count, 4 bytes each
+CLASSES = 10
+FIX = "delete it and use --dataset-opt download=true, or copy an intact file there"
 
 
 def _one_line(exc: BaseException) -> str:
@@ -47,7 +50,6 @@ def _gunzip_missing(raw_dir: str, names: tuple[str, ...]) -> None:
 
 def _read_idx_header(path: str, magic: int, ndims: int) -> tuple[int, ...]:
     """Check an IDX file's magic number and size; return its dimensions."""
-    fix = "delete it and use --dataset-opt download=true, or copy an intact file there"
     try:
         with open(path, "rb") as handle:
             header = handle.read(4 + 4 * ndims)
@@ -55,19 +57,32 @@ def _read_idx_header(path: str, magic: int, ndims: int) -> tuple[int, ...]:
     except OSError as exc:
         raise RunError(f"cannot read {path}: {exc.strerror}; check the file's permissions") from exc
     if len(header) < 4 + 4 * ndims:
-        raise RunError(f"{path} is truncated ({actual_size} bytes, shorter than its header): {fix}")
+        raise RunError(f"{path} is truncated ({actual_size} bytes, shorter than its header): {FIX}")
     found_magic, *dims = struct.unpack(f">{1 + ndims}I", header)
     if found_magic != magic:
         raise RunError(f"{path} is not an MNIST IDX file (magic number {found_magic}, expected {magic}): "
-                       f"{fix}")
+                       f"{FIX}")
     count = 1
     for dim in dims:
         count *= dim
     expected_size = 4 + 4 * ndims + count
     if actual_size != expected_size:
         state = "truncated" if actual_size < expected_size else "corrupt"
-        raise RunError(f"{path} is {state} ({actual_size} bytes, its header says {expected_size}): {fix}")
+        raise RunError(f"{path} is {state} ({actual_size} bytes, its header says {expected_size}): {FIX}")
     return tuple(dims)
+
+
+def _check_labels(path: str) -> None:
+    """Refuse a label file holding a label outside 0-9: training would index past the 10 logits."""
+    try:
+        with open(path, "rb") as handle:
+            labels = handle.read()[LABELS_HEADER:]
+    except OSError as exc:
+        raise RunError(f"cannot read {path}: {exc.strerror}; check the file's permissions") from exc
+    highest = max(labels, default=0)
+    if highest >= CLASSES:
+        raise RunError(f"{path} is corrupt (label {highest} at index {labels.index(highest)}; MNIST labels "
+                       f"are 0-{CLASSES - 1}): {FIX}")
 
 
 class MnistDataset(ZooDataset):
@@ -112,8 +127,9 @@ class MnistDataset(ZooDataset):
         if label_count != count:
             raise RunError(f"{images} holds {count} images but {labels} holds {label_count} labels: "
                            f"replace the mismatched file")
+        _check_labels(labels)
         self.count = count
-        self.classes = [str(digit) for digit in range(10)]
+        self.classes = [str(digit) for digit in range(CLASSES)]
         self.image_shape = (channels or 1, image_size or height, image_size or width)
 
     def _load(self) -> MNIST:

@@ -92,6 +92,7 @@ class DCGAN(Recipe):
                  "top of the adversarial loss: it matches their statistics (VGG feature "
                  "statistics for perceptual, pixel statistics for mse/l1)")
     metric = None
+    eval_metrics = ("discriminator", "generator")  # what evaluation_step reports (hooks check names against it)
     default_lr = 2e-4
     capturable = True  # the same device work every step: CUDA graphs may hold it
 

@@ -43,6 +43,7 @@ class MnistNet(Recipe):
     default_loss = "cross_entropy"
     loss_role = "--loss is the classification loss between the logits and the labels"
     metric = ("accuracy", "max")
+    eval_metrics = ("loss", "accuracy")  # what evaluation_step reports (hooks check names against it)
     default_lr = 1.0
     capturable = True  # the same device work every step: CUDA graphs may hold it
 

@@ -56,6 +56,7 @@ class ResnetI2I(Recipe):
     default_loss = "l1"
     loss_role = "--loss is the reconstruction loss between the restored and the clean image"
     metric = ("psnr", "max")
+    eval_metrics = ("loss", "psnr")  # what evaluation_step reports (hooks check names against it)
     default_lr = 2e-4
     capturable = True  # the same device work every step: CUDA graphs may hold it
     any_image_size = True  # fully convolutional: zoo predict restores whole images

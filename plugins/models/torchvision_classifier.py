@@ -105,6 +105,7 @@ class TorchvisionClassifier(Recipe):
     default_loss: ClassVar[str | None] = "cross_entropy"
     loss_role: ClassVar[str] = "the classification loss on the network's logits"
     metric: ClassVar[tuple[str, str] | None] = ("accuracy", "max")
+    eval_metrics: ClassVar[tuple[str, ...]] = ("loss", "accuracy")  # what evaluation_step reports
     default_lr: ClassVar[float] = 1e-3
     capturable: ClassVar[bool] = True  # the same device work every step: CUDA graphs may hold it
 

@@ -21,6 +21,7 @@ unreadable items (``<file>.bad.json``, written by every build) against its lengt
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -42,6 +43,8 @@ from zoo.errors import RunError, ZooError
 
 BUILD_BATCH = 32  # images a build worker decodes and sends back at once
 FILLED = 1  # an item's flag in the partial file once its decoded image is stored
+# what a folder answers when it takes no new files (permissions, read-only, not a folder)
+FOLDER_REFUSALS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR})
 
 
 def default_root() -> Path:
@@ -173,17 +176,23 @@ class DecodedCache(Dataset):
         return False
 
     def _write_error(self, exc: OSError) -> RunError:
+        """The one-line error for a failed write: the folder refused it (permissions), or space ran out."""
+        if exc.errno in FOLDER_REFUSALS:
+            return self._folder_error(exc)
         return RunError(f"could not write the decoded cache {self.path} ({exc.strerror or exc}); free some "
                         f"space, set ZOO_CACHE_DIR to another folder, or drop --cache-decoded.")
 
+    def _folder_error(self, exc: OSError) -> RunError:
+        """The one-line error for a cache folder that cannot be made or written in."""
+        return RunError(f"cannot use {self.path.parent} as the decoded-image cache folder ({exc.strerror or exc}); "
+                        f"set ZOO_CACHE_DIR to a writable folder, or drop --cache-decoded.")
+
     def _make_folder(self) -> None:
         """Create the cache's folder; a RunError names it when it cannot be one."""
-        folder = self.path.parent
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise RunError(f"cannot use {folder} as the decoded-image cache folder ({exc.strerror or exc}); "
-                           f"set ZOO_CACHE_DIR to a writable folder, or drop --cache-decoded.") from None
+            raise self._folder_error(exc) from None
 
     def _create(self, tmp: Path) -> np.memmap:
         """A new zero-filled image file of the cache's shape at ``tmp``."""
@@ -198,8 +207,12 @@ class DecodedCache(Dataset):
     def _locked(self) -> Iterator[None]:
         """Hold the cache's lock file: runs sharing a cache create and publish it one at a time."""
         self._make_folder()
-        with open(self.path.with_name(f".{self.path.name}.lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with contextlib.ExitStack() as stack:
+            try:
+                lock = stack.enter_context(open(self.path.with_name(f".{self.path.name}.lock"), "a"))
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            except OSError as exc:  # a folder that takes no new files (permissions, read-only)
+                raise self._folder_error(exc) from None
             try:
                 yield
             finally:

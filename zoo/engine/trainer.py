@@ -106,7 +106,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)  # streams, graphs and generators follow --device cuda:N
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
-        self._build_data_and_model()
+        self._build_data_and_model(resume)
         self.loss_fn = build.build_loss(self.plan.loss, config.loss_opt)
         if self.loss_fn is not None:
             self.loss_fn.to(self.device)
@@ -125,7 +125,7 @@ class Trainer:
         self.params = {name: [p for group in opt.param_groups for p in group["params"] if p.requires_grad]
                        for name, opt in self.optimizers.items()}
         self._check_trainable()
-        self.hooks = HookCaller(build.build_hooks(self.plan.hooks, config.hook_opt))
+        self.hooks = HookCaller(build.build_hooks(self.plan.hooks, config.hook_opt, config.no_hooks))
         self.metrics_log = MetricsLog(self.run_dir)
         self.pictures = pictures.Pictures(self.recipe, self.test_set, config.seed, self.device,
                                           self.precision.autocast, say=_echo)
@@ -146,6 +146,7 @@ class Trainer:
         if self.dist.enabled:
             rng.seed_everything(rng.derive_seed(config.seed, "rank", self.dist.rank))  # own noise per process
         self.context.rank = self.dist.rank
+        self._check_hooks()
         if resume:
             self._resume()
         self.step_graph = self._make_step_graph()
@@ -171,14 +172,12 @@ class Trainer:
         self.precision.cache_casts = False
         return graphed.StepGraph(self._run_step, self.optimizers, _echo, on_failure=self.recipe.pop_logs)
 
-    def _build_data_and_model(self) -> None:
+    def _build_data_and_model(self, resume: bool) -> None:
         config = self.config
         parts = build.build_parts(self.registry, config)
         self.plan, self.recipe, self.model_options = parts.plan, parts.recipe, parts.model_options
         self.train_set, self.test_set = parts.train_set, parts.test_set
-        if config.data and not self.train_set.reads_data and self.dist.is_main:
-            _echo(f"zoo: dataset '{self.plan.dataset.name}' does not read --data {config.data}; to train on "
-                  f"those files pick a dataset that reads them, e.g. --dataset imagefolder ('zoo list datasets').")
+        self._check_data_is_read(resume)
         decoding_on_device = self._decoding_on_device()
         if config.cache_decoded:
             if cache.supports_cache(self.train_set):
@@ -201,7 +200,7 @@ class Trainer:
             else:
                 _echo(f"zoo: dataset '{self.plan.dataset.name}' has no decoded form to cache; "
                       f"--cache-decoded changes nothing.")
-        self.recipe.to(self.device)
+        self._move_model()
         per_step = config.batch_size * config.accumulate * self.dist.world_size
         if len(self.train_set) < per_step:
             raise UsageError(
@@ -221,6 +220,51 @@ class Trainer:
                                               shard=(self.dist.rank, self.dist.world_size), **worker_side)
         self.test_loader, _ = make_loader(self.test_set, config.batch_size, config.seed, config.workers,
                                           shuffle=False, drop_last=False, pin_memory=pin)
+
+    def _move_model(self) -> None:
+        """Put the model on the run's device; a device too small for it is one line naming its size."""
+        try:
+            self.recipe.to(self.device)
+        except RuntimeError as exc:  # torch.OutOfMemoryError is one
+            asked = build.allocation_size(exc)
+            if asked is None:
+                raise
+            name = self.plan.model.name
+            raise RunError(f"out of memory putting model '{name}' on {self.device} (it asked for {asked}); "
+                           f"lower its options (zoo info {name}) or pick another --device.") from exc
+
+    def _check_data_is_read(self, resume: bool) -> None:
+        """Refuse a --data the dataset ignores: the run would train on other data than the user named.
+
+        A run saved before this was refused only hears of it, so it still resumes.
+        """
+        if not self.config.data or self.train_set.reads_data:
+            return
+        problem = (f"dataset '{self.plan.dataset.name}' does not read --data {self.config.data}; to train on "
+                   f"those files pick a dataset that reads them, e.g. --dataset imagefolder ('zoo list datasets').")
+        if not resume:
+            raise UsageError(problem)
+        if self.dist.is_main:
+            _echo(f"zoo: {problem}")
+
+    def _check_hooks(self) -> None:
+        """Let each hook refuse the run before any step (its optional ``check_run(run)``).
+
+        A ``ValueError`` or usage error there is a usage error naming the hook: an option that
+        cannot work with this model or config (a metric it never reports, evaluation switched off).
+        """
+        for entry in self.plan.hooks:
+            check = getattr(self.hooks.objects[entry.qualified_name], "check_run", None)
+            if not callable(check):
+                continue
+            try:
+                check(self.context)
+            except (ValueError, UsageError) as exc:
+                raise UsageError(f"hook '{entry.name}': {exc}") from None
+            except ZooError:
+                raise
+            except Exception as exc:
+                raise PluginError(f"hook '{entry.qualified_name}' failed in check_run: {first_line(exc)}") from exc
 
     def _decoding_on_device(self) -> bool:
         """Whether --decode-on-device applies to this run; when it cannot, say why in one line."""
@@ -401,9 +445,8 @@ class Trainer:
                 damaged.append((folder, exc.reason))
                 continue
             for bad, reason in damaged:
-                aside = bad.with_name(f"damaged-{bad.name}")
+                aside = checkpoint.set_aside(bad)
                 _echo(f"zoo: skipping damaged checkpoint {bad.name} ({reason}); moved to {aside.name}.")
-                bad.rename(aside)
             return model_state, state, folder
         listed = "; ".join(f"{bad.name} {reason}" for bad, reason in damaged)
         raise RunError(f"no whole checkpoint in {self.run_dir / 'checkpoints'} ({listed}); "
