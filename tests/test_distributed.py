@@ -109,10 +109,11 @@ def test_an_unreadable_file_met_by_the_second_process_is_named(tmp_path):
 def test_each_error_of_a_job_is_said_once(is_main):
     from train_cli.running import _once_per_job
     from zoo.engine.feed import BadSampleError
-    from zoo.errors import UsageError
+    from zoo.errors import RunError, UsageError
     said = _once_per_job(UsageError("model 'dcgan' has no option 'nosuch'"), is_main)
     assert said.quiet is not is_main  # every process meets it: rank 0 says it
     assert not _once_per_job(BadSampleError("cannot read data/img03.png"), is_main).quiet  # only it can name it
+    assert not _once_per_job(RunError("out of memory putting model 'dcgan' on cuda:1"), is_main).quiet  # its own
     ended = _once_per_job(RuntimeError("[gloo/transport/tcp/pair.cc:561] Connection closed by peer"), is_main)
     assert ended.quiet and ended.exit_code == 1  # the peer, or the launcher, said why
     bug = RuntimeError("index out of range")

@@ -359,3 +359,23 @@ def test_a_run_saved_with_ignored_data_still_resumes(registry, tmp_path, capsys)
     trainer.fit()
     assert trainer.step == 3
     assert f"zoo: dataset 'shapes' does not read --data {tmp_path}" in capsys.readouterr().err
+
+
+def test_a_subclass_reporting_other_metrics_is_not_held_to_its_parent_s_declaration():
+    from plugins.models.mnist_net import MnistNet
+    from zoo.recipe import declared_eval_metrics
+
+    class TopFive(MnistNet):
+        def evaluation_step(self, batch, loss_fn, generator):
+            return {"top5": torch.tensor(1.0), "count": 1}
+
+    class Declared(TopFive):
+        eval_metrics = ("top5",)
+
+    class Inherits(MnistNet):  # the parent's evaluation_step: the parent's declaration holds
+        pass
+
+    assert declared_eval_metrics(MnistNet()) == ("loss", "accuracy")
+    assert declared_eval_metrics(TopFive()) is None
+    assert declared_eval_metrics(Declared()) == ("top5",)
+    assert declared_eval_metrics(Inherits()) == ("loss", "accuracy")

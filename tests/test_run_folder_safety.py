@@ -179,3 +179,59 @@ def test_data_that_moved_is_named_with_the_command_that_finds_it(zoo_cli, tmp_pa
     assert code == 2 and f"zoo test --run {run} --data NEW" in err
     code, _, err = zoo_cli("test", "--run", str(run), "--device", "cpu", "--data", str(tmp_path / "moved"))
     assert code == 0, err
+
+
+@pytest.mark.parametrize("stop, code", [(KeyboardInterrupt, 130), (RuntimeError("a bug in a plugin"), 1)])
+def test_a_new_run_that_ends_before_its_first_checkpoint_gives_the_old_run_back(zoo_cli, old_run, monkeypatch,
+                                                                               stop, code):
+    from zoo.engine.trainer import Trainer
+
+    def stopped(self):
+        (self.run_dir / "metrics.jsonl").write_text('{"kind": "train", "step": 1}\n')  # what it wrote so far
+        raise stop
+
+    monkeypatch.setattr(Trainer, "fit", stopped)
+    before = snapshot(old_run)
+    exit_code, _, _ = zoo_cli("train", *TINY, "--max-steps", "2", "--run-dir", str(old_run), "--overwrite")
+    assert exit_code == code
+    assert snapshot(old_run) == before
+
+
+def test_a_run_set_aside_by_a_killed_start_is_put_back(zoo_cli, old_run):
+    before = snapshot(old_run)
+    aside = old_run / ".replaced-killed"
+    aside.mkdir()
+    for entry in list(old_run.iterdir()):
+        if entry.name in ("checkpoints", "config.json", "metrics.jsonl", "tensorboard", "samples"):
+            entry.rename(aside / entry.name)
+    (old_run / "config.json").write_bytes(before["config.json"])  # the killed start's config, no checkpoint
+    code, _, err = zoo_cli("train", "--resume", str(old_run), "--max-steps", "5")
+    assert code == 0 and "put back the run" in err, err
+    assert not aside.exists() and [s for s, _ in checkpoint.list_steps(old_run)][-1] == 5
+
+
+def test_a_run_set_aside_beside_a_newer_saved_run_is_named_and_kept(zoo_cli, old_run):
+    aside = old_run / ".replaced-older"
+    aside.mkdir()
+    (aside / "config.json").write_text("{}")
+    code, _, err = zoo_cli("train", "--resume", str(old_run), "--max-steps", "5")
+    assert code == 0 and f"{aside} holds a run an earlier --overwrite set aside" in err, err
+    assert (aside / "config.json").read_text() == "{}"
+
+
+def test_a_move_aside_that_fails_half_way_leaves_the_run_whole(zoo_cli, old_run, monkeypatch):
+    import os
+
+    from zoo.engine import rundir
+    real_replace = os.replace
+
+    def failing(source, target):
+        if str(source).endswith("tensorboard"):
+            raise PermissionError(13, "Permission denied", str(source))
+        real_replace(source, target)
+
+    monkeypatch.setattr(rundir.os, "replace", failing)
+    before = snapshot(old_run)
+    code, _, err = zoo_cli("train", *TINY, "--max-steps", "2", "--run-dir", str(old_run), "--overwrite")
+    assert code == 2 and "Permission denied" in err, err
+    assert snapshot(old_run) == before and not list(old_run.glob(".replaced-*"))

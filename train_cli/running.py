@@ -25,7 +25,7 @@ from zoo.options import split_assignments, split_hook_assignments
 @click.option("--max-steps", type=int, help="Stop after this many steps (with --epochs: whichever ends first).")
 @click.option("--batch-size", type=int, help="Samples per batch (default 64).")
 @click.option("--lr", type=float, help="Learning rate (default: the model's own).")
-@click.option("--seed", type=int, help="Seed for every RNG, -2**63 to 2**63-1 (default 0).")
+@click.option("--seed", type=int, help="Seed for every RNG, -2**63 to 2**64-1 (default 0).")
 @click.option("--device", help="auto, cpu, cuda, cuda:N or mps (default auto).")
 @click.option("--workers", type=int, help="DataLoader worker processes (default 0).")
 @click.option("--precision", type=click.Choice(["32", "bf16", "16-mixed"]), help="Numeric precision (default 32).")
@@ -108,7 +108,7 @@ def train_command(ctx, resume: str | None, overwrite: bool, config_file: str | N
         model_entry = registry.resolve("model", config.model)  # a typo fails before any folder is made
         run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(
             config.model, config.loss or _default_loss(model_entry))
-    registry.check_known("hook", config.hook_opt, "--hook-opt")  # a typo fails before any folder is made
+    registry.check_known("hook", given["hook_opt"], "--hook-opt")  # a typo fails before any folder is made
     from zoo.engine.distributed import broadcast_object, check_gpu_count, launched_by_torchrun, teardown
     from zoo.engine.distributed import setup as distributed_setup
 
@@ -140,15 +140,12 @@ _PEER_GONE = ("connection closed by peer", "connection reset by peer", "broken p
 def _once_per_job(exc: Exception, is_main: bool) -> Exception:
     """A process's error in a job of several, made quiet where another process says why the job ended.
 
-    Each message is printed once per job: rank 0's (the same usage error on every process), except an
-    unreadable file, which only the process that met it can name. A process whose peer left (it stopped
+    A usage error is the same on every process: rank 0 says it. A process whose peer left (it stopped
     on an error it printed, or the launcher names the signal that killed it) ends quietly, not as an
-    internal error.
+    internal error. Other errors of one process (its GPU full, say) are its own to say.
     """
-    from zoo.engine.feed import BadSampleError
-
     if isinstance(exc, ZooError):
-        exc.quiet = exc.quiet or (not is_main and not isinstance(exc, BadSampleError))
+        exc.quiet = exc.quiet or (not is_main and isinstance(exc, UsageError))
         return exc
     if any(words in str(exc).lower() for words in _PEER_GONE):
         ended = RunError(f"another process of the job stopped ({first_line(exc)})")
@@ -178,23 +175,28 @@ def _default_loss(entry) -> str | None:
 
 
 def _train(registry, config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, dist_context) -> None:
-    """Take the run folder (rank 0), prepare it and train."""
+    """Take the run folder (rank 0), prepare it and train.
+
+    A run ``--overwrite`` replaces stays aside until the new one has written its first checkpoint;
+    anything that ends the new run before that (a mistake, a crash, Ctrl-C) puts it back.
+    """
     from zoo.engine.distributed import barrier
     from zoo.engine.lock import RunLock
-    from zoo.engine.rundir import discard_replaced, prepare_new, restore_replaced
+    from zoo.engine.rundir import discard_replaced, prepare_new, recover_set_aside, restore_replaced
 
     lock = RunLock(run_dir) if dist_context.is_main else None
     created = not run_dir.exists()
     finished = False
-    replaced = None  # the run --overwrite replaces, kept aside until the new one has started
+    replaced = None  # the run --overwrite replaces, kept aside until the new one has saved
     try:
         if lock is not None:
-            if overwrite and config.init_from and _inside(Path(config.init_from), run_dir):
+            if overwrite and config.init_from and _in_run(Path(config.init_from), run_dir):
                 raise UsageError(f"--init-from {config.init_from} is in the run --overwrite replaces; copy the "
                                  f"checkpoint out of {run_dir} first, or pick another --run-dir.")
             try:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 lock.acquire()
+                recover_set_aside(run_dir)
                 if not resume:
                     replaced = prepare_new(run_dir, overwrite, keep_replaced=True)
             except OSError as exc:
@@ -203,15 +205,21 @@ def _train(registry, config: TrainConfig, run_dir: Path, resume: bool, overwrite
         barrier(dist_context)
         from zoo.engine.trainer import Trainer  # imports torch: after the cheap checks above
 
-        try:
-            trainer = Trainer(config, registry, run_dir, resume=resume, command_line=["zoo", *sys.argv[1:]],
-                              dist_context=dist_context)
-        except BaseException:
-            restore_replaced(replaced)  # the new run did not start: the old one stays as it was
-            raise
-        discard_replaced(replaced)
+        trainer = Trainer(config, registry, run_dir, resume=resume, command_line=["zoo", *sys.argv[1:]],
+                          dist_context=dist_context)
         finished = True  # built: from here on the folder is a run, whatever happens
-        trainer.fit()
+        if replaced is not None:
+            trainer.after_first_save.append(lambda: discard_replaced(replaced))
+        try:
+            trainer.fit()
+        except ZooError as exc:  # in step with rank 0, which says the same (an unreadable file: the one that met it)
+            from zoo.engine.feed import BadSampleError
+            exc.quiet = exc.quiet or (not dist_context.is_main and not isinstance(exc, BadSampleError))
+            raise
+    except BaseException:
+        if replaced is not None and replaced.exists():  # the new run saved nothing: the old one comes back
+            restore_replaced(replaced)
+        raise
     finally:
         if lock is not None:
             lock.release()
@@ -219,10 +227,12 @@ def _train(registry, config: TrainConfig, run_dir: Path, resume: bool, overwrite
                 shutil.rmtree(run_dir, ignore_errors=True)  # a run that never started leaves nothing
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    """Whether ``path`` is ``folder`` or lies in it."""
-    path, folder = path.expanduser().resolve(), folder.expanduser().resolve()
-    return path == folder or folder in path.parents
+def _in_run(path: Path, run_dir: Path) -> bool:
+    """Whether ``path`` is the run folder or lies in what a run keeps there (its checkpoints, say)."""
+    from zoo.engine.rundir import RUN_ENTRIES
+
+    path, run_dir = path.expanduser().resolve(), run_dir.expanduser().resolve()
+    return path == run_dir or any(path == run_dir / name or run_dir / name in path.parents for name in RUN_ENTRIES)
 
 
 def _launch(nproc: int, run_dir: Path, given_run_dir: bool) -> None:

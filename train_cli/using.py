@@ -72,7 +72,7 @@ def _slerp(a: Any, b: Any, steps: int) -> Any:
 @click.option("-n", "--count", type=click.IntRange(min=1), default=64, show_default=True,
               help="Images to generate (points on the walk with --interpolate).")
 @click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed of the noise, -2**63 to 2**63-1; same seed, same images.")
+              help="Seed of the noise, -2**63 to 2**64-1; same seed, same images.")
 @click.option("--out", type=click.Path(dir_okay=False),
               help="PNG grid to write (default RUN/samples/sample-seed<S>.png, or interpolate-seed<S>.png).")
 @click.option("--each", type=click.Path(file_okay=False),

@@ -19,8 +19,8 @@ from typing import Any
 from zoo.errors import UsageError
 
 PRECISIONS = ("32", "bf16", "16-mixed")
-# Seeds are signed 64-bit integers: torch takes -2**63..2**64-1, and a seed past 2**63-1 would alias a negative one.
-SEED_RANGE = (-2**63, 2**63 - 1)
+# What torch's generators take (a negative seed is mapped past 2**63): every seed a run may have been given.
+SEED_RANGE = (-2**63, 2**64 - 1)
 OPTION_TABLES = ("model_opt", "loss_opt", "dataset_opt", "hook_opt")
 # Options that only extend or observe a run: allowed beside --resume.
 RESUME_OVERRIDABLE = ("max_steps", "epochs", "hooks", "no_hooks", "hook_opt", "device", "workers",
@@ -121,7 +121,7 @@ def check_seed(seed: int) -> None:
     """Refuse a seed outside SEED_RANGE, which torch's generators would reject (or alias another seed)."""
     low, high = SEED_RANGE
     if not low <= seed <= high:
-        raise UsageError(f"--seed must be a signed 64-bit integer, from -2**63 to 2**63-1, got {seed}.")
+        raise UsageError(f"--seed must be from -2**63 to 2**64-1 (what torch's generators take), got {seed}.")
 
 
 # A field's type as written in TrainConfig: (the type of the value, the type of each list item or dict value).

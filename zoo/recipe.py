@@ -121,6 +121,18 @@ class Recipe(nn.Module):
         return self.__dict__.pop("_step_logs", {})
 
 
+def declared_eval_metrics(recipe: nn.Module) -> tuple[str, ...] | None:
+    """The metric names the recipe's ``evaluation_step`` reports, when the class that declares ``eval_metrics``
+    also defines that ``evaluation_step`` (or inherits it): a subclass that reports others but keeps its
+    parent's declaration declares nothing."""
+    mro = type(recipe).__mro__
+    declared = next((cls for cls in mro if "eval_metrics" in vars(cls)), None)
+    evaluates = next((cls for cls in mro if "evaluation_step" in vars(cls)), None)
+    if declared is None or evaluates is None or not issubclass(declared, evaluates):
+        return None
+    return getattr(recipe, "eval_metrics", None)
+
+
 def predictor(recipe: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """What maps a batch of inputs to the model's outputs: the recipe's ``predict``, else its own
     ``forward``, else its only network; ``None`` when it has several networks and neither method.

@@ -9,6 +9,7 @@ from typing import Any, Iterable
 from tqdm import tqdm
 
 from zoo import hookimpl
+from zoo.recipe import declared_eval_metrics
 
 
 def _absent(name: str, reported: Iterable[str]) -> str:
@@ -55,7 +56,7 @@ class EarlyStoppingHook:
             raise ValueError("it acts after evaluations, which --eval-every 0 turns off; drop --eval-every 0, "
                              "or drop --hook early_stopping.")
         name, _ = self._watched(run.recipe)
-        reported = getattr(run.recipe, "eval_metrics", None)  # declared by models that know what they report
+        reported = declared_eval_metrics(run.recipe)  # declared by models that know what they report
         if reported and name not in reported:
             raise ValueError(f"it {_absent(name, reported)}")
 

@@ -173,7 +173,7 @@ def _check_workers(workers: int) -> None:
     """
     warnings.filterwarnings("ignore", message=r"This DataLoader will create \d+ worker processes")
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if workers > cpus:
+    if workers > cpus and os.environ.get("RANK", "0") == "0":  # said by one process of a job
         print(f"zoo: --workers {workers} is more than the {cpus} CPUs this process may use; loading gets no "
               f"faster past that and each worker costs memory (try --workers {cpus}).", file=sys.stderr)
 

@@ -20,6 +20,7 @@ from torch.utils.data import default_collate
 from torchvision.utils import make_grid
 
 from zoo.data import seeded_item
+from zoo.engine import rng
 from zoo.engine.rng import derive_seed
 from zoo.errors import ZooError, first_line
 from zoo.recipe import Recipe, predictor
@@ -46,13 +47,16 @@ def preview_batch(test_set: Any, seed: int, count: int = PREVIEW_COUNT) -> Any |
     training draws what it would have drawn. An unreadable item is left out.
     """
     items = []
-    with torch.random.fork_rng(devices=[]):
+    before = rng.capture()  # torch's, numpy's and Python's: a dataset may draw from any of them
+    try:
         for index in preview_indices(len(test_set), count):
             with seeded_item(derive_seed(seed, "preview", index)):
                 try:
                     items.append(test_set[index])
                 except (ZooError, OSError, ValueError):  # a bad file: the grid shows the others
                     continue
+    finally:
+        rng.restore(before)
     return default_collate(items) if items else None
 
 

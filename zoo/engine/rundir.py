@@ -8,6 +8,7 @@ import os
 import platform
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ from zoo.errors import UsageError
 # what a run folder holds besides its lock: what --overwrite replaces, and what marks a folder as used
 RUN_ENTRIES = ("config.json", "checkpoints", "tensorboard", "samples", "metrics.jsonl", "test-metrics.json",
                "predictions")
+ASIDE_PREFIX = ".replaced-"  # the folder --overwrite keeps the old run in until the new one has saved
+
 
 def versions() -> dict[str, str]:
     """Versions of the packages a run depends on."""
@@ -73,13 +76,40 @@ def _is_run(run_dir: Path) -> bool:
         return False
 
 
+def _remove(path: Path) -> None:
+    """Delete a file or a folder tree, if there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _has_checkpoints(run_dir: Path) -> bool:
+    return any((run_dir / "checkpoints").glob("step-*"))
+
+
+def recover_set_aside(run_dir: Path) -> None:
+    """Put back a run that ``prepare_new`` set aside for a start that was then killed.
+
+    It comes back when the folder holds no run with a checkpoint of its own (the killed
+    start saved none); otherwise it is named, and left where it is.
+    """
+    for left in sorted(Path(run_dir).glob(f"{ASIDE_PREFIX}*")):
+        if _has_checkpoints(run_dir):
+            print(f"zoo: {left} holds a run an earlier --overwrite set aside; this folder's newer run is kept, "
+                  f"and that one is left there for you to move or delete.", file=sys.stderr)
+            continue
+        restore_replaced(left)
+        print(f"zoo: put back the run in {run_dir} that a stopped --overwrite had set aside.", file=sys.stderr)
+
+
 def prepare_new(run_dir: Path, overwrite: bool, keep_replaced: bool = False) -> Path | None:
     """Make ``run_dir`` ready for a new run, refusing to mix two runs in one or to touch what is not a run.
 
     A run it replaces (``overwrite``, or one that never saved a checkpoint) is deleted; with
     ``keep_replaced`` it is moved aside instead, into the returned folder, until the new run has
-    started (``discard_replaced``) or failed to (``restore_replaced``). ``None`` when there was
-    nothing to replace.
+    saved its first checkpoint (``discard_replaced``) or failed to (``restore_replaced``).
+    ``None`` when there was nothing to replace.
     """
     run_dir = Path(run_dir)
     present = [name for name in RUN_ENTRIES if (run_dir / name).exists()]
@@ -90,15 +120,21 @@ def prepare_new(run_dir: Path, overwrite: bool, keep_replaced: bool = False) -> 
         raise UsageError(f"{run_dir} holds {', '.join(present)} but is not a zoo run (no config.json that "
                          f"'zoo train' wrote), so zoo leaves it alone; pick another --run-dir.")
     if not overwrite:
-        if any((run_dir / "checkpoints").glob("step-*")):
+        if _has_checkpoints(run_dir):
             raise UsageError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                              f"or replace it with --overwrite.")
         print(f"zoo: replacing the run in {run_dir}, which never saved a checkpoint.", file=sys.stderr)
-    aside = run_dir / f".replaced-{os.getpid()}"
-    discard_replaced(aside)  # what an earlier start in this folder left
-    aside.mkdir()
-    for name in present:
-        os.replace(run_dir / name, aside / name)
+    aside = Path(tempfile.mkdtemp(prefix=ASIDE_PREFIX, dir=run_dir))
+    moved: list[str] = []
+    try:
+        for name in sorted(present, key=lambda name: name == "config.json"):  # config.json last: it marks a run
+            os.replace(run_dir / name, aside / name)
+            moved.append(name)
+    except BaseException:  # a move that failed half-way: what moved goes back, the run stays whole
+        for name in moved:
+            os.replace(aside / name, run_dir / name)
+        aside.rmdir()
+        raise
     if keep_replaced:
         return aside
     discard_replaced(aside)
@@ -106,25 +142,19 @@ def prepare_new(run_dir: Path, overwrite: bool, keep_replaced: bool = False) -> 
 
 
 def discard_replaced(aside: Path | None) -> None:
-    """Delete the run ``prepare_new`` moved aside (and any a killed start left): the new run has started."""
+    """Delete the run ``prepare_new`` set aside in ``aside``: the new run has saved a checkpoint."""
     if aside is not None:
-        for left in aside.parent.glob(".replaced-*"):
-            shutil.rmtree(left, ignore_errors=True)
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def restore_replaced(aside: Path | None) -> None:
-    """Put the run ``prepare_new`` moved aside back in place of what the new run wrote before failing."""
-    if aside is None:
+    """Put the run ``prepare_new`` set aside back, in place of all the new run wrote before failing."""
+    if aside is None or not aside.is_dir():
         return
     for name in RUN_ENTRIES:
-        written, kept = aside.parent / name, aside / name
-        if not kept.exists():
-            continue
-        if written.is_dir():
-            shutil.rmtree(written)
-        elif written.exists():
-            written.unlink()
-        os.replace(kept, written)
+        _remove(aside.parent / name)
+        if (aside / name).exists():
+            os.replace(aside / name, aside.parent / name)
     shutil.rmtree(aside, ignore_errors=True)
 
 

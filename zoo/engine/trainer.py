@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch.nn.utils import clip_grad_norm_
@@ -132,6 +132,8 @@ class Trainer:
         self.context = RunContext(self.run_dir, config, self.recipe, self.device, self.pictures.grid,
                                   self.metrics_log, self._emit_log)
         self.step = self.epoch = self.position = 0
+        # called once, on rank 0, when the run has written its first checkpoint (--overwrite's old run goes then)
+        self.after_first_save: list[Callable[[], None]] = []
         self.best: dict[str, Any] | None = None
         self.last_eval: dict[str, float] = {}
         self._last_eval_step = self._last_save_step = self._last_log_step = -1
@@ -146,7 +148,7 @@ class Trainer:
         if self.dist.enabled:
             rng.seed_everything(rng.derive_seed(config.seed, "rank", self.dist.rank))  # own noise per process
         self.context.rank = self.dist.rank
-        self._check_hooks()
+        self._check_hooks(resume)
         if resume:
             self._resume()
         self.step_graph = self._make_step_graph()
@@ -247,11 +249,12 @@ class Trainer:
         if self.dist.is_main:
             _echo(f"zoo: {problem}")
 
-    def _check_hooks(self) -> None:
+    def _check_hooks(self, resume: bool) -> None:
         """Let each hook refuse the run before any step (its optional ``check_run(run)``).
 
         A ``ValueError`` or usage error there is a usage error naming the hook: an option that
         cannot work with this model or config (a metric it never reports, evaluation switched off).
+        A resumed run only hears of it, so runs saved before a hook checked this still go on.
         """
         for entry in self.plan.hooks:
             check = getattr(self.hooks.objects[entry.qualified_name], "check_run", None)
@@ -260,7 +263,10 @@ class Trainer:
             try:
                 check(self.context)
             except (ValueError, UsageError) as exc:
-                raise UsageError(f"hook '{entry.name}': {exc}") from None
+                if not resume:
+                    raise UsageError(f"hook '{entry.name}': {exc}") from None
+                if self.dist.is_main:
+                    _echo(f"zoo: hook '{entry.name}': {exc}")
             except ZooError:
                 raise
             except Exception as exc:
@@ -870,6 +876,8 @@ class Trainer:
         protect = (self.best["step"],) if self.best and self.best.get("saved") else ()
         checkpoint.prune(self.run_dir, self.config.keep, protect)
         distributed.barrier(self.dist)
+        while self.after_first_save:
+            self.after_first_save.pop()()
         self.hooks.call("on_checkpoint_saved", run=self.context, step=self.step, path=folder)
         return folder
 
