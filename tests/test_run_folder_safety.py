@@ -197,13 +197,29 @@ def test_a_new_run_that_ends_before_its_first_checkpoint_gives_the_old_run_back(
     assert snapshot(old_run) == before
 
 
-def test_a_run_set_aside_by_a_killed_start_is_put_back(zoo_cli, old_run):
-    before = snapshot(old_run)
-    aside = old_run / ".replaced-killed"
+def set_aside_as_a_killed_start_leaves_it(run):
+    """Move a run's entries into a hidden folder, as --overwrite does before the new run starts."""
+    aside = run / ".replaced-killed"
     aside.mkdir()
-    for entry in list(old_run.iterdir()):
+    for entry in list(run.iterdir()):
         if entry.name in ("checkpoints", "config.json", "metrics.jsonl", "tensorboard", "samples"):
             entry.rename(aside / entry.name)
+    return aside
+
+
+def test_a_run_set_aside_by_a_killed_start_is_put_back(zoo_cli, old_run):
+    before = snapshot(old_run)
+    aside = set_aside_as_a_killed_start_leaves_it(old_run)
+    code, _, err = zoo_cli("test", "--run", str(old_run))
+    assert code == 2 and f"'zoo train --resume {old_run}' puts it back" in err, err
+    code, _, err = zoo_cli("train", "--resume", str(old_run), "--max-steps", "5")  # killed before writing anything
+    assert code == 0 and "put back the run" in err, err
+    assert not aside.exists() and [s for s, _ in checkpoint.list_steps(old_run)][-1] == 5
+
+
+def test_a_run_set_aside_by_a_start_killed_after_writing_its_config_is_put_back(zoo_cli, old_run):
+    before = snapshot(old_run)
+    aside = set_aside_as_a_killed_start_leaves_it(old_run)
     (old_run / "config.json").write_bytes(before["config.json"])  # the killed start's config, no checkpoint
     code, _, err = zoo_cli("train", "--resume", str(old_run), "--max-steps", "5")
     assert code == 0 and "put back the run" in err, err

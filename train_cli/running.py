@@ -91,6 +91,7 @@ def train_command(ctx, resume: str | None, overwrite: bool, config_file: str | N
             raise UsageError("--overwrite starts a run over and --resume goes on with it; drop one of them.")
         if config_file:
             raise UsageError("--config cannot be combined with --resume; the run keeps its saved config.")
+        _put_back_set_aside(Path(resume))
         saved = read_config(Path(resume))
         if given.get("data") is None:
             _check_data_there(saved["config"].get("data"), f"zoo train --resume {resume} --data NEW")
@@ -160,6 +161,21 @@ def _no_empty_paths(**paths: str | None) -> None:
         if value is not None and not value.strip():
             flag = "--" + name.replace("_", "-")
             raise UsageError(f"{flag} was given an empty path; name a folder or file, or leave {flag} out.")
+
+
+def _put_back_set_aside(run_dir: Path) -> None:
+    """Before reading a run to resume: put back one a start killed right after setting it aside left hidden."""
+    from zoo.engine.lock import RunLock
+    from zoo.engine.rundir import ASIDE_PREFIX, recover_set_aside
+
+    if (run_dir / "config.json").exists() or not any(run_dir.glob(f"{ASIDE_PREFIX}*")):
+        return
+    lock = RunLock(run_dir)
+    lock.acquire()  # a start still running there is named, and nothing moves
+    try:
+        recover_set_aside(run_dir)
+    finally:
+        lock.release()
 
 
 def _check_data_there(saved_data: str | None, fix: str) -> None:

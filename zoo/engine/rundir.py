@@ -57,6 +57,9 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     if not Path(run_dir).is_dir():
         raise UsageError(f"run dir {run_dir} does not exist; pass a folder made by 'zoo train'.")
     if not path.is_file():
+        if any(Path(run_dir).glob(f"{ASIDE_PREFIX}*")):
+            raise UsageError(f"{run_dir} holds a run a stopped --overwrite set aside; 'zoo train --resume {run_dir}' "
+                             f"puts it back and goes on with it.")
         raise UsageError(f"{run_dir} holds no config.json, so it is not a zoo run; pass a folder made by 'zoo train'.")
     try:
         document = json.loads(path.read_text())
