@@ -59,7 +59,7 @@ def test_an_image_to_image_run_saves_test_inputs_outputs_and_targets(registry, t
     trainer = train(registry, tmp_path / "run", epochs=None)
     cells = grid_cells(tmp_path / "run" / "samples" / "latest.png", rows=3, columns=8)
     indices = pictures.preview_indices(len(trainer.test_set))
-    assert indices == [0, 1, 2, 3, 5, 6, 7, 8]  # spread over the 10 test images
+    assert len(set(indices)) == 8 and sorted(indices) == indices and max(indices) < 10
     inputs = torch.stack([trainer.test_set[i][0] for i in indices])
     targets = torch.stack([trainer.test_set[i][1] for i in indices])
     outputs = load_run(tmp_path / "run", device="cpu").predict(inputs)
@@ -152,7 +152,10 @@ def test_a_classifier_s_large_images_are_shown_scaled_down():
 
 def test_the_preview_spreads_its_items_and_takes_all_of_a_small_split():
     assert pictures.preview_indices(3) == [0, 1, 2]
-    assert pictures.preview_indices(80) == [0, 10, 20, 30, 40, 50, 60, 70]
+    picked = pictures.preview_indices(512, 32)
+    assert len(set(picked)) == 32 and picked == sorted(picked) and picked == pictures.preview_indices(512, 32)
+    assert len({index % 4 for index in picked}) == 4  # labels that repeat every 4 items: every class shows
+    assert pictures.preview_indices(512, 32, seed=1) != picked  # another run seed, other images
 
 
 class _TwoNets(nn.Module):

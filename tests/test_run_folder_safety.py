@@ -192,9 +192,37 @@ def test_a_new_run_that_ends_before_its_first_checkpoint_gives_the_old_run_back(
 
     monkeypatch.setattr(Trainer, "fit", stopped)
     before = snapshot(old_run)
-    exit_code, _, _ = zoo_cli("train", *TINY, "--max-steps", "2", "--run-dir", str(old_run), "--overwrite")
+    exit_code, _, err = zoo_cli("train", *TINY, "--max-steps", "2", "--run-dir", str(old_run), "--overwrite")
     assert exit_code == code
     assert snapshot(old_run) == before
+    assert f"zoo: the run in {old_run} that --overwrite was replacing is back as it was." in err
+
+
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_in_an_overwrite_run_says_what_becomes_of_the_old_run(zoo_cli, old_run, monkeypatch, presses):
+    import os
+    import signal
+
+    from zoo.engine.trainer import Trainer
+    step = Trainer._train_step
+
+    def pressing(self, batches):
+        step(self, batches)
+        if self.step == 1:
+            for _ in range(presses):
+                os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(Trainer, "_train_step", pressing)
+    before = snapshot(old_run)
+    code, _, err = zoo_cli("train", *TINY, "--max-steps", "50", "--run-dir", str(old_run), "--overwrite")
+    assert code == 130
+    assert "SIGINT received; saving after this step, and the run --overwrite set aside goes then (press " \
+           "Ctrl-C again to abort without saving and get that run back)." in err
+    if presses == 1:  # saved: the new run goes on from here, the old one is gone
+        steps = [s for s, _ in checkpoint.list_steps(old_run)]
+        assert len(steps) == 1 and steps[0] < 4 and not list(old_run.glob(".replaced-*"))  # the old had step 4
+    else:
+        assert snapshot(old_run) == before and "is back as it was" in err
 
 
 def set_aside_as_a_killed_start_leaves_it(run):

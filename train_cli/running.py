@@ -235,6 +235,7 @@ def _train(registry, config: TrainConfig, run_dir: Path, resume: bool, overwrite
     except BaseException:
         if replaced is not None and replaced.exists():  # the new run saved nothing: the old one comes back
             restore_replaced(replaced)
+            click.echo(f"zoo: the run in {run_dir} that --overwrite was replacing is back as it was.", err=True)
         raise
     finally:
         if lock is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 from typing import Any, Callable, ContextManager
 
 import torch
@@ -33,11 +34,15 @@ CLASSIFIED_SIDE = 96  # larger classified images are shown scaled down to this (
 RIGHT, WRONG = (0.1, 0.75, 0.2), (0.9, 0.1, 0.1)  # frame colours (RGB in [0, 1])
 
 
-def preview_indices(length: int, count: int = PREVIEW_COUNT) -> list[int]:
-    """``count`` indices spread evenly over ``length`` items (all of them when fewer)."""
+def preview_indices(length: int, count: int = PREVIEW_COUNT, seed: int = 0) -> list[int]:
+    """``count`` of ``length`` items drawn at random (the run's seed fixes them), in order; all when fewer.
+
+    Not every n-th item: a split whose labels repeat with the same period (shapes: index % 4) would
+    show a single class.
+    """
     if length <= count:
         return list(range(length))
-    return [index * length // count for index in range(count)]
+    return sorted(random.Random(derive_seed(seed, "preview")).sample(range(length), count))
 
 
 def preview_batch(test_set: Any, seed: int, count: int = PREVIEW_COUNT) -> Any | None:
@@ -49,7 +54,7 @@ def preview_batch(test_set: Any, seed: int, count: int = PREVIEW_COUNT) -> Any |
     items = []
     before = rng.capture()  # torch's, numpy's and Python's: a dataset may draw from any of them
     try:
-        for index in preview_indices(len(test_set), count):
+        for index in preview_indices(len(test_set), count, seed):
             with seeded_item(derive_seed(seed, "preview", index)):
                 try:
                     items.append(test_set[index])

@@ -893,6 +893,9 @@ class Trainer:
                 raise KeyboardInterrupt
             self._stop_signal = signum
             again = " (press Ctrl-C again to abort without saving)" if signum == signal.SIGINT else ""
+            if self.after_first_save and signum == signal.SIGINT:  # the save would end the run --overwrite keeps
+                again = (", and the run --overwrite set aside goes then (press Ctrl-C again to abort without "
+                         "saving and get that run back)")
             _echo(f"zoo: {signal.Signals(signum).name} received; saving after this step{again}.")
 
         try:
