@@ -93,9 +93,9 @@ def sample_command(ctx, run_dir: str, count: int, seed: int, out: str | None, ea
     if interpolate and count < 2:
         raise UsageError("--interpolate needs -n 2 or more (the points of the walk, ends included).")
     import torch
-    from torchvision.utils import make_grid
 
     from zoo.api import load_run, to_image
+    from zoo.engine.pictures import image_grid
 
     run = load_run(run_path, step=step, device=device, registry=ctx.registry())
     _refuse_sample(run_path, run.task)
@@ -129,7 +129,7 @@ def sample_command(ctx, run_dir: str, count: int, seed: int, out: str | None, ea
         grid_path = run_path / "samples" / f"{name}-seed{seed}.png"
     if grid_path is not None:
         nrow = len(images) if interpolate else max(1, math.ceil(math.sqrt(len(images))))
-        grid = make_grid(((images + 1) / 2).clamp(0, 1), nrow=nrow, padding=2)
+        grid = image_grid(images, nrow)
         _save(to_image(grid * 2 - 1), grid_path)
         click.echo(str(grid_path))
 

@@ -7,10 +7,11 @@ model's task, do the options match the signatures.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import re
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from zoo.config import same_part_name
 from zoo.errors import AmbiguousNameError, PluginError, RunError, UsageError
@@ -157,15 +158,10 @@ def build_recipe(entry: Entry, options: dict[str, Any], shape: tuple[int, int, i
         full, wanted = cls.adapt_to_data(tuple(shape), num_classes, full)
         _check_class_count(cls, entry, full, parsed, num_classes, dataset)
     try:
-        recipe = cls(**full)
+        with out_of_memory_said(f"building model '{entry.name}'", f"lower its options (zoo info {entry.name})"):
+            recipe = cls(**full)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"model '{entry.name}' rejected its options: {exc}") from None
-    except RuntimeError as exc:  # torch.OutOfMemoryError is one
-        asked = allocation_size(exc)
-        if asked is None:
-            raise
-        raise RunError(f"out of memory building model '{entry.name}' (it asked for {asked}); "
-                       f"lower its options (zoo info {entry.name}).") from exc
     return recipe, {k: v for k, v in full.items() if k not in entry.bound_options}, wanted
 
 
@@ -185,6 +181,18 @@ def _check_class_count(cls: type, entry: Entry, options: dict[str, Any], user_op
            else f"pass --model-opt num_classes={classes}")
     raise UsageError(f"{dataset} has {classes} classes but model '{entry.name}' is built for {wanted} "
                      f"(num_classes={wanted}); {fix}.")
+
+
+@contextlib.contextmanager
+def out_of_memory_said(doing: str, fix: str) -> Iterator[None]:
+    """Turn an allocation failure inside into one line: ``out of memory <doing> (it asked for N); <fix>.``"""
+    try:
+        yield
+    except RuntimeError as exc:  # torch.OutOfMemoryError is one
+        asked = allocation_size(exc)
+        if asked is None:
+            raise
+        raise RunError(f"out of memory {doing} (it asked for {asked}); {fix}.") from exc
 
 
 def allocation_size(exc: RuntimeError) -> str | None:

@@ -77,7 +77,7 @@ def _drawing(recipe: Recipe) -> Any:
         recipe.train(was_training)
 
 
-def _grid(images: torch.Tensor, columns: int) -> torch.Tensor:
+def image_grid(images: torch.Tensor, columns: int) -> torch.Tensor:
     """Images in ``[-1, 1]`` as one ``(C, H, W)`` grid in ``[0, 1]`` on the CPU."""
     images = ((images.detach().float() + 1) / 2).clamp(0, 1).cpu()
     return make_grid(images, nrow=columns, padding=2)
@@ -90,7 +90,7 @@ def sample_grid(recipe: Recipe, seed: int, device: torch.device,
     generator.manual_seed(derive_seed(seed, "samples"))
     with _drawing(recipe), autocast():
         images = recipe.sample(SAMPLE_COUNT, generator)
-    return None if images is None else _grid(images, int(math.sqrt(len(images))))
+    return None if images is None else image_grid(images, int(math.sqrt(len(images))))
 
 
 def _images(batch: Any) -> bool:
@@ -117,7 +117,7 @@ def restoration_grid(recipe: Recipe, batch: Any, device: torch.device,
     outputs = _predicted(recipe, inputs, device, autocast)
     if outputs is None or outputs.shape != targets.shape:  # not images of the targets' shape: nothing to compare
         return None
-    return _grid(torch.cat([inputs.float(), outputs, targets.float()]), len(inputs))
+    return image_grid(torch.cat([inputs.float(), outputs, targets.float()]), len(inputs))
 
 
 def classified_grid(recipe: Recipe, batch: Any, device: torch.device,

@@ -225,15 +225,10 @@ class Trainer:
 
     def _move_model(self) -> None:
         """Put the model on the run's device; a device too small for it is one line naming its size."""
-        try:
+        name = self.plan.model.name
+        with build.out_of_memory_said(f"putting model '{name}' on {self.device}",
+                                      f"lower its options (zoo info {name}) or pick another --device"):
             self.recipe.to(self.device)
-        except RuntimeError as exc:  # torch.OutOfMemoryError is one
-            asked = build.allocation_size(exc)
-            if asked is None:
-                raise
-            name = self.plan.model.name
-            raise RunError(f"out of memory putting model '{name}' on {self.device} (it asked for {asked}); "
-                           f"lower its options (zoo info {name}) or pick another --device.") from exc
 
     def _check_data_is_read(self, resume: bool) -> None:
         """Refuse a --data the dataset ignores: the run would train on other data than the user named.
