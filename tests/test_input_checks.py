@@ -379,3 +379,38 @@ def test_a_subclass_reporting_other_metrics_is_not_held_to_its_parent_s_declarat
     assert declared_eval_metrics(TopFive()) is None
     assert declared_eval_metrics(Declared()) == ("top5",)
     assert declared_eval_metrics(Inherits()) == ("loss", "accuracy")
+
+
+def test_no_strict_without_init_from_is_refused(zoo_cli, tmp_path):
+    code, line = refused(zoo_cli, tmp_path, *TINY_DCGAN, *TINY, "--no-strict")
+    assert code == 2 and "--no-strict" in line and "--init-from" in line
+
+
+@pytest.mark.parametrize("model", ["mnist_net", "dcgan"])
+def test_a_dataset_option_for_another_task_is_refused(zoo_cli, tmp_path, model):
+    """shapes' degrade only means something to image-to-image models; elsewhere it would be ignored."""
+    code, line = refused(zoo_cli, tmp_path, "--model", model, *TINY, "--dataset-opt", "degrade=blur")
+    assert code == 2 and "degrade is for image-to-image models" in line and "drop --dataset-opt degrade" in line
+
+
+def test_a_dataset_option_for_its_task_is_taken(registry):
+    from zoo.build import build_dataset
+    entry = registry.resolve("dataset", "shapes")
+    blurred = build_dataset(entry, "train", task="image_to_image", data=None,
+                            options={"degrade": "blur", "train_count": 2})
+    assert blurred.degrade == "blur"
+
+
+def test_info_says_which_tasks_an_option_is_for(zoo_cli):
+    code, out, _ = zoo_cli("info", "shapes")
+    assert code == 0
+    degrade_line = next(line for line in out.splitlines() if line.strip().startswith("degrade"))
+    assert "(image-to-image models only)" in degrade_line
+    size_line = next(line for line in out.splitlines() if line.strip().startswith("size"))
+    assert "only" not in size_line
+
+
+def test_sync_bn_in_one_process_says_it_changes_nothing(zoo_cli, tmp_path):
+    code, _, err = zoo_cli("train", *TINY_DCGAN, *TINY, "--sync-bn", "--run-dir", str(tmp_path / "run"))
+    assert code == 0
+    assert "--sync-bn acts across several processes" in err

@@ -11,12 +11,17 @@ from zoo.registry import Entry, Registry
 
 
 def _options_block(factory: Any, exclude: tuple[str, ...]) -> list[str]:
+    """One line per option: name, type, default, and the tasks it is for where it is not for every one."""
     specs = option_specs(factory, exclude)
     if not specs:
         return ["  options: none"]
+    for_tasks = getattr(factory, "task_options", {})
     rows = [(s.name, s.type_name, "required" if s.required else repr(s.default)) for s in specs]
+    notes = [f"  ({', '.join(t.replace('_', '-') for t in for_tasks[s.name])} models only)"
+             if s.name in for_tasks else "" for s in specs]
     widths = [max(len(r[i]) for r in rows) for i in range(2)]
-    return ["  options:"] + [f"    {n.ljust(widths[0])}  {t.ljust(widths[1])}  default {d}" for n, t, d in rows]
+    return ["  options:"] + [f"    {n.ljust(widths[0])}  {t.ljust(widths[1])}  default {d}{note}"
+                             for (n, t, d), note in zip(rows, notes)]
 
 
 def _parameter_count(entry: Entry) -> str:

@@ -141,12 +141,14 @@ _PEER_GONE = ("connection closed by peer", "connection reset by peer", "broken p
 def _once_per_job(exc: Exception, is_main: bool) -> Exception:
     """A process's error in a job of several, made quiet where another process says why the job ended.
 
-    A usage error is the same on every process: rank 0 says it. A process whose peer left (it stopped
-    on an error it printed, or the launcher names the signal that killed it) ends quietly, not as an
-    internal error. Other errors of one process (its GPU full, say) are its own to say.
+    A usage error, or an error of the training steps (which every process takes in step), is the same
+    on every process: rank 0 says it. A process whose peer left (it stopped on an error it printed, or
+    the launcher names the signal that killed it) ends quietly, not as an internal error. Other errors
+    of one process (its GPU full, an unreadable file it met) are its own to say.
     """
     if isinstance(exc, ZooError):
-        exc.quiet = exc.quiet or (not is_main and isinstance(exc, UsageError))
+        same_everywhere = isinstance(exc, UsageError) or getattr(exc, "same_on_every_process", False)
+        exc.quiet = exc.quiet or (not is_main and same_everywhere)
         return exc
     if any(words in str(exc).lower() for words in _PEER_GONE):
         ended = RunError(f"another process of the job stopped ({first_line(exc)})")
@@ -230,7 +232,7 @@ def _train(registry, config: TrainConfig, run_dir: Path, resume: bool, overwrite
             trainer.fit()
         except ZooError as exc:  # in step with rank 0, which says the same (an unreadable file: the one that met it)
             from zoo.engine.feed import BadSampleError
-            exc.quiet = exc.quiet or (not dist_context.is_main and not isinstance(exc, BadSampleError))
+            exc.same_on_every_process = not isinstance(exc, BadSampleError)
             raise
     except BaseException:
         if replaced is not None and replaced.exists():  # the new run saved nothing: the old one comes back

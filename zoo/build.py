@@ -134,6 +134,12 @@ def build_dataset(entry: Entry, split: str, *, task: str, data: str | None, opti
     parsed = parse_options(f"dataset '{entry.name}'", cls, options, exclude=DATASET_RESERVED + tuple(entry.bound_options))
     if cls.needs_data and not data:
         raise UsageError(f"dataset '{entry.name}' needs --data ({cls.data_help}).")
+    for key in options:
+        for_tasks = getattr(cls, "task_options", {}).get(key)
+        if for_tasks and task not in for_tasks:
+            wanted = " or ".join(t.replace("_", "-") for t in for_tasks)
+            raise UsageError(f"dataset '{entry.name}' option {key} is for {wanted} models, not "
+                             f"{task.replace('_', '-')} ones: drop --dataset-opt {key}.")
     try:
         return cls(split, task=task, data=data, image_size=image_size, channels=channels,
                    **entry.bound_options, **parsed)

@@ -34,6 +34,9 @@ class ZooDataset(Dataset):
     needs_data: ClassVar[bool] = True  # --data is required
     reads_data: ClassVar[bool] = True  # False: --data means nothing to it (a new run that gives one is refused)
     data_help: ClassVar[str] = "a folder"
+    # options that only mean something for some tasks, e.g. {"degrade": ("image_to_image",)}:
+    # giving one for another task is refused instead of being ignored
+    task_options: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     image_shape: tuple[int, int, int]
     classes: list[str] | None = None

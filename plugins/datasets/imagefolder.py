@@ -59,6 +59,7 @@ class ImageFolderDataset(ZooDataset):
     """Images sorted into one folder per class; the test split is ROOT/test or every 10th train file."""
 
     tasks = ("generation", "classification", "image_to_image")
+    task_options = {"degrade": ("image_to_image",)}
     needs_data = True
     data_help = "a folder ROOT with ROOT/train/<class>/ image folders (ROOT/test/<class>/ optional)"
 

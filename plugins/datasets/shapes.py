@@ -55,6 +55,7 @@ class ShapesDataset(ZooDataset):
     """Procedural circles, squares, triangles and crosses: the default dataset, no files needed."""
 
     tasks = ("generation", "classification", "image_to_image")
+    task_options = {"degrade": ("image_to_image",)}
     needs_data = reads_data = False
     data_help = "nothing (the shapes are drawn on the fly)"
 

@@ -111,6 +111,9 @@ class Trainer:
         if self.loss_fn is not None:
             self.loss_fn.to(self.device)
         self.init_report = self._fine_tune(resume)
+        if config.sync_bn and not self.dist.enabled:
+            _echo("zoo: --sync-bn acts across several processes (--nproc-per-node N); with one process "
+                  "BatchNorm is unchanged.")
         if self.dist.enabled and config.sync_bn:
             if self.device.type == "cuda":
                 self.recipe = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.recipe)

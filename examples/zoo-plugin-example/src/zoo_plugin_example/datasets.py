@@ -28,6 +28,7 @@ class StripesDataset(ZooDataset):
     tasks = ("image_to_image", "classification")
     needs_data = reads_data = False
     data_help = "nothing (the stripes are drawn on the fly)"
+    task_options = {"noise": ("image_to_image",)}  # a classifier given --dataset-opt noise=... is refused
 
     def __init__(self, split: str, *, task: str, data: str | None = None,
                  image_size: int | None = None, channels: int | None = None,
