@@ -193,6 +193,18 @@ class PerceptualLoss(ImageLoss):
         self.vgg.eval()
 
     @staticmethod
+    def options_for_weights(source: str) -> dict[str, str]:
+        """The options that load again the weights a run recorded (its ``weights_source``): a resumed or
+        tested run computes the same loss, whatever the hub cache holds now."""
+        if source.startswith("random("):
+            return {"weights": "random"}
+        if source.startswith("imagenet:"):
+            return {"weights": "imagenet"}  # strict: a missing file is named, never replaced by random weights
+        if source.startswith("file:"):
+            return {"weights": source.removeprefix("file:")}
+        return {}
+
+    @staticmethod
     def _resolve_weights(weights: str | os.PathLike) -> tuple[dict[str, Any] | None, str]:
         """Return ``(state dict or None for seeded random, weights_source)`` for a mode or path."""
         if isinstance(weights, os.PathLike):

@@ -137,6 +137,8 @@ def test_load_run_at_a_step_and_its_errors(gan_run, tmp_path):
     assert any(not torch.equal(newest[k], v) for k, v in early.recipe.state_dict().items())
     with pytest.raises(UsageError, match="has no checkpoint of step 3; its checkpoints are of steps 2, 4"):
         zoo.load_run(gan_run, step=3)
+    with pytest.raises(TypeError, match="step must be an int .* got str"):
+        zoo.load_run(gan_run, step="2")
     with pytest.raises(UsageError, match="does not exist"):
         zoo.load_run(tmp_path / "missing")
     empty = tmp_path / "untrained"
@@ -146,6 +148,11 @@ def test_load_run_at_a_step_and_its_errors(gan_run, tmp_path):
         zoo.load_run(empty)
     folder = zoo.load_run(gan_run, checkpoint=checkpoint.checkpoint_dir(gan_run, 2))
     assert folder.step == 2
+    weights = checkpoint.checkpoint_dir(gan_run, 2) / "model.safetensors"
+    with pytest.raises(UsageError, match=f"is a file of a checkpoint; pass its folder, {checkpoint.checkpoint_dir(gan_run, 2)}"):
+        zoo.load_run(gan_run, checkpoint=weights)
+    with pytest.raises(UsageError, match="is not a checkpoint folder .no model.safetensors in it."):
+        zoo.load_run(gan_run, checkpoint=tmp_path)
 
 
 def test_load_run_rebuilds_the_model_without_reading_data(gan_run, tmp_path):
@@ -207,6 +214,21 @@ def test_read_image_errors_name_the_file(tmp_path):
     (tmp_path / "text.png").write_text("not an image")
     with pytest.raises(UsageError, match=r"cannot read image .*text.png"):
         api.read_image(tmp_path / "text.png")
+
+
+def test_large_images_are_read_quietly_and_huge_ones_refused_in_one_line(tmp_path, monkeypatch):
+    import warnings
+
+    from PIL import Image
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL's limit, scaled down for the test
+    Image.new("L", (40, 40)).save(tmp_path / "large.png")  # over the limit: PIL would warn
+    Image.new("L", (50, 50)).save(tmp_path / "huge.png")  # over twice the limit: PIL refuses
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert api.read_image(tmp_path / "large.png").size == (40, 40)
+    with pytest.raises(UsageError, match=r"huge.png has more than 2,000 pixels, past PIL's safety limit .* "
+                                         r"scale it down first\.$"):
+        api.read_image(tmp_path / "huge.png")
 
 
 def test_import_zoo_and_listing_do_not_import_torch():

@@ -96,9 +96,11 @@ def test_train_stops_on_the_alarm_then_resume_extends_the_run(run_zoo, env, tmp_
     assert "stopped early at step 1: loss_spike_alarm:" in result.stderr
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-1"]
     saved = json.loads((run_dir / "config.json").read_text())["resolved"]
-    assert saved["model"] == {"name": "example:tiny_autoencoder", "version": "0.1.0"}
+    assert saved["model"] == {"name": "example:tiny_autoencoder", "version": "0.1.0",
+                              "distribution": "zoo-plugin-example"}
     assert saved["loss"]["name"] == "example:ssim_lite" and saved["dataset"]["name"] == "example:stripes"
-    assert {"name": "example:loss_spike_alarm", "version": "0.1.0"} in saved["hooks"]
+    assert {"name": "example:loss_spike_alarm", "version": "0.1.0",
+            "distribution": "zoo-plugin-example"} in saved["hooks"]
 
     result = run_zoo("train", "--resume", str(run_dir), "--max-steps", "5",
                      "--hook-opt", "loss_spike_alarm.threshold=100", env=env)

@@ -98,3 +98,41 @@ def test_init_from_no_strict_says_how_many_tensors_it_loaded(zoo_cli, tmp_path, 
     assert "zoo: --init-from loaded 6 of the model's 8 tensors; the rest start as initialised." in err
     saved = json.loads((tmp_path / "loose" / "config.json").read_text())
     assert saved["init_from"]["loaded"] == 6 and saved["init_from"]["model_tensors"] == 8
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_its_init_from_weights(zoo_cli, tmp_path, base_run):
+    """Resuming a run with no checkpoint starts it over: with its --init-from weights, as the first start did."""
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    for run in (whole, cut):
+        code, _, err = zoo_cli("train", *CLASSIFIER, "--max-steps", "3", "--init-from", str(base_run),
+                               "--run-dir", str(run))
+        assert code == 0, err
+    for folder in (cut / "checkpoints").iterdir():  # as if killed before its first save
+        for file in folder.iterdir():
+            file.unlink()
+        folder.rmdir()
+    code, _, err = zoo_cli("train", "--resume", str(cut))
+    assert code == 0, err
+    assert "has no checkpoint yet; starting over" in err
+    started_over, _ = newest(cut)
+    expected, _ = newest(whole)
+    assert started_over.keys() == expected.keys()
+    assert all(torch.equal(started_over[key], expected[key]) for key in expected)
+    assert json.loads((cut / "config.json").read_text())["init_from"]["source"].endswith("step-4")
+
+
+def test_init_from_a_run_whose_newest_checkpoint_is_damaged_names_another(zoo_cli, tmp_path):
+    run = tmp_path / "base"
+    code, _, err = zoo_cli("train", *CLASSIFIER, "--max-steps", "4", "--save-every", "2", "--run-dir", str(run))
+    assert code == 0, err
+    newest_weights = run / "checkpoints" / "step-4" / "model.safetensors"
+    newest_weights.write_bytes(newest_weights.read_bytes()[:100])
+    code, _, err = zoo_cli("train", *CLASSIFIER, "--max-steps", "1", "--init-from", str(run),
+                           "--run-dir", str(tmp_path / "tuned"))
+    assert code == 2
+    assert f"--init-from: checkpoint {run / 'checkpoints' / 'step-4'} is damaged" in err
+    assert err.rstrip().endswith(f"pass another of the run's checkpoints, e.g. --init-from "
+                                 f"{run / 'checkpoints' / 'step-2'}.")
+    code, _, err = zoo_cli("train", *CLASSIFIER, "--max-steps", "1", "--init-from", str(run / "checkpoints" / "step-2"),
+                           "--run-dir", str(tmp_path / "tuned"))
+    assert code == 0, err

@@ -349,3 +349,54 @@ def test_perceptual_bad_files(tmp_path):
     text.write_text("hello")
     with pytest.raises(UsageError, match="weights.txt"):
         PerceptualLoss(weights=str(text))
+
+
+# --- A run's recorded weights are the ones it resumes and is tested with ------------------
+
+
+def perceptual_entry():
+    from zoo.registry import discover
+    return discover().resolve("loss", "perceptual")
+
+
+def test_recorded_random_weights_stay_random_once_the_imagenet_file_appears(hub):
+    from zoo.build import build_loss
+    hub.mkdir(parents=True)
+    torch.save(distinct_vgg19_state(), hub / VGG_FILE)
+    loss = build_loss(perceptual_entry(), {}, "random(seed=0, offline fallback)")
+    assert loss.weights_source == "random(seed=0)"
+    assert_same_weights(loss, random_vgg_params())
+
+
+def test_recorded_imagenet_weights_that_are_gone_are_refused_not_replaced(hub):
+    from zoo.build import build_loss
+    with pytest.raises(RunError, match=VGG_FILE):
+        build_loss(perceptual_entry(), {"weights": "auto"}, f"imagenet:{hub / VGG_FILE}")
+
+
+def test_recorded_file_weights_are_read_from_that_file(hub, tmp_path):
+    from zoo.build import build_loss
+    state = distinct_vgg19_state(seed=3)
+    path = tmp_path / "vgg.pth"
+    torch.save(state, path)
+    loss = build_loss(perceptual_entry(), {}, f"file:{path}")
+    assert_same_weights(loss, state)
+
+
+def test_a_resumed_and_a_tested_run_keep_the_weights_they_trained_with(hub, zoo_cli, tmp_path):
+    import json
+    run = tmp_path / "run"
+    tiny = ["--device", "cpu", "--batch-size", "4", "--dataset-opt", "train_count=16",
+            "--dataset-opt", "test_count=4", "--model-opt", "ngf=8", "--model-opt", "ndf=8", "--model-opt", "nz=8"]
+    code, _, err = zoo_cli("train", "--model", "dcgan", "--loss", "perceptual", *tiny, "--max-steps", "2",
+                           "--run-dir", str(run))
+    assert code == 0, err
+    code, before, _ = zoo_cli("test", "--run", str(run), "--json")
+    hub.mkdir(parents=True, exist_ok=True)
+    torch.save(distinct_vgg19_state(), hub / VGG_FILE)  # the ImageNet file turns up after training
+    code, after, _ = zoo_cli("test", "--run", str(run), "--json")
+    assert code == 0
+    assert json.loads(after)["metrics"] == json.loads(before)["metrics"]
+    code, _, err = zoo_cli("train", "--resume", str(run), "--max-steps", "3")
+    assert code == 0, err
+    assert json.loads((run / "config.json").read_text())["resolved"]["loss_weights"].startswith("random(seed=0")

@@ -138,8 +138,9 @@ def test_third_party_entries_carry_plugin_and_version(make_plugin, discover_with
     (MIS_SIGNED, "hook signature mismatch"),
     (BAD_NAME, "invalid model name 'Bad Name'"),
     (BAD_TARGET, "invalid target 'not a target' for loss 'fine_name'"),
-    (NO_HOOK, "defines no zoo_register hook"),
-], ids=["import-error", "register-raises", "mis-signed", "bad-name", "bad-target", "no-hook"])
+    (NO_HOOK, "zoo_register in acme_bad_zoo_plugin is not marked @zoo.hookimpl; decorate it"),
+    ("x = 1\n", "module acme_bad_zoo_plugin defines no zoo_register hook; add one"),
+], ids=["import-error", "register-raises", "mis-signed", "bad-name", "bad-target", "unmarked", "no-hook"])
 def test_broken_plugin_is_isolated(make_plugin, discover_with, source, expected):
     registry = discover_with(make_plugin("acme_bad", source))
     info = registry.plugins["acme_bad"]
@@ -149,6 +150,27 @@ def test_broken_plugin_is_isolated(make_plugin, discover_with, source, expected)
     assert [e for e in registry.entries() if e.plugin == "acme_bad"] == []  # partial work dropped
     assert registry.broken() == [info]
     assert "dcgan" in registry.names("model") and "tv_resnet18" in registry.names("model")
+
+
+def test_an_entry_point_naming_the_function_says_to_name_the_module(make_plugin, discover_with):
+    site = make_plugin("acme_attr", ACME)
+    (site / "acme_attr-1.0.0.dist-info" / "entry_points.txt").write_text(
+        "[zoo]\nacme_attr = acme_attr_zoo_plugin:zoo_register\n")
+    info = discover_with(site).plugins["acme_attr"]
+    assert info.status == "broken"
+    assert info.error == ("its entry point names 'acme_attr_zoo_plugin:zoo_register', an object in a module; "
+                          "it must name the module: acme_attr = acme_attr_zoo_plugin")
+
+
+def test_cli_debug_shows_where_a_broken_plugin_failed(make_plugin, run_zoo):
+    site = make_plugin("acme_gpu", IMPORT_FAILS)
+    quiet = run_zoo("list", "plugins", env={"PYTHONPATH": str(site)})
+    assert "Traceback" not in quiet.stdout + quiet.stderr
+    for debug in (["--debug", "list", "plugins"], ["list", "plugins", "--debug"]):
+        shown = run_zoo(*debug, env={"PYTHONPATH": str(site)})
+        assert shown.returncode == 0
+        assert "zoo: plugin acme_gpu failed here:\nTraceback (most recent call last):" in shown.stderr
+        assert "acme_gpu_zoo_plugin.py" in shown.stderr and "ImportError: acme_gpu needs libfoo 9" in shown.stderr
 
 
 def test_mis_signed_hook_names_the_bad_argument(make_plugin, discover_with):
@@ -414,6 +436,20 @@ def test_a_name_of_a_disabled_plugin_says_the_plugin_is_skipped(make_plugin, dis
         broken.resolve("model", "acme_raise:net")  # a run of a plugin that broke since: exit 1
 
 
+def test_a_bare_name_not_found_mentions_the_skipped_plugins_it_may_belong_to(make_plugin, discover_with, run_zoo):
+    site = make_plugin("clash", CLASHING_L1)
+    make_plugin("acme_raise", REGISTER_RAISES)
+    registry = discover_with(site, disabled=("clash",))
+    with pytest.raises(UsageError, match=r"Run 'zoo list models' to see all \(plugins skipped: "
+                                         r"(clash \(disabled\), acme_raise \(broken\)|acme_raise \(broken\), "
+                                         r"clash \(disabled\))\)\.$"):
+        registry.resolve("model", "half_done")
+    done = run_zoo("--disable-plugin", "clash", "info", "half_done", env={"PYTHONPATH": str(site)})
+    assert done.returncode == 2
+    assert "nothing named 'half_done' is installed." in done.stderr and "plugins skipped: " in done.stderr
+    assert "acme_raise (broken)" in done.stderr and "clash (disabled)" in done.stderr
+
+
 def test_a_plugin_installed_later_cannot_make_a_saved_run_ambiguous(make_plugin, zoo_cli, run_zoo, tmp_path):
     run = tmp_path / "run"
     code, _, err = zoo_cli("train", "--model", "resnet_i2i", "--loss", "l1", "--model-opt", "ngf=4",
@@ -449,3 +485,18 @@ def test_a_second_distribution_of_a_plugin_name_can_be_disabled_alone(make_plugi
     assert first.plugins["clash"].status == "disabled" and first.plugins[second].status == "ok"
     every = discover_with(site, disabled=("clash",))
     assert every.plugins["clash"].status == every.plugins[second].status == "disabled"
+
+
+def test_a_saved_run_whose_plugin_changed_version_or_distribution_gets_a_note(make_plugin, discover_with):
+    registry = discover_with(make_plugin("acme", ACME, version="2.3.4"))
+    resolved = {"model": {"name": "acme:acme_net", "version": "2.3.3", "distribution": "acme"},
+                "loss": {"name": "acme:acme_loss", "version": "2.3.4", "distribution": "acme-fork"},
+                "dataset": {"name": "acme:acme_data", "version": "2.3.4"},  # recorded before distributions were
+                "hooks": [{"name": "acme:acme_hook", "version": "1.0"}]}
+    assert zreg.changed_plugins(registry, resolved) == [
+        "zoo: note: model 'acme:acme_net' now comes from acme 2.3.4; the run was made with acme 2.3.3, "
+        "so results may differ.",
+        "zoo: note: loss 'acme:acme_loss' now comes from acme 2.3.4; the run was made with acme-fork 2.3.4, "
+        "so results may differ."]
+    assert zreg.changed_plugins(registry, None) == []
+    assert zreg.changed_plugins(registry, {"model": {"name": "gone:net", "version": "1"}}) == []

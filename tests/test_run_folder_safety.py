@@ -124,6 +124,20 @@ def test_zoo_test_prints_its_figures_when_it_cannot_save_them(zoo_cli, old_run):
     assert code == 1, err
     assert "generator" in out and "discriminator" in out and "saved" not in out
     assert "could not save the results" in err and len(error_lines(err)) == 1
+    shutil.rmtree(old_run / "samples")
+    (old_run / "samples").write_text("a file where the grids go")
+    code, out, err = zoo_cli("test", "--run", str(old_run), "--device", "cpu")
+    assert code == 1 and "generator" in out
+    assert f"could not save the results in {old_run} ({old_run / 'samples'}: File exists)" in err
+
+
+def test_an_output_path_through_a_file_is_a_usage_error_naming_it(zoo_cli, old_run, tmp_path):
+    (tmp_path / "afile").write_text("not a folder")
+    code, _, err = zoo_cli("sample", "--run", str(old_run), "-n", "2", "--device", "cpu",
+                           "--out", str(tmp_path / "afile" / "grid.png"))
+    assert code == 2
+    assert error_lines(err) == [f"zoo: error: cannot write {tmp_path / 'afile' / 'grid.png'}: "
+                                f"{tmp_path / 'afile'} is a file, not a folder; pick another path."]
 
 
 def test_a_checkpoint_damaged_twice_at_one_step_is_set_aside_under_a_new_name(zoo_cli, old_run):

@@ -229,6 +229,10 @@ def test_predict_restores_whole_images_at_their_size_unless_asked_to_crop(zoo_cl
     ("predict", "classifier", ["IMAGE", "--out", "somewhere"], "--out is for image-to-image runs"),
     ("sample", "gan", ["--out", "grid.txt"], "no image extension"),
     ("sample", "missing", [], "does not exist"),
+    ("predict", "classifier", [""], "an IMAGE argument is an empty path"),
+    ("predict", "i2i", ["IMAGE", "--out", ""], "--out was given an empty path"),
+    ("sample", "gan", ["--out", ""], "--out was given an empty path"),
+    ("test", "", [], "--run was given an empty path"),
 ])
 def test_errors_are_one_line_usage_errors(zoo_cli, runs, tmp_path, command, run, extra, message):
     image = _test_images(runs["classifier"], tmp_path, count=1)[0]
@@ -236,9 +240,69 @@ def test_errors_are_one_line_usage_errors(zoo_cli, runs, tmp_path, command, run,
     values = {"IMAGE": str(image), "missing.png": str(tmp_path / "missing.png"),
               "text.png": str(tmp_path / "text.png"), "grid.txt": str(tmp_path / "grid.txt"),
               "somewhere": str(tmp_path / "somewhere")}
-    run_dir = runs.get(run, tmp_path / "missing-run")
+    run_dir = runs.get(run, tmp_path / "missing-run") if run else ""
     code, out, err = zoo_cli(command, "--run", str(run_dir), *[values.get(a, a) for a in extra],
                          "--device", "cpu")
     assert code == 2, err
     assert message in err
     assert len(error_lines(err)) == 1 and "Traceback" not in err and not out
+
+
+def test_non_finite_results_are_written_as_standard_json(zoo_cli, tmp_path):
+    """NaN weights give NaN metrics and probabilities: null in every JSON zoo writes, with a warning."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "run"
+    code, _, err = zoo_cli("train", "--model", "mnist_net", "--device", "cpu", "--batch-size", "4", "--max-steps", "2",
+                           "--dataset-opt", "train_count=8", "--dataset-opt", "test_count=4", "--run-dir", str(run))
+    assert code == 0, err
+    weights = run / "checkpoints" / "step-2" / "model.safetensors"
+    save_file({key: torch.full_like(value, float("nan")) for key, value in load_file(weights).items()}, weights)
+    code, out, err = zoo_cli("test", "--run", str(run), "--json")
+    assert code == 0 and "gives non-finite metrics" in err
+    assert json.loads(out)["metrics"]["loss"] is None
+    saved = (run / "test-metrics.json").read_text()
+    assert "NaN" not in saved and json.loads(saved)["metrics"]["loss"] is None
+    image = tmp_path / "digit.png"
+    Image.new("L", (28, 28), 128).save(image)
+    code, out, err = zoo_cli("predict", "--run", str(run), "--json", str(image))
+    assert code == 0, err
+    assert "NaN" not in out and json.loads(out)["predictions"][0]["top_k"][0]["probability"] is None
+
+
+def test_restored_images_are_png_files_announced_as_they_are_written(zoo_cli, runs, tmp_path):
+    """Any input format gives a lossless PNG; an input the model cannot take stops the run naming it, after
+    the outputs already written were listed."""
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    pixels_in = rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)
+    Image.fromarray(pixels_in).save(folder / "photo.jpg", quality=80)
+    Image.fromarray(pixels_in).save(folder / "NOEXT", format="PNG")
+    Image.fromarray(pixels_in[:2, :3]).save(folder / "tiny.png")
+    out_dir = tmp_path / "out"
+    code, out, err = zoo_cli("predict", "--run", str(runs["i2i"]), str(folder / "photo.jpg"), str(folder / "NOEXT"),
+                             str(folder / "tiny.png"), "--out", str(out_dir), "--device", "cpu")
+    assert code == 2
+    assert out.splitlines() == [f"{folder / 'photo.jpg'} -> {out_dir / 'photo.png'}",
+                                f"{folder / 'NOEXT'} -> {out_dir / 'NOEXT.png'}"]
+    assert error_lines(err) == [f"zoo: error: {folder / 'tiny.png'}: the image is 3x2; model 'resnet_i2i' restores "
+                                f"images of at least 4 pixels a side (or pass --crop to resize to the training size)."]
+    for name in ("photo.png", "NOEXT.png"):
+        with Image.open(out_dir / name) as image:
+            assert image.format == "PNG" and image.size == (24, 20)
+    code, _, err = zoo_cli("predict", "--run", str(runs["i2i"]), str(folder / "tiny.png"), "--crop",
+                           "--out", str(out_dir), "--device", "cpu")
+    assert code == 0, err
+    Image.fromarray(pixels_in).save(tmp_path / "photo.png")
+    code, _, err = zoo_cli("predict", "--run", str(runs["i2i"]), str(folder / "photo.jpg"),
+                           str(tmp_path / "photo.png"), "--out", str(out_dir), "--device", "cpu")
+    assert code == 2 and "would both be restored as photo.png" in err
+
+
+def test_whole_images_are_only_for_models_that_take_any_size(runs, tmp_path):
+    image = _test_images(runs["classifier"], tmp_path, count=1)[0]
+    run = api.load_run(runs["classifier"])
+    with pytest.raises(api.UsageError, match="whole=True is for models that take any image size; model 'mnist_net'"):
+        run.preprocess(image, whole=True)

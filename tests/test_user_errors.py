@@ -132,6 +132,10 @@ def test_zoo_test_skips_bad_files_on_request_and_names_older_checkpoints(zoo_cli
     assert code == 1 and "01.png" in err and "--skip-bad-files" in err
     code, out, err = zoo_cli("test", "--run", str(run), "--skip-bad-files")
     assert code == 0 and "skipped 1 unreadable sample(s)" in err, err
+    result = json.loads((run / "test-metrics.json").read_text())
+    total = len(list((tmp_path / "data" / "test").rglob("*.png")))
+    assert (result["samples"], result["skipped"]) == (total - 1, 1)  # the metrics are over the samples read
+    assert f"on {total - 1} test samples (1 unreadable skipped):" in out
 
     newest = run / "checkpoints" / "step-4" / "model.safetensors"
     newest.write_bytes(newest.read_bytes()[:100])

@@ -132,7 +132,8 @@ def info_command(ctx, name: str, kind: str | None) -> None:
         if not entries:
             close = registry.suggest_any(name.rpartition(":")[2])
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
-            raise UsageError(f"nothing named '{name}' is installed.{hint} Run 'zoo list' to see all.")
+            raise UsageError(f"nothing named '{name}' is installed.{hint} Run 'zoo list' to see "
+                             f"all{registry.skipped_note()}.")
         if len({e.kind for e in entries}) == 1 and len(entries) > 1:
             entries = [registry.resolve(entries[0].kind, name)]  # raises, listing plugin:name spellings
     blocks = [describe.describe(registry, entry) for entry in entries]

@@ -20,6 +20,7 @@ ABORTED = "zoo: aborted; nothing more was saved (--resume goes on from the last 
 INTERRUPTED = "zoo: interrupted."  # commands other than train: nothing to go on from
 
 _WARNED = False
+_TRACED = False
 
 
 class Context:
@@ -34,6 +35,12 @@ class Context:
         global _WARNED
         registry = get_registry(self.disabled)
         broken = registry.broken()
+        global _TRACED
+        if self.debug and not _TRACED:  # where each broken plugin failed
+            _TRACED = True
+            for plugin in broken:
+                if plugin.traceback:
+                    click.echo(f"zoo: plugin {plugin.name} failed here:\n{plugin.traceback.rstrip()}", err=True)
         if warn and broken and not _WARNED:
             _WARNED = True
             names = ", ".join(f"{p.name} ({p.status}: {p.error})" for p in broken)

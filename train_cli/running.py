@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -14,6 +13,7 @@ import click
 
 from zoo.config import TrainConfig, absolute_data, data_present, load_toml, merge, pin_recorded_parts, resume_config
 from zoo.errors import RunError, UsageError, ZooError, first_line
+from zoo.registry import changed_plugins
 from zoo.options import split_assignments, split_hook_assignments
 
 @click.command("train")
@@ -75,7 +75,7 @@ def train_command(ctx, resume: str | None, overwrite: bool, config_file: str | N
     """Train a model; Ctrl-C or SIGTERM saves a checkpoint first (exit 130 / 143)."""
     from zoo.engine.rundir import default_run_dir, read_config
 
-    _no_empty_paths(resume=resume, config=config_file, run_dir=options.get("run_dir"))
+    no_empty_paths(resume=resume, config=config_file, run_dir=options.get("run_dir"))
     registry = ctx.registry()
     given = {key: value for key, value in options.items()}
     given["hooks"] = list(given["hooks"])
@@ -113,7 +113,10 @@ def train_command(ctx, resume: str | None, overwrite: bool, config_file: str | N
     from zoo.engine.distributed import broadcast_object, check_gpu_count, launched_by_torchrun, teardown
     from zoo.engine.distributed import setup as distributed_setup
 
-    if moved_from is not None and not launched_by_torchrun():  # said once: by the launcher or the lone process
+    if resume and not launched_by_torchrun():  # said once: by the launcher or the lone process
+        for note in changed_plugins(registry, saved.get("resolved")):
+            click.echo(note, err=True)
+    if moved_from is not None and not launched_by_torchrun():
         click.echo(f"zoo: the run's data {moved_from} is gone; reading {config.data} instead.", err=True)
     if nproc is not None and not launched_by_torchrun():
         check_gpu_count(config.device, nproc)
@@ -157,8 +160,8 @@ def _once_per_job(exc: Exception, is_main: bool) -> Exception:
     return exc
 
 
-def _no_empty_paths(**paths: str | None) -> None:
-    """An empty ``--resume``, ``--config`` or ``--run-dir`` is a mistake, not the option left out."""
+def no_empty_paths(**paths: str | None) -> None:
+    """An empty path option (``--resume ""``, ``--out ""``...) is a mistake, not the option left out."""
     for name, value in paths.items():
         if value is not None and not value.strip():
             flag = "--" + name.replace("_", "-")
@@ -231,8 +234,7 @@ def _train(registry, config: TrainConfig, run_dir: Path, resume: bool, overwrite
         try:
             trainer.fit()
         except ZooError as exc:  # in step with rank 0, which says the same (an unreadable file: the one that met it)
-            from zoo.engine.feed import BadSampleError
-            exc.same_on_every_process = not isinstance(exc, BadSampleError)
+            exc.same_on_every_process = not getattr(exc, "met_by_one_process", False)
             raise
     except BaseException:
         if replaced is not None and replaced.exists():  # the new run saved nothing: the old one comes back
@@ -310,19 +312,24 @@ def _launch(nproc: int, run_dir: Path, given_run_dir: bool) -> None:
 def test_command(ctx, run_dir: str, step: int | None, checkpoint: str | None, device: str, batch_size: int | None,
                  workers: int, data: str | None, skip_bad_files: bool, as_json: bool) -> None:
     """Evaluate a run's checkpoint on its dataset's test split; saves test-metrics.json."""
-    from zoo.engine.rundir import read_config
+    from zoo.engine.rundir import json_text, read_config
     from zoo.engine.tester import evaluate_run
 
+    no_empty_paths(run=run_dir, checkpoint=checkpoint, data=data)
+    saved = read_config(Path(run_dir))
     if data is None:
-        _check_data_there(read_config(Path(run_dir))["config"].get("data"), f"zoo test --run {run_dir} --data NEW")
+        _check_data_there(saved["config"].get("data"), f"zoo test --run {run_dir} --data NEW")
+    for note in changed_plugins(ctx.registry(), saved.get("resolved")):
+        click.echo(note, err=True)
     result = evaluate_run(ctx.registry(), Path(run_dir), step=step, chosen=checkpoint, device=device,
                           batch_size=batch_size, workers=workers, data=absolute_data(data),
                           skip_bad_files=skip_bad_files)
     unsaved = result.pop("not_saved", None)
     if as_json:
-        click.echo(json.dumps(result, indent=2))
+        click.echo(json_text(result))
     else:
-        click.echo(f"checkpoint {result['checkpoint']} on {result['samples']} test samples:")
+        skipped = f" ({result['skipped']} unreadable skipped)" if result.get("skipped") else ""
+        click.echo(f"checkpoint {result['checkpoint']} on {result['samples']} test samples{skipped}:")
         width = max([len(key) for key in result["metrics"]] + [len("samples")])
         for key, value in result["metrics"].items():
             click.echo(f"  {key:<{width}}  {value:.4f}")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import click
 
+from train_cli.running import no_empty_paths
 from zoo.config import check_seed
 from zoo.errors import RunError, UsageError
 
@@ -46,11 +46,31 @@ def _check_image_path(path: Path, what: str) -> None:
 
 def _save(image: Any, path: Path) -> None:
     """Write a PIL image, turning an OS failure into a one-line error naming the file."""
+    blocking = next((part for part in reversed(path.parents) if part.is_file()), None)
+    if blocking is not None:
+        raise UsageError(f"cannot write {path}: {blocking} is a file, not a folder; pick another path.")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         image.save(path)
     except (OSError, ValueError, KeyError) as exc:
-        raise RunError(f"cannot write {path}: {exc}; check the folder and the file name.") from None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise RunError(f"cannot write {path} ({reason}); check the folder and the file name.") from None
+
+
+def _output_name(path: Path) -> str:
+    """A restored image's file name: the input's, as a PNG (lossless, whatever format the input was)."""
+    return path.stem + ".png"
+
+
+def _input(run: Any, path: Path, whole: bool) -> Any:
+    """One image file as the run's model input; a file the model cannot take is named in the error."""
+    from zoo.api import read_image
+
+    try:
+        return run.preprocess(read_image(path), whole)
+    except UsageError as exc:
+        message = str(exc)
+        raise UsageError(message if str(path) in message else f"{path}: {message}") from None
 
 
 def _slerp(a: Any, b: Any, steps: int) -> Any:
@@ -85,6 +105,7 @@ def sample_command(ctx, run_dir: str, count: int, seed: int, out: str | None, ea
                    interpolate: bool, step: int | None, device: str) -> None:
     """Generate images with a generative run (e.g. dcgan): a PNG grid, or single files with --each."""
     check_seed(seed)
+    no_empty_paths(run=run_dir, out=out, each=each)
     run_path = Path(run_dir)
     _refuse_sample(run_path, _saved_task(run_path))
     grid_path = Path(out) if out else None
@@ -157,7 +178,7 @@ def _expand_images(images: tuple[str, ...]) -> list[Path]:
               help="Classes to show per image (classifiers).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--out", type=click.Path(file_okay=False),
-              help="Folder for restored images, named like the inputs (image-to-image; default RUN/predictions).")
+              help="Folder for restored images, PNG files named after the inputs (image-to-image; default RUN/predictions).")
 @click.option("--step", type=click.IntRange(min=0), help="Use checkpoints/step-N (default: the newest).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--crop", is_flag=True, help="Resize and centre-crop to the training size even where the model "
@@ -166,6 +187,9 @@ def _expand_images(images: tuple[str, ...]) -> list[Path]:
 def predict_command(ctx, run_dir: str, images: tuple[str, ...], top_k: int, as_json: bool, out: str | None,
                     step: int | None, device: str, crop: bool) -> None:
     """Classify images (top-k classes) or restore them (image-to-image), with the run's own preprocessing."""
+    no_empty_paths(run=run_dir, out=out)
+    if any(not image.strip() for image in images):
+        raise UsageError("an IMAGE argument is an empty path; name image files or folders.")
     run_path = Path(run_dir)
     task = _saved_task(run_path)
     _refuse_predict(run_path, task)
@@ -179,18 +203,19 @@ def predict_command(ctx, run_dir: str, images: tuple[str, ...], top_k: int, as_j
                          "(add --json to save them).")
     import torch
 
-    from zoo.api import load_run, read_image, to_image
+    from zoo.api import load_run, to_image
+    from zoo.engine.rundir import json_text
 
     run = load_run(run_path, step=step, device=device, registry=ctx.registry())
     _refuse_predict(run_path, run.task)
     if run.task == "image_to_image":
         folder = Path(out) if out else run_path / "predictions"
-        names = [p.name for p in paths]
+        names = [_output_name(p) for p in paths]
         duplicate = next((n for n in names if names.count(n) > 1), None)
         if duplicate:
-            raise UsageError(f"two inputs are named {duplicate}; outputs keep the input names in one folder, "
-                             f"so rename one of them.")
-        clash = next((p for p in paths if (folder / p.name).resolve() == p.resolve()), None)
+            raise UsageError(f"two inputs would both be restored as {duplicate} (outputs are PNG files named "
+                             f"after the inputs, in one folder); rename one of them.")
+        clash = next((p for p in paths if (folder / _output_name(p)).resolve() == p.resolve()), None)
         if clash is not None:
             raise UsageError(f"writing to {folder} would overwrite the input {clash}; pass another --out DIR.")
     elif out:
@@ -201,13 +226,15 @@ def predict_command(ctx, run_dir: str, images: tuple[str, ...], top_k: int, as_j
     per_batch = 1 if whole else PREDICT_BATCH  # whole images differ in size
     for start in range(0, len(paths), per_batch):
         chunk = paths[start:start + per_batch]
-        batch = torch.stack([run.preprocess(read_image(p), whole) for p in chunk])
+        batch = torch.stack([_input(run, p, whole) for p in chunk])
         outputs = run.predict(batch).float().cpu()
         if run.task == "image_to_image":
             for path, image in zip(chunk, outputs):
-                target = folder / path.name
+                target = folder / _output_name(path)
                 _save(to_image(image), target)
                 results.append({"image": str(path), "output": str(target)})
+                if not as_json:  # said as each is written: a later failure leaves no output unannounced
+                    click.echo(f"{path} -> {target}")
         else:
             probabilities = torch.softmax(outputs.flatten(1), dim=1)
             k = min(top_k, probabilities.shape[1])
@@ -217,12 +244,10 @@ def predict_command(ctx, run_dir: str, images: tuple[str, ...], top_k: int, as_j
                         "index": i, "probability": p} for p, i in zip(row_p, row_i)]
                 results.append({"image": str(path), "top_k": top})
     if as_json:
-        click.echo(json.dumps({"checkpoint": str(run.checkpoint), "step": run.step, "task": run.task,
-                               "predictions": results}, indent=2))
+        click.echo(json_text({"checkpoint": str(run.checkpoint), "step": run.step, "task": run.task,
+                              "predictions": results}))
         return
     if run.task == "image_to_image":
-        for record in results:
-            click.echo(f"{record['image']} -> {record['output']}")
         return
     width = max(len(r["image"]) for r in results)
     label_width = max(len(t["class"]) for r in results for t in r["top_k"])

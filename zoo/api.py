@@ -30,6 +30,7 @@ batch through the model without gradients. Building without a run::
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -179,10 +180,15 @@ def read_image(path: str | Path) -> PILImage.Image:
     if not file.is_file():
         raise UsageError(f"image {path} is not a file; pass an image file (png, jpg, ...).")
     try:
-        with Image.open(file) as image:
-            image.load()
-            return image
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        with warnings.catch_warnings():  # a large image is read as asked; a far too large one is refused below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(file) as image:
+                image.load()
+                return image
+    except Image.DecompressionBombError:
+        raise UsageError(f"image {path} has more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels, past PIL's safety "
+                         f"limit for untrusted files; scale it down first.") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UsageError(f"cannot read image {path}: {reason}; pass an image file (png, jpg, ...).") from None
 
@@ -288,6 +294,13 @@ class LoadedRun:
         """
         if isinstance(image, (str, Path)):
             image = read_image(image)
+        if whole and not self.recipe.any_image_size:
+            raise UsageError(f"whole=True is for models that take any image size; model '{self.plan.model.name}' "
+                             f"takes {tuple(self.input_shape)}: leave whole out.")
+        if whole and hasattr(image, "size") and min(image.size) < self.recipe.min_image_size:
+            raise UsageError(f"the image is {image.size[0]}x{image.size[1]}; model '{self.plan.model.name}' "
+                             f"restores images of at least {self.recipe.min_image_size} pixels a side (or pass "
+                             f"--crop to resize to the training size).")
         return preprocess_image(image, self.input_shape, whole).to(self.device)
 
     def predict(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -314,7 +327,7 @@ class LoadedRun:
     def build_loss(self) -> nn.Module | None:
         """The run's loss module with its saved options, on the run's device (``None`` if it has none)."""
         from zoo.build import build_loss
-        loss = build_loss(self.plan.loss, self.config.loss_opt)
+        loss = build_loss(self.plan.loss, self.config.loss_opt, self.resolved.get("loss_weights"))
         return loss.to(self.device) if loss is not None else None
 
 
@@ -331,8 +344,10 @@ def choose_checkpoint(run_dir: Path, step: int | None = None, folder: str | Path
         raise UsageError("give a checkpoint step or a checkpoint folder, not both.")
     if folder is not None:
         chosen = Path(folder)
+        if chosen.is_file() and (chosen.parent / "model.safetensors").is_file():
+            raise UsageError(f"{folder} is a file of a checkpoint; pass its folder, {chosen.parent}.")
         if not (chosen / "model.safetensors").is_file():
-            raise UsageError(f"{folder} is not a checkpoint folder (no model.safetensors); "
+            raise UsageError(f"{folder} is not a checkpoint folder (no model.safetensors in it); "
                              f"pass one of {run_dir}/checkpoints/step-*.")
         return chosen
     steps = ckpt.list_steps(run_dir)
@@ -384,6 +399,8 @@ def load_run(run_dir: str | Path, step: int | None = None, device: str | Any = "
     from zoo.engine.precision import resolve_device
     from zoo.engine.rundir import read_config
 
+    if step is not None and (not isinstance(step, int) or isinstance(step, bool)):
+        raise TypeError(f"step must be an int (or None for the newest checkpoint), got {type(step).__name__}.")
     run_dir = Path(run_dir)
     saved = read_config(run_dir)  # a zoo run's: its config names a model
     config = TrainConfig.from_dict(saved["config"], f"{run_dir}/config.json")

@@ -14,8 +14,8 @@ import re
 from typing import Any, Iterator, Sequence
 
 from zoo.config import same_part_name
-from zoo.errors import AmbiguousNameError, PluginError, RunError, UsageError
-from zoo.options import parse_options
+from zoo.errors import AmbiguousNameError, PluginError, RunError, UsageError, kind_of
+from zoo.options import missing_required, parse_options
 from zoo.registry import Entry, Registry
 
 DATASET_RESERVED = ("split", "task", "data", "image_size", "channels")
@@ -40,9 +40,13 @@ def _load_class(entry: Entry, base: type, what: str) -> Any:
 
 
 def load_recipe_class(entry: Entry) -> Any:
-    """Import a model entry and check it is a ``zoo.Recipe``."""
-    from zoo.recipe import Recipe
-    return _load_class(entry, Recipe, "zoo.Recipe subclass")
+    """Import a model entry and check it is a ``zoo.Recipe`` whose class attributes make sense."""
+    from zoo.recipe import Recipe, class_attribute_problem
+    cls = _load_class(entry, Recipe, "zoo.Recipe subclass")
+    problem = class_attribute_problem(cls)
+    if problem:
+        raise PluginError(f"model '{entry.qualified_name}': {problem}; fix or disable plugin '{entry.plugin}'.")
+    return cls
 
 
 def load_dataset_class(entry: Entry) -> Any:
@@ -134,6 +138,8 @@ def build_dataset(entry: Entry, split: str, *, task: str, data: str | None, opti
     parsed = parse_options(f"dataset '{entry.name}'", cls, options, exclude=DATASET_RESERVED + tuple(entry.bound_options))
     if cls.needs_data and not data:
         raise UsageError(f"dataset '{entry.name}' needs --data ({cls.data_help}).")
+    missing_required(f"dataset '{entry.name}'", cls, [*parsed, *entry.bound_options], "--dataset-opt ",
+                     exclude=DATASET_RESERVED)
     for key in options:
         for_tasks = getattr(cls, "task_options", {}).get(key)
         if for_tasks and task not in for_tasks:
@@ -141,10 +147,13 @@ def build_dataset(entry: Entry, split: str, *, task: str, data: str | None, opti
             raise UsageError(f"dataset '{entry.name}' option {key} is for {wanted} models, not "
                              f"{task.replace('_', '-')} ones: drop --dataset-opt {key}.")
     try:
-        return cls(split, task=task, data=data, image_size=image_size, channels=channels,
-                   **entry.bound_options, **parsed)
+        dataset = cls(split, task=task, data=data, image_size=image_size, channels=channels,
+                      **entry.bound_options, **parsed)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"dataset '{entry.name}' rejected its options: {exc}") from None
+    with contextlib.suppress(AttributeError):  # errors about its items name it (zoo.data.dataset_name)
+        dataset.zoo_name = entry.name
+    return dataset
 
 
 def build_recipe(entry: Entry, options: dict[str, Any], shape: tuple[int, int, int] | None = None,
@@ -163,11 +172,13 @@ def build_recipe(entry: Entry, options: dict[str, Any], shape: tuple[int, int, i
     if shape is not None:
         full, wanted = cls.adapt_to_data(tuple(shape), num_classes, full)
         _check_class_count(cls, entry, full, parsed, num_classes, dataset)
+    missing_required(f"model '{entry.name}'", cls, full, "--model-opt ")
     try:
         with out_of_memory_said(f"building model '{entry.name}'", f"lower its options (zoo info {entry.name})"):
             recipe = cls(**full)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"model '{entry.name}' rejected its options: {exc}") from None
+    recipe.zoo_name = entry.name  # errors about what it returns name it (zoo.recipe.model_name)
     return recipe, {k: v for k, v in full.items() if k not in entry.bound_options}, wanted
 
 
@@ -225,18 +236,45 @@ def _bytes_text(count: int) -> str:
     return f"{value:.1f}".removesuffix(".0") + f" {unit}"
 
 
-def build_loss(entry: Entry | None, options: dict[str, Any]) -> Any:
-    """Build the loss module, or ``None`` when the run has no loss."""
+def build_loss(entry: Entry | None, options: dict[str, Any], recorded_weights: str | None = None) -> Any:
+    """Build the loss module, or ``None`` when the run has no loss.
+
+    ``recorded_weights`` is the ``weights_source`` a run recorded: a loss that can load those weights again
+    (``options_for_weights``) is built from them, so a resumed or tested run computes the loss it trained with.
+    """
     if entry is None:
         if options:
             raise UsageError("--loss-opt was given but the run has no --loss.")
         return None
     cls = load_loss_class(entry)
+    if recorded_weights and callable(getattr(cls, "options_for_weights", None)):
+        options = {**options, **cls.options_for_weights(recorded_weights)}
     parsed = parse_options(f"loss '{entry.name}'", cls, options, exclude=tuple(entry.bound_options))
+    missing_required(f"loss '{entry.name}'", cls, [*parsed, *entry.bound_options], "--loss-opt ")
     try:
-        return cls(**entry.bound_options, **parsed)
+        loss = cls(**entry.bound_options, **parsed)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"loss '{entry.name}' rejected its options: {exc}") from None
+    loss.register_forward_hook(ScalarLossCheck(entry.name))  # a loss class is an nn.Module (load_loss_class)
+    return loss
+
+
+class ScalarLossCheck:
+    """A forward hook that names a loss whose output is not a scalar tensor of the graph (metadata only: no sync)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, _module: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        import torch
+
+        if not isinstance(output, torch.Tensor) or output.dim() != 0:
+            raise PluginError(f"loss '{self.name}' must return a scalar tensor, got {kind_of(output)} "
+                              f"(reduce it in forward, e.g. with .mean()).")
+        if torch.is_grad_enabled() and not output.requires_grad and \
+                any(isinstance(x, torch.Tensor) and x.requires_grad for x in inputs):
+            raise PluginError(f"loss '{self.name}' returned a value cut from its inputs' graph (no grad_fn): "
+                              f"compute it without .detach(), .item() or torch.no_grad().")
 
 
 def build_hooks(entries: list[Entry], options: dict[str, dict[str, Any]] | None = None,
@@ -253,6 +291,7 @@ def build_hooks(entries: list[Entry], options: dict[str, dict[str, Any]] | None 
         cls = entry.load()
         raw = {**options.pop(entry.name, {}), **options.pop(entry.qualified_name, {})}
         parsed = parse_options(f"hook '{entry.name}'", cls, raw)
+        missing_required(f"hook '{entry.name}'", cls, parsed, f"--hook-opt {entry.name}.")
         try:
             built.append((entry, cls(**parsed)))
         except (TypeError, ValueError) as exc:

@@ -20,11 +20,14 @@ torch's random functions) so that training is exactly reproducible.
 from __future__ import annotations
 
 import contextlib
+import numbers
 import threading
 from typing import ClassVar, Iterator
 
 import torch
 from torch.utils.data import Dataset
+
+from zoo.errors import kind_of
 
 
 class ZooDataset(Dataset):
@@ -82,3 +85,39 @@ def seeded_item(seed: int) -> Iterator[torch.Generator]:
         yield generator
     finally:
         _ITEM.generator = previous
+
+
+def item_problem(dataset: Dataset, item: object) -> str | None:
+    """What breaks the item contract above (pair, float images of ``image_shape``, labels in range), or ``None``.
+
+    A few comparisons of sizes and types, cheap enough for every item: a dataset bug is named where it
+    happens instead of surfacing as a shape error deep in a model or loss.
+    """
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+        return f"an item must be an (input, target) pair, got {kind_of(item)}"
+    task = getattr(dataset, "task", None)
+    shape = getattr(dataset, "image_shape", None)
+    shape = tuple(shape) if shape is not None else None
+    images = (("input", item[0]), ("target", item[1])) if task == "image_to_image" else (("input", item[0]),)
+    for role, image in images:
+        if not isinstance(image, torch.Tensor) or not image.is_floating_point():
+            return f"its {role} must be a float image tensor, got {kind_of(image)}"
+        if shape is not None and tuple(image.shape) != shape:
+            return f"its {role} has shape {tuple(image.shape)}, but its image_shape is {shape}"
+    if task == "classification":
+        label = item[1]
+        if isinstance(label, torch.Tensor) and label.numel() == 1 and not label.is_floating_point() \
+                and label.dtype != torch.bool:
+            label = int(label)
+        if not isinstance(label, numbers.Integral) or isinstance(label, bool):
+            return f"its label must be an int, got {kind_of(item[1])}"
+        classes = getattr(dataset, "classes", None)
+        count = len(classes) if classes else None
+        if label < 0 or (count is not None and label >= count):
+            return f"its label is {label}, outside 0..{count - 1 if count else 'N'} ({count or 'no'} classes)"
+    return None
+
+
+def dataset_name(dataset: Dataset) -> str:
+    """The name a dataset was built under (``zoo list datasets``), for errors; its class name otherwise."""
+    return getattr(dataset, "zoo_name", None) or type(dataset).__name__

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 
 class ZooError(Exception):
     """Base of every error zoo reports to a user without a traceback."""
@@ -43,3 +45,13 @@ def first_line(exc: BaseException) -> str:
     """``Type: first line of the message`` (or the type alone), for one-line reports of an exception."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def kind_of(value: object) -> str:
+    """A value's kind for an error about what a plugin returned: a tensor's dtype and shape, else its type."""
+    torch = sys.modules.get("torch")  # no tensor exists unless torch is imported; this module never imports it
+    if torch is not None and isinstance(value, torch.Tensor):
+        return f"{str(value.dtype).replace('torch.', '')} tensor of shape {tuple(value.shape)}"
+    if isinstance(value, (tuple, list)):
+        return f"{type(value).__name__} of {len(value)}"
+    return type(value).__name__

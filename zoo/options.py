@@ -129,7 +129,9 @@ def _without_annotated(annotation: Any) -> Any:
 def _convert(text: str, annotation: Any, default: Any) -> Any:
     """Convert one command-line string to the annotated type; raise ValueError if it does not fit."""
     if annotation is _MISSING or annotation is Any:
-        annotation = type(default) if default not in (_MISSING, None) else str
+        if default in (_MISSING, None):  # nothing says the type: read it as a literal
+            return _literal(text)
+        annotation = type(default)
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         members = typing.get_args(annotation)
@@ -175,6 +177,31 @@ def _convert(text: str, annotation: Any, default: Any) -> Any:
         item_type = inner[0] if inner else str
         return origin(_convert(p.strip(), item_type, _MISSING) for p in parts)
     return text
+
+
+def _literal(text: str) -> Any:
+    """An untyped option's value: none, true/false, an integer or a number as such, else the text."""
+    lowered = text.strip().lower()
+    if lowered in {"none", "null"}:
+        return None
+    if lowered in {"true", "false"}:
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def missing_required(what: str, factory: Callable[..., Any], given: Iterable[str], flag: str,
+                     exclude: Iterable[str] = ()) -> None:
+    """Refuse, naming the flag to pass, a call of ``factory`` that would leave options without a default unset."""
+    given = set(given)
+    missing = [spec.name for spec in option_specs(factory, exclude) if spec.required and spec.name not in given]
+    if missing:
+        passes = " ".join(f"{flag}{name}=VALUE" for name in missing)
+        raise UsageError(f"{what} needs option{'s' if len(missing) > 1 else ''} {', '.join(missing)}: pass {passes}.")
 
 
 def _coerce_typed(value: Any, spec: OptionSpec) -> Any:

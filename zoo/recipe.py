@@ -47,6 +47,7 @@ class Recipe(nn.Module):
     capturable: ClassVar[bool] = False
     # True for a fully convolutional image-to-image model: zoo predict restores whole images at their own size
     any_image_size: ClassVar[bool] = False
+    min_image_size: ClassVar[int] = 1  # with any_image_size: the shortest side a whole image may have
 
     @classmethod
     def adapt_to_data(cls, shape: tuple[int, int, int], num_classes: int | None,
@@ -121,16 +122,37 @@ class Recipe(nn.Module):
         return self.__dict__.pop("_step_logs", {})
 
 
-def declared_eval_metrics(recipe: nn.Module) -> tuple[str, ...] | None:
-    """The metric names the recipe's ``evaluation_step`` reports, when the class that declares ``eval_metrics``
-    also defines that ``evaluation_step`` (or inherits it): a subclass that reports others but keeps its
-    parent's declaration declares nothing."""
-    mro = type(recipe).__mro__
+def class_attribute_problem(cls: type) -> str | None:
+    """What is wrong with a recipe class's declarations (``task``, ``metric``), or ``None``."""
+    if cls.task not in TASKS:
+        return f"its task {cls.task!r} is none of {', '.join(TASKS)}"
+    metric = cls.metric
+    if metric is not None:
+        if not (isinstance(metric, tuple) and len(metric) == 2 and metric[1] in ("max", "min")):
+            return f"its metric {metric!r} must be (name, 'max' or 'min') or None"
+        reported = declared_eval_metrics(cls)
+        if reported is not None and metric[0] not in reported:
+            return (f"its metric {metric[0]!r}, which picks the best checkpoint, is not among its eval_metrics "
+                    f"({', '.join(reported)})")
+    return None
+
+
+def model_name(recipe: nn.Module) -> str:
+    """The name a recipe was built under (``zoo list models``), for errors; its class name otherwise."""
+    return getattr(recipe, "zoo_name", None) or type(recipe).__name__
+
+
+def declared_eval_metrics(recipe: nn.Module | type) -> tuple[str, ...] | None:
+    """The metric names a recipe's (or recipe class's) ``evaluation_step`` reports, when the class that declares
+    ``eval_metrics`` also defines that ``evaluation_step`` (or inherits it): a subclass that reports others but
+    keeps its parent's declaration declares nothing."""
+    recipe_class = recipe if isinstance(recipe, type) else type(recipe)
+    mro = recipe_class.__mro__
     declared = next((cls for cls in mro if "eval_metrics" in vars(cls)), None)
     evaluates = next((cls for cls in mro if "evaluation_step" in vars(cls)), None)
     if declared is None or evaluates is None or not issubclass(declared, evaluates):
         return None
-    return getattr(recipe, "eval_metrics", None)
+    return getattr(recipe_class, "eval_metrics", None)
 
 
 def predictor(recipe: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:

@@ -15,6 +15,7 @@ import importlib
 import importlib.metadata
 import os
 import re
+import traceback
 from typing import Any, Iterable, Iterator
 
 import pluggy
@@ -77,6 +78,7 @@ class PluginInfo:
     module: str
     status: str = "ok"  # ok, disabled, broken, incompatible
     error: str = ""
+    traceback: str = ""  # where a broken plugin failed, shown with --debug
     counts: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
@@ -196,10 +198,13 @@ class Registry:
         close = difflib.get_close_matches(name, sorted(pool), n=4, cutoff=0.6)
         close = [c for c in close if ":" not in c or c.rpartition(":")[2] not in close][:3]
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        broken = [p.name for p in self.broken()]
-        note = f" (broken plugins: {', '.join(broken)})" if broken else ""
         plural = {v: k for k, v in PLURALS.items()}[kind]
-        return f"unknown {kind} '{name}'.{hint} Run 'zoo list {plural}' to see all{note}."
+        return f"unknown {kind} '{name}'.{hint} Run 'zoo list {plural}' to see all{self.skipped_note()}."
+
+    def skipped_note(self) -> str:
+        """`` (plugins skipped: a (broken), b (disabled))`` when some are, for a name not found: it may be theirs."""
+        skipped = [f"{p.name} ({p.status})" for p in self.plugins.values() if p.status != "ok"]
+        return f" (plugins skipped: {', '.join(skipped)})" if skipped else ""
 
     def defaults(self, kind: str = "hook") -> list[Entry]:
         """Entries marked default: hooks switched on, the dataset used when none is named."""
@@ -316,12 +321,12 @@ def _load_plugin(manager: pluggy.PluginManager, ep: importlib.metadata.EntryPoin
     except BaseException as exc:  # noqa: BLE001 - a plugin may raise anything, even SystemExit
         if isinstance(exc, KeyboardInterrupt):
             raise
-        info.status, info.error = "broken", first_line(exc)
+        info.status, info.error, info.traceback = "broken", first_line(exc), traceback.format_exc()
         return []
     registrar = Registrar(info.name)
     impls = [impl for impl in manager.hook.zoo_register.get_hookimpls() if impl.plugin_name == info.name]
     if not impls:
-        info.status, info.error = "broken", "the module defines no zoo_register hook"
+        info.status, info.error = "broken", _no_register_hook(ep, module)
         return []
     try:
         for impl in impls:
@@ -329,9 +334,19 @@ def _load_plugin(manager: pluggy.PluginManager, ep: importlib.metadata.EntryPoin
     except BaseException as exc:  # noqa: BLE001
         if isinstance(exc, KeyboardInterrupt):
             raise
-        info.status, info.error = "broken", first_line(exc)
+        info.status, info.error, info.traceback = "broken", first_line(exc), traceback.format_exc()
         return []
     return registrar.entries
+
+
+def _no_register_hook(ep: importlib.metadata.EntryPoint, loaded: object) -> str:
+    """Why a plugin's entry point gave no ``zoo_register`` hook, and the fix."""
+    if ep.attr:
+        return (f"its entry point names {ep.value!r}, an object in a module; it must name the module: "
+                f"{ep.name} = {ep.module}")
+    if callable(getattr(loaded, "zoo_register", None)):
+        return f"zoo_register in {ep.module} is not marked @zoo.hookimpl; decorate it (from zoo import hookimpl)"
+    return f"module {ep.module} defines no zoo_register hook; add one (see the plugin guide)"
 
 
 _CACHE: dict[frozenset[str], Registry] = {}
@@ -349,3 +364,21 @@ def get_registry(disabled: Iterable[str] = ()) -> Registry:
 def clear_cache() -> None:
     """Forget discovered plugins (tests install plugins at run time)."""
     _CACHE.clear()
+
+
+def changed_plugins(registry: Registry, resolved: dict[str, Any] | None) -> list[str]:
+    """Notes on the parts of a saved run (``config.json``'s ``resolved``) whose plugin is now another version
+    or distribution than the run was made with: its results may differ from the run's own."""
+    notes = []
+    for kind in ("model", "loss", "dataset"):
+        recorded = (resolved or {}).get(kind)
+        if not isinstance(recorded, dict) or not isinstance(recorded.get("name"), str):
+            continue
+        info = registry.plugins.get(recorded["name"].split(":", 1)[0])
+        if info is None or info.status != "ok":
+            continue  # resolving the part says what is wrong
+        then = (recorded.get("distribution") or info.distribution, recorded.get("version"))
+        if then != (info.distribution, info.version):
+            notes.append(f"zoo: note: {kind} '{recorded['name']}' now comes from {info.distribution} "
+                         f"{info.version}; the run was made with {then[0]} {then[1]}, so results may differ.")
+    return notes

@@ -60,6 +60,7 @@ class ResnetI2I(Recipe):
     default_lr = 2e-4
     capturable = True  # the same device work every step: CUDA graphs may hold it
     any_image_size = True  # fully convolutional: zoo predict restores whole images
+    min_image_size = MIN_IMAGE_SIZE
 
     def __init__(self, channels: Annotated[int, Range(1)] = 3, ngf: Annotated[int, Range(1)] = 32,
                  blocks: Annotated[int, Range(0)] = 4,

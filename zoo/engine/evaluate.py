@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import torch
@@ -9,6 +10,8 @@ from torch.utils.data import DataLoader
 
 from zoo.engine.feed import BadItems, to_device
 from zoo.engine.rng import derive_seed
+from zoo.errors import PluginError, kind_of
+from zoo.recipe import model_name
 
 
 def evaluate(recipe: Any, loss_fn: Any, loader: DataLoader, device: torch.device, autocast: Any,
@@ -32,7 +35,7 @@ def evaluate(recipe: Any, loss_fn: Any, loader: DataLoader, device: torch.device
                 batch = to_device(batch, device, non_blocking=True)
                 with autocast():
                     sums = recipe.evaluation_step(batch, loss_fn, generator)
-                for key, value in sums.items():
+                for key, value in _checked(sums, recipe).items():
                     value = torch.as_tensor(value, device=device, dtype=torch.float64)
                     totals[key] = totals[key] + value if key in totals else value
                 if progress is not None:
@@ -46,3 +49,17 @@ def evaluate(recipe: Any, loss_fn: Any, loader: DataLoader, device: torch.device
     merged = dict(zip(keys, values))
     count = merged.pop("count", 0.0) or 1.0
     return {key: value / count for key, value in merged.items()}
+
+
+def _checked(sums: Any, recipe: Any) -> dict[str, Any]:
+    """``evaluation_step``'s result, refused in one line unless it is scalar sums with a ``count`` (no sync)."""
+    must = f"model '{model_name(recipe)}': evaluation_step must return a dict of per-batch sums with 'count'"
+    if not isinstance(sums, dict):
+        raise PluginError(f"{must}, got {kind_of(sums)}.")
+    if "count" not in sums:
+        raise PluginError(f"{must} (the batch's number of samples, which the sums are divided by); it has "
+                          f"{', '.join(map(repr, sums)) or 'nothing'}.")
+    for key, value in sums.items():
+        if not isinstance(value, numbers.Real) and not (isinstance(value, torch.Tensor) and value.numel() == 1):
+            raise PluginError(f"{must}; its {key!r} must be a number or a one-element tensor, got {kind_of(value)}.")
+    return sums

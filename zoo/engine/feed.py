@@ -23,9 +23,9 @@ import torch
 from prefetch_generator import BackgroundGenerator
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from zoo.data import seeded_item
+from zoo.data import dataset_name, item_problem, seeded_item
 from zoo.engine.rng import derive_seed
-from zoo.errors import RunError, ZooError
+from zoo.errors import PluginError, RunError, ZooError
 
 
 class EpochOrder(Sampler):
@@ -67,6 +67,7 @@ class BadItem:
 
     index: int
     message: str
+    dataset_bug: bool = False  # the item breaks the dataset contract: no --skip-bad-files can help
 
 
 def as_bad_item(index: int, exc: Exception) -> BadItem:
@@ -90,9 +91,15 @@ class SeededItems(Dataset):
         index, seed = key
         try:
             with seeded_item(seed):
-                return self.dataset[index]
+                item = self.dataset[index]
         except Exception as exc:  # a dataset may fail in any way on a bad file
             return as_bad_item(index, exc)
+        problem = item_problem(self.dataset, item)
+        if problem is not None:
+            return BadItem(index, f"dataset '{dataset_name(self.dataset)}' gave a wrong item {index}: {problem}. "
+                                  f"The dataset plugin must return what zoo.data describes: fix its __getitem__.",
+                           dataset_bug=True)
+        return item
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -108,6 +115,14 @@ def collate_items(items: list[Any]) -> tuple[Any, list[BadItem]]:
 class BadSampleError(RunError):
     """A sample could not be read and --skip-bad-files is off."""
 
+    met_by_one_process = True  # each process of a job reads its own samples: the one that met it says so
+
+
+class WrongItemError(PluginError):
+    """A dataset gave an item that breaks the item contract (a bug in the dataset plugin)."""
+
+    met_by_one_process = True
+
 
 class BadItems:
     """Stops the run naming an unreadable sample, or counts it with ``--skip-bad-files``."""
@@ -122,6 +137,9 @@ class BadItems:
         """Raise a one-line error for the first bad sample unless skipping; count them."""
         if not bad:
             return
+        wrong = next((item for item in bad if item.dataset_bug), None)
+        if wrong is not None:
+            raise WrongItemError(wrong.message)
         if not self.skip:
             raise BadSampleError(f"{bad[0].message.rstrip('.')}; or pass --skip-bad-files to skip unreadable "
                                  f"samples and count them.")

@@ -26,7 +26,14 @@ def initial_weights(source: str) -> tuple[dict[str, torch.Tensor], str]:
                 raise UsageError(f"--init-from {source}: no checkpoint there; pass a run folder with "
                                  f"checkpoints, a checkpoint folder or a .safetensors file.")
             folder = steps[-1][1]
-        return checkpoint.load_weights(folder), str(folder)
+        try:
+            return checkpoint.load_weights(folder), str(folder)
+        except checkpoint.CheckpointError as exc:
+            siblings = checkpoint.list_steps(folder.parent.parent) if folder.parent.name == "checkpoints" else []
+            others = [other for _, other in siblings if other.name != folder.name]
+            other = (f"pass another of the run's checkpoints, e.g. --init-from {others[-1]}" if others
+                     else "pass another checkpoint or a .safetensors file")
+            raise UsageError(f"--init-from: {str(exc).rstrip('.')}; {other}.") from None
     if path.is_file() and path.suffix == ".safetensors":
         from safetensors.torch import load_file
         try:

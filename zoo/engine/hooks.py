@@ -9,7 +9,7 @@ import pluggy
 import torch
 
 from zoo import hookspecs
-from zoo.errors import PluginError, RunError
+from zoo.errors import PluginError, RunError, first_line
 from zoo.registry import Entry, validation_detail
 
 
@@ -91,19 +91,48 @@ class HookCaller:
             except pluggy.PluginValidationError as exc:
                 raise PluginError(f"hook '{entry.qualified_name}' does not match zoo's hookspecs: "
                                   f"{validation_detail(exc)}; fix or disable plugin '{entry.plugin}'.") from None
+            _check_marked(entry, obj)
         self.names = [entry.qualified_name for entry, _ in hooks]
         self.objects = {entry.qualified_name: obj for entry, obj in hooks}
+        self.unsaved: list[str] = []  # why the last state() left a hook's state out
 
     def state(self) -> dict[str, Any]:
-        """The saved state of every hook that keeps one (``state_dict()``), for checkpoints."""
-        return {name: obj.state_dict() for name, obj in self.objects.items() if hasattr(obj, "state_dict")}
+        """The saved state of every hook that keeps one (``state_dict()``), for checkpoints.
+
+        A hook whose ``state_dict()`` fails or gives what a checkpoint cannot hold is left out, and
+        ``unsaved`` says why: the run's own state is still saved before the error is raised.
+        """
+        from zoo.engine.checkpoint import flatten
+
+        states, self.unsaved = {}, []
+        for name, obj in self.objects.items():
+            if not hasattr(obj, "state_dict"):
+                continue
+            try:
+                state = obj.state_dict()
+                flatten(state, {})
+            except TypeError as exc:
+                if "in a checkpoint" not in str(exc):
+                    self.unsaved.append(f"hook '{name}' failed in state_dict: {first_line(exc)}")
+                else:
+                    self.unsaved.append(f"hook '{name}': state_dict() must return JSON values (numbers, strings, "
+                                        f"lists, dicts) and tensors; {exc}")
+                continue
+            except Exception as exc:
+                self.unsaved.append(f"hook '{name}' failed in state_dict: {first_line(exc)}")
+                continue
+            states[name] = state
+        return states
 
     def restore(self, states: dict[str, Any]) -> None:
         """Give each hook back its saved state (``load_state_dict(state)``)."""
         for name, state in states.items():
             obj = self.objects.get(name)
             if obj is not None and hasattr(obj, "load_state_dict"):
-                obj.load_state_dict(state)
+                try:
+                    obj.load_state_dict(state)
+                except Exception as exc:
+                    raise HookFailed(f"hook '{name}' failed in load_state_dict: {first_line(exc)}") from exc
 
     def call(self, hook_name: str, **kwargs: Any) -> None:
         """Call ``hook_name`` on every hook implementing it, in the order they were selected."""
@@ -111,6 +140,33 @@ class HookCaller:
         for impl in reversed(caller.get_hookimpls()):  # pluggy lists last-registered first
             try:
                 impl.function(**{name: kwargs[name] for name in impl.argnames})
+            except HookFailed:  # another hook, called from this one (run.log reaches on_log): already named
+                raise
             except Exception as exc:
-                raise RunError(f"hook '{impl.plugin_name}' failed in {hook_name}: "
-                               f"{type(exc).__name__}: {exc}") from exc
+                raise HookFailed(f"hook '{impl.plugin_name}' failed in {hook_name}: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+
+
+class HookFailed(RunError):
+    """A training hook raised: the message names it and the hook function."""
+
+
+def _spec_names() -> list[str]:
+    return [name for name in vars(hookspecs.LifecycleSpecs) if name.startswith("on_")]
+
+
+def _check_marked(entry: Entry, obj: Any) -> None:
+    """Refuse what pluggy would silently never call: a hookspec's method left unmarked, or a marked
+    method no hookspec has (a misspelt ``on_step_end``)."""
+    specs = _spec_names()
+    for name in dir(obj):
+        method = getattr(obj, name, None) if name.startswith("on_") else None
+        if not callable(method):
+            continue
+        marked = hasattr(method, "zoo_impl")
+        if name in specs and not marked:
+            raise PluginError(f"hook '{entry.qualified_name}': {name} is not marked @zoo.hookimpl, so zoo would "
+                              f"never call it; decorate it (from zoo import hookimpl).")
+        if marked and name not in specs:
+            raise PluginError(f"hook '{entry.qualified_name}': {name} is marked @zoo.hookimpl but zoo has no such "
+                              f"hook; name it after one of: {', '.join(specs)}.")

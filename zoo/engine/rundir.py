@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import platform
 import shutil
@@ -174,9 +175,25 @@ def write_text_atomic(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)  # a failed write leaves no temporary file
 
 
+def json_text(document: Any, indent: int | None = 2) -> str:
+    """Standard JSON: a non-finite number (a diverged loss, NaN weights) is written as null, never as NaN,
+    which strict JSON readers refuse."""
+    return json.dumps(_finite_or_null(document), indent=indent, default=str, allow_nan=False)
+
+
+def _finite_or_null(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(item) for item in value]
+    return value
+
+
 def write_json(path: Path, document: dict[str, Any]) -> None:
     """Write JSON atomically."""
-    write_text_atomic(path, json.dumps(document, indent=2, sort_keys=False, default=str) + "\n")
+    write_text_atomic(path, json_text(document) + "\n")
 
 
 def _step_of(line: str) -> int | None:
@@ -211,4 +228,4 @@ class MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         """Append a record and flush it to disk."""
         with self.path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+            handle.write(json_text(record, indent=None) + "\n")

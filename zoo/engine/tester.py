@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,14 @@ def evaluate_run(registry: Registry, run_dir: Path, *, step: int | None = None, 
     if bad_items.summary():
         print(bad_items.summary(), file=sys.stderr)
     step = run.step
-    result: dict[str, Any] = {"checkpoint": str(folder), "step": step, "samples": len(run.test_set),
+    skipped = len(bad_items.distinct)
+    result: dict[str, Any] = {"checkpoint": str(folder), "step": step, "samples": len(run.test_set) - skipped,
                               "metrics": metrics}
+    if skipped:
+        result["skipped"] = skipped
+    if not all(math.isfinite(value) for value in metrics.values()):
+        print(f"zoo: warning: checkpoint {folder} gives non-finite metrics; its weights may have diverged "
+              f"(saved as null in test-metrics.json).", file=sys.stderr)
     grid = Pictures(recipe, run.test_set, config.seed, torch_device, precision.autocast,
                     say=lambda line: print(line, file=sys.stderr)).grid()
     try:
@@ -52,6 +59,7 @@ def evaluate_run(registry: Registry, run_dir: Path, *, step: int | None = None, 
             result["sample_grid"] = str(grid_path)
         write_json(run_dir / "test-metrics.json", result)
     except OSError as exc:  # the figures still reach the caller; only keeping them failed
-        result["not_saved"] = (f"could not save the results in {run_dir} ({exc.strerror or exc}); the run folder "
-                               f"is not writable: the figures above are all there is.")
+        where = f"{exc.filename}: " if exc.filename else ""
+        result["not_saved"] = (f"could not save the results in {run_dir} ({where}{exc.strerror or exc}); the "
+                               f"figures above are all there is.")
     return result

@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch.nn.utils import clip_grad_norm_
@@ -25,11 +25,12 @@ from zoo import build
 from zoo.config import TrainConfig
 from zoo.engine import cache, checkpoint, device_decode, distributed, finetune, graphed, pictures, rng, speed
 from zoo.engine.evaluate import evaluate
-from zoo.engine.feed import BadItems, BadSampleError, DeviceFeed, make_loader, prefetching, to_device
+from zoo.engine.feed import (BadItems, BadSampleError, DeviceFeed, WrongItemError, make_loader, prefetching,
+                             to_device)
 from zoo.engine.hooks import HookCaller, RunContext
 from zoo.engine.precision import Precision, resolve_device
 from zoo.engine.rundir import MetricsLog, read_config, versions, write_json
-from zoo.errors import PluginError, RunError, UsageError, ZooError, first_line
+from zoo.errors import PluginError, RunError, UsageError, ZooError, first_line, kind_of
 from zoo.registry import Registry
 
 DEFAULT_EPOCHS = 10
@@ -37,14 +38,15 @@ STATE_KEYS = frozenset({"model", "step", "epoch", "position", "train_size", "opt
 
 
 def describe_entry(registry: Registry, entry: Any) -> dict[str, Any]:
-    """A plugin part as config.json records it: ``plugin:name`` and its plugin's version."""
+    """A plugin part as config.json records it: ``plugin:name``, its plugin's version and distribution."""
     info = registry.plugins.get(entry.plugin)
-    return {"name": entry.qualified_name, "version": info.version if info else None}
+    return {"name": entry.qualified_name, "version": info.version if info else None,
+            "distribution": info.distribution if info else None}
 
 
 def cache_origin(registry: Registry, entry: Any) -> str:
     """What keys a dataset's decoded caches besides its files: ``plugin:name@version``."""
-    described = describe_entry(registry, entry)
+    described = describe_entry(registry, entry)  # not the distribution: caches stay valid across a rename
     return f"{described['name']}@{described['version']}"
 
 
@@ -107,7 +109,8 @@ class Trainer:
             torch.cuda.set_device(self.device)  # streams, graphs and generators follow --device cuda:N
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
         self._build_data_and_model(resume)
-        self.loss_fn = build.build_loss(self.plan.loss, config.loss_opt)
+        recorded = (read_config(run_dir).get("resolved") or {}).get("loss_weights") if resume else None
+        self.loss_fn = build.build_loss(self.plan.loss, config.loss_opt, recorded)
         if self.loss_fn is not None:
             self.loss_fn.to(self.device)
         self.init_report = self._fine_tune(resume)
@@ -281,9 +284,11 @@ class Trainer:
         return reason is None
 
     def _fine_tune(self, resume: bool) -> dict[str, Any] | None:
-        """Start from --init-from weights (new runs only) and apply --freeze (always)."""
+        """Start from --init-from weights (new runs, and resumed ones that start over: no checkpoint yet)
+        and apply --freeze (always)."""
         report = None
-        if self.config.init_from and not resume:
+        starting = not resume or not checkpoint.list_steps(self.run_dir)
+        if self.config.init_from and starting:
             weights, source = finetune.initial_weights(self.config.init_from)
             fit = finetune.apply_initial_weights(self.recipe, weights, not self.config.no_strict, source,
                                                  model_name=self.plan.model.name)
@@ -517,7 +522,9 @@ class Trainer:
             saved = self.save() if self._unsaved() else checkpoint.checkpoint_dir(self.run_dir, self.step)
             status = "interrupted" if (self._stop_signal or self.context.stop_reason) else "done"
         except BadSampleError as exc:
-            raise BadSampleError(f"{exc}\n{self._save_before_failing()}") from None
+            raise BadSampleError(f"{exc}\n{self._save_before_failing('replace the file (same name)', True)}") from None
+        except WrongItemError as exc:
+            raise WrongItemError(f"{exc}\n{self._save_before_failing('fix the dataset plugin', False)}") from None
         except torch.OutOfMemoryError:
             raise RunError(f"out of device memory at step {self.step + 1} (batch size {self.config.batch_size}); "
                            f"use a smaller --batch-size, --accumulate 2 with half the batch, "
@@ -550,20 +557,21 @@ class Trainer:
         """Whether this step, or what it owes (an evaluation), differs from the newest checkpoint."""
         return self._last_save_step != self.step or self._saved_eval_owed != self._eval_owed
 
-    def _save_before_failing(self) -> str:
-        """Save the steps done before an unreadable sample stopped the run; say how to go on."""
-        resume = f"zoo train --resume {self.run_dir} --skip-bad-files"
+    def _save_before_failing(self, fix: str, skipping_helps: bool) -> str:
+        """Save the steps done before a sample stopped the run; say how to go on once ``fix`` is done."""
+        resume = f"zoo train --resume {self.run_dir}"
+        go_on = f", or go on with: {resume} --skip-bad-files" if skipping_helps else ""
         if self.dist.enabled:  # the other processes are not at a step's end: no saving alone
-            return f"zoo: replace the file (same name) and resume from the last checkpoint, or go on with: {resume}"
+            return f"zoo: {fix} and resume from the last checkpoint{go_on or ' (' + resume + ')'}"
         if self.step == 0:
-            return (f"zoo: no step was done; replace the file, or start again with --skip-bad-files "
-                    f"(--overwrite to reuse {self.run_dir}).")
+            again = ", or start again with --skip-bad-files" if skipping_helps else " and start again"
+            return f"zoo: no step was done; {fix}{again} (--overwrite to reuse {self.run_dir})."
         if self._unsaved():
             try:
                 self.save()
             except ZooError as exc:
                 return f"zoo: and saving step {self.step} failed too: {first_line(exc)}"
-        return f"zoo: step {self.step} is saved; replace the file (same name) and resume, or go on with: {resume}"
+        return f"zoo: step {self.step} is saved; {fix} and resume{go_on or ' (' + resume + ')'}"
 
     def _nonfinite_anywhere(self, loss: torch.Tensor) -> bool:
         """True when this loss is not finite here or, when distributed, on any process."""
@@ -665,18 +673,21 @@ class Trainer:
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
         last = len(batches) - 1
+        yielded = False
         for index, batch in enumerate(batches):
             batch = to_device(batch, self.device, True, self.speed.channels_last)  # no-op once fed
             pairs = self.recipe.training_step(batch, self.loss_fn)
+            if not isinstance(pairs, Iterator):
+                raise PluginError(f"model '{self.plan.model.name}': training_step must be a generator that yields "
+                                  f"(optimizer name, loss) pairs, got {kind_of(pairs)} (yield, not return).")
             while True:
                 with self.precision.autocast():
                     try:
-                        name, loss = next(pairs)
+                        pair = next(pairs)
                     except StopIteration:
                         break
-                if name not in self.optimizers:
-                    raise PluginError(f"model '{self.plan.model.name}' yielded a loss for optimizer '{name}' "
-                                      f"but configured only {', '.join(self.optimizers)}.")
+                name, loss = self._check_yielded(pair)
+                yielded = True
                 if self.config.skip_nonfinite and self._nonfinite_anywhere(loss):  # one sync
                     self.skipped_nonfinite += 1
                     for opt in self.optimizers.values():
@@ -701,8 +712,30 @@ class Trainer:
                     stepped = True
             for key, value in self.recipe.pop_logs().items():
                 add(key, value / len(batches) if len(batches) > 1 else value)
+        if batches and not yielded:  # no update at all: training would silently do nothing
+            raise PluginError(f"model '{self.plan.model.name}': training_step yielded no (optimizer name, loss) "
+                              f"pair; it must yield one for each optimizer it updates.")
         scaler.update()
         return values
+
+    def _check_yielded(self, pair: Any) -> tuple[str, torch.Tensor]:
+        """A ``(optimizer name, loss)`` pair from ``training_step``, checked on metadata only (no device sync)."""
+        model = f"model '{self.plan.model.name}'"
+        if not isinstance(pair, tuple) or len(pair) != 2:
+            raise PluginError(f"{model}: training_step must yield (optimizer name, loss) pairs, got "
+                              f"{kind_of(pair)}.")
+        name, loss = pair
+        if not isinstance(name, str) or name not in self.optimizers:
+            raise PluginError(f"{model} yielded a loss for optimizer {name!r} but configured only "
+                              f"{', '.join(repr(key) for key in self.optimizers)}.")
+        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+            raise PluginError(f"{model}: the loss of optimizer '{name}' must be a scalar tensor, got "
+                              f"{kind_of(loss)} (reduce it, e.g. with .mean()).")
+        if self.params[name] and not loss.requires_grad:
+            raise PluginError(f"{model} yielded a loss for optimizer '{name}' that does not depend on its "
+                              f"parameters (no grad_fn): compute it from the networks' outputs, without "
+                              f".detach(), .item() or torch.no_grad().")
+        return name, loss
 
     # ------------------------------------------------------ bookkeeping
     def _reset_window(self) -> None:
@@ -860,6 +893,7 @@ class Trainer:
             folder = checkpoint.checkpoint_dir(self.run_dir, self.step)
             distributed.barrier(self.dist)  # rank 0 has written it when this returns
             self.hooks.call("on_checkpoint_saved", run=self.context, step=self.step, path=folder)
+            self._check_hook_states()
             return folder
         try:
             folder = checkpoint.save(self.run_dir, self.step, self.recipe.state_dict(), state)
@@ -877,7 +911,14 @@ class Trainer:
         while self.after_first_save:
             self.after_first_save.pop()()
         self.hooks.call("on_checkpoint_saved", run=self.context, step=self.step, path=folder)
+        self._check_hook_states()
         return folder
+
+    def _check_hook_states(self) -> None:
+        """Stop on a hook whose state the checkpoint just saved had to leave out (the steps are kept)."""
+        if self.hooks.unsaved:
+            raise PluginError(f"{self.hooks.unsaved[0]}\nzoo: step {self.step} is saved without that hook's state; "
+                              f"fix the hook or turn it off (--no-hook), then: zoo train --resume {self.run_dir}")
 
     def _emit_log(self, run: RunContext, step: int, name: str, value: Any) -> None:
         self.hooks.call("on_log", run=run, step=step, name=name, value=value)
