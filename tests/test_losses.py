@@ -400,3 +400,11 @@ def test_a_resumed_and_a_tested_run_keep_the_weights_they_trained_with(hub, zoo_
     code, _, err = zoo_cli("train", "--resume", str(run), "--max-steps", "3")
     assert code == 0, err
     assert json.loads((run / "config.json").read_text())["resolved"]["loss_weights"].startswith("random(seed=0")
+
+
+def test_a_loss_with_bound_weights_keeps_them_whatever_a_run_recorded(hub):
+    from zoo.build import build_loss
+    from zoo.registry import Entry
+    bound = Entry("loss", "vgg_random", "plugins.losses:PerceptualLoss", "", "acme", bound=(("weights", "random"),))
+    loss = build_loss(bound, {}, "imagenet:/nowhere/vgg19.pth")
+    assert loss.weights_source == "random(seed=0)"

@@ -93,12 +93,24 @@ def test_an_item_that_breaks_the_contract_is_described(classes_split, flaw, word
     assert words in item_problem(classes_split, flaw(*classes_split[0]))
 
 
-def test_image_to_image_targets_are_images_of_the_same_shape():
+def test_image_to_image_targets_are_float_images_of_any_shape():
+    """A colouriser's or an upscaler's target differs from its input: only the input has image_shape."""
     pairs = ShapesDataset("train", task="image_to_image", train_count=2, test_count=2)
     degraded, clean = pairs[0]
     assert item_problem(pairs, (degraded, clean)) is None
-    assert "its target has shape (3, 16, 16)" in item_problem(pairs, (degraded, clean[:, :16, :16]))
+    assert item_problem(pairs, (degraded[:1], clean)) == "its input has shape (1, 32, 32), but its image_shape is " \
+                                                        "(3, 32, 32)"
+    assert item_problem(pairs, (degraded, torch.zeros(3, 64, 64))) is None
     assert "its target must be a float image tensor, got int" in item_problem(pairs, (degraded, 3))
+
+
+def test_a_dataset_whose_declarations_cannot_be_read_is_named(classes_split):
+    from zoo.engine.feed import SeededItems
+
+    broken = ShapesDataset("train", task="classification", train_count=2, test_count=2)
+    broken.classes = 4  # not a list: len() fails
+    item = SeededItems(broken)[(0, 0)]
+    assert item.dataset_bug and "its image_shape or classes cannot be read (TypeError" in item.message
 
 
 def test_generation_labels_are_not_checked():
@@ -172,6 +184,10 @@ PARTS_PLUGIN = """
                 yield losses.mean()
             elif self.flaw == "optimizer":
                 yield "generator", losses.mean()
+            elif self.flaw == "one_element":  # shape (1,): backward takes it, so zoo does too
+                yield "model", losses.mean().view(1)
+            elif self.flaw == "list":
+                yield ["model", losses.mean()]
             else:
                 yield "model", loss_fn(self.net(images), labels)
 
@@ -261,7 +277,7 @@ def train_with_flaw(run_zoo, site, tmp_path, *args: str) -> tuple[int, list[str]
                                        "depend on its parameters (no grad_fn)"),
     (["--model-opt", "flaw=bare"], "model 'flawed_net': training_step must yield (optimizer name, loss) pairs, "
                                    "got float32 tensor of shape ()."),
-    (["--model-opt", "flaw=nothing"], "model 'flawed_net': training_step yielded no (optimizer name, loss) pair"),
+
     (["--model-opt", "flaw=optimizer"], "model 'flawed_net' yielded a loss for optimizer 'generator' but "
                                         "configured only 'model'."),
     (["--model-opt", "flaw=no_count"], "model 'flawed_net': evaluation_step must return a dict of per-batch sums "
@@ -271,7 +287,7 @@ def train_with_flaw(run_zoo, site, tmp_path, *args: str) -> tuple[int, list[str]
     (["--loss", "flawed_loss", "--loss-opt", "flaw=none_reduce"],
      "loss 'flawed_loss' must return a scalar tensor, got float32 tensor of shape (4,) (reduce it in forward"),
     (["--loss", "flawed_loss", "--loss-opt", "flaw=detach"],
-     "loss 'flawed_loss' returned a value cut from its inputs' graph (no grad_fn)"),
+     "model 'flawed_net' yielded a loss for optimizer 'model' that does not depend on its parameters"),
     (["--loss", "flawed_loss", "--loss-opt", "flaw=float"], "loss 'flawed_loss' must return a scalar tensor, got float"),
     (["--hook", "unmarked"], "hook 'parts:unmarked': on_step_end is not marked @zoo.hookimpl, so zoo would never "
                              "call it"),
@@ -287,16 +303,44 @@ def test_a_part_that_breaks_its_contract_is_named_in_one_line(run_zoo, parts_sit
     assert len(lines) <= 2
 
 
-def test_a_hook_state_a_checkpoint_cannot_hold_is_named_after_the_steps_are_saved(run_zoo, parts_site, tmp_path):
-    for kind, words in (("raise", "hook 'parts:bad_state' failed in state_dict: RuntimeError: state exploded"),
-                        ("object", "hook 'parts:bad_state': state_dict() must return JSON values")):
-        code, lines = train_with_flaw(run_zoo, parts_site, tmp_path / kind, "--hook", "bad_state",
-                                      "--hook-opt", f"bad_state.kind={kind}")
-        assert code == 1
-        assert lines[0] == f"zoo: error: {words}" or lines[0].startswith(f"zoo: error: {words}")
-        assert lines[1] == (f"zoo: step 2 is saved without that hook's state; fix the hook or turn it off "
-                            f"(--no-hook), then: zoo train --resume {tmp_path / kind / 'run'}")
-        assert (tmp_path / kind / "run" / "checkpoints" / "step-2" / "state.json").exists()
+@pytest.mark.parametrize("args", [["--model-opt", "flaw=one_element"], ["--model-opt", "flaw=list"]])
+def test_what_backward_takes_is_taken(run_zoo, parts_site, tmp_path, args):
+    code, _ = train_with_flaw(run_zoo, parts_site, tmp_path, *args)
+    assert code == 0
+
+
+def test_a_step_that_yields_no_loss_is_said_once_and_not_refused(run_zoo, parts_site, tmp_path):
+    done = run_zoo("train", "--model", "flawed_net", "--model-opt", "flaw=nothing", *TINY, "--max-steps", "3",
+                   "--dataset-opt", "train_count=16", "--run-dir", str(tmp_path / "run"),
+                   env={"PYTHONPATH": str(parts_site)})
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("training_step yielded no (optimizer name, loss) pair at step 1, so nothing was "
+                             "updated (said once)") == 1
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("raise", "hook 'parts:bad_state' failed in state_dict: RuntimeError: state exploded"),
+    ("object", "hook 'parts:bad_state': state_dict() must return JSON values (numbers, strings, lists, dicts) "
+               "and tensors; cannot store a object in a checkpoint"),
+])
+def test_a_hook_state_a_checkpoint_cannot_hold_is_named_after_the_steps_are_saved(run_zoo, parts_site, tmp_path,
+                                                                                 kind, words):
+    run = tmp_path / "run"
+    code, lines = train_with_flaw(run_zoo, parts_site, tmp_path, "--hook", "bad_state",
+                                  "--hook-opt", f"bad_state.kind={kind}", "--save-every", "1")
+    assert code == 1
+    assert lines == [f"zoo: error: {words}",
+                     f"zoo: step 1 is saved without that hook's state; fix the hook or turn it off (--no-hook), "
+                     f"then: zoo train --resume {run}"]
+    assert (run / "checkpoints" / "step-1" / "state.json").exists()
+
+
+def test_a_hook_state_left_out_of_the_last_save_is_a_warning_not_a_failure(run_zoo, parts_site, tmp_path):
+    done = run_zoo("train", "--model", "flawed_net", *TINY, "--max-steps", "1", "--dataset-opt", "train_count=16",
+                   "--hook", "bad_state", "--run-dir", str(tmp_path / "run"), env={"PYTHONPATH": str(parts_site)})
+    assert done.returncode == 0, done.stderr
+    assert ("zoo: warning: hook 'parts:bad_state' failed in state_dict: RuntimeError: state exploded\n"
+            "zoo: step 1 is saved without that hook's state.") in done.stderr
 
 
 DECLARATIONS = """
@@ -356,6 +400,7 @@ def test_an_option_with_no_hint_and_no_default_value_is_read_as_a_literal():
     assert parse_options("model 'odd'", untyped, {"depth": "none", "gamma": "true"}) == {"depth": None,
                                                                                        "gamma": True}
     assert parse_options("model 'odd'", untyped, {"depth": "deep"}) == {"depth": "deep"}
+    assert parse_options("model 'odd'", untyped, {"depth": "nan", "gamma": "inf"}) == {"depth": "nan", "gamma": "inf"}
     assert parse_options("model 'odd'", untyped, {"mult": "3"}) == {"mult": 3}  # the default's type
     assert parse_options("model 'odd'", untyped, {"name": "none"}) == {"name": None}
 

@@ -306,3 +306,12 @@ def test_whole_images_are_only_for_models_that_take_any_size(runs, tmp_path):
     run = api.load_run(runs["classifier"])
     with pytest.raises(api.UsageError, match="whole=True is for models that take any image size; model 'mnist_net'"):
         run.preprocess(image, whole=True)
+
+
+def test_records_zoo_reads_back_keep_infinities_and_reports_write_null(tmp_path):
+    from zoo.engine.rundir import write_json
+    write_json(tmp_path / "config.json", {"model_opt": {"weight": float("inf")}})
+    assert json.loads((tmp_path / "config.json").read_text())["model_opt"]["weight"] == float("inf")
+    write_json(tmp_path / "report.json", {"loss": float("nan"), "parts": [float("-inf"), 1.5]}, report=True)
+    assert json.loads((tmp_path / "report.json").read_text(), parse_constant=lambda name: pytest.fail(name)) == {
+        "loss": None, "parts": [None, 1.5]}

@@ -248,7 +248,8 @@ def build_loss(entry: Entry | None, options: dict[str, Any], recorded_weights: s
         return None
     cls = load_loss_class(entry)
     if recorded_weights and callable(getattr(cls, "options_for_weights", None)):
-        options = {**options, **cls.options_for_weights(recorded_weights)}
+        pinned = cls.options_for_weights(recorded_weights)
+        options = {**options, **{key: value for key, value in pinned.items() if key not in entry.bound_options}}
     parsed = parse_options(f"loss '{entry.name}'", cls, options, exclude=tuple(entry.bound_options))
     missing_required(f"loss '{entry.name}'", cls, [*parsed, *entry.bound_options], "--loss-opt ")
     try:
@@ -260,21 +261,17 @@ def build_loss(entry: Entry | None, options: dict[str, Any], recorded_weights: s
 
 
 class ScalarLossCheck:
-    """A forward hook that names a loss whose output is not a scalar tensor of the graph (metadata only: no sync)."""
+    """A forward hook that names a loss whose output is not a scalar tensor (metadata only: no sync)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def __call__(self, _module: Any, inputs: tuple[Any, ...], output: Any) -> None:
+    def __call__(self, _module: Any, _inputs: tuple[Any, ...], output: Any) -> None:
         import torch
 
-        if not isinstance(output, torch.Tensor) or output.dim() != 0:
+        if not isinstance(output, torch.Tensor) or output.numel() != 1:
             raise PluginError(f"loss '{self.name}' must return a scalar tensor, got {kind_of(output)} "
                               f"(reduce it in forward, e.g. with .mean()).")
-        if torch.is_grad_enabled() and not output.requires_grad and \
-                any(isinstance(x, torch.Tensor) and x.requires_grad for x in inputs):
-            raise PluginError(f"loss '{self.name}' returned a value cut from its inputs' graph (no grad_fn): "
-                              f"compute it without .detach(), .item() or torch.no_grad().")
 
 
 def build_hooks(entries: list[Entry], options: dict[str, dict[str, Any]] | None = None,

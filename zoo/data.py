@@ -88,7 +88,8 @@ def seeded_item(seed: int) -> Iterator[torch.Generator]:
 
 
 def item_problem(dataset: Dataset, item: object) -> str | None:
-    """What breaks the item contract above (pair, float images of ``image_shape``, labels in range), or ``None``.
+    """What breaks the item contract above (a pair, a float input of ``image_shape``, a float target image or
+    a label in range), or ``None``.
 
     A few comparisons of sizes and types, cheap enough for every item: a dataset bug is named where it
     happens instead of surfacing as a shape error deep in a model or loss.
@@ -98,12 +99,15 @@ def item_problem(dataset: Dataset, item: object) -> str | None:
     task = getattr(dataset, "task", None)
     shape = getattr(dataset, "image_shape", None)
     shape = tuple(shape) if shape is not None else None
-    images = (("input", item[0]), ("target", item[1])) if task == "image_to_image" else (("input", item[0]),)
-    for role, image in images:
-        if not isinstance(image, torch.Tensor) or not image.is_floating_point():
-            return f"its {role} must be a float image tensor, got {kind_of(image)}"
-        if shape is not None and tuple(image.shape) != shape:
-            return f"its {role} has shape {tuple(image.shape)}, but its image_shape is {shape}"
+    image = item[0]
+    if not isinstance(image, torch.Tensor) or not image.is_floating_point():
+        return f"its input must be a float image tensor, got {kind_of(image)}"
+    if shape is not None and tuple(image.shape) != shape:
+        return f"its input has shape {tuple(image.shape)}, but its image_shape is {shape}"
+    if task == "image_to_image":  # the target's shape is the dataset's own (colourising, upscaling...)
+        target = item[1]
+        if not isinstance(target, torch.Tensor) or not target.is_floating_point():
+            return f"its target must be a float image tensor, got {kind_of(target)}"
     if task == "classification":
         label = item[1]
         if isinstance(label, torch.Tensor) and label.numel() == 1 and not label.is_floating_point() \

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import math
 import types
 import typing
 from typing import Any, Callable, Iterable
@@ -188,9 +189,10 @@ def _literal(text: str) -> Any:
         return lowered == "true"
     for kind in (int, float):
         try:
-            return kind(text)
+            value = kind(text)
         except ValueError:
-            pass
+            continue
+        return value if math.isfinite(value) else text  # nan and inf stay text: say them with a float hint
     return text
 
 

@@ -128,7 +128,7 @@ def class_attribute_problem(cls: type) -> str | None:
         return f"its task {cls.task!r} is none of {', '.join(TASKS)}"
     metric = cls.metric
     if metric is not None:
-        if not (isinstance(metric, tuple) and len(metric) == 2 and metric[1] in ("max", "min")):
+        if not (isinstance(metric, (tuple, list)) and len(metric) == 2 and metric[1] in ("max", "min")):
             return f"its metric {metric!r} must be (name, 'max' or 'min') or None"
         reported = declared_eval_metrics(cls)
         if reported is not None and metric[0] not in reported:

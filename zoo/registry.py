@@ -368,7 +368,7 @@ def clear_cache() -> None:
 
 def changed_plugins(registry: Registry, resolved: dict[str, Any] | None) -> list[str]:
     """Notes on the parts of a saved run (``config.json``'s ``resolved``) whose plugin is now another version
-    or distribution than the run was made with: its results may differ from the run's own."""
+    or distribution than the run was (first) made with: its results may differ from the run's own."""
     notes = []
     for kind in ("model", "loss", "dataset"):
         recorded = (resolved or {}).get(kind)
@@ -377,7 +377,8 @@ def changed_plugins(registry: Registry, resolved: dict[str, Any] | None) -> list
         info = registry.plugins.get(recorded["name"].split(":", 1)[0])
         if info is None or info.status != "ok":
             continue  # resolving the part says what is wrong
-        then = (recorded.get("distribution") or info.distribution, recorded.get("version"))
+        made = recorded.get("first_made_with") if isinstance(recorded.get("first_made_with"), dict) else recorded
+        then = (made.get("distribution") or info.distribution, made.get("version"))
         if then != (info.distribution, info.version):
             notes.append(f"zoo: note: {kind} '{recorded['name']}' now comes from {info.distribution} "
                          f"{info.version}; the run was made with {then[0]} {then[1]}, so results may differ.")

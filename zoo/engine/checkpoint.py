@@ -41,28 +41,29 @@ class CheckpointError(RunError):
         return type(self), (self.folder, self.reason, self.damaged, self.hint)
 
 
-def flatten(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+def flatten(value: Any, tensors: dict[str, torch.Tensor], copy: bool = True) -> Any:
     """Replace tensors in a nested state by placeholders, collecting them in ``tensors``.
 
     Dicts with non-string keys (optimizer state uses ints) and tuples are
-    tagged so :func:`unflatten` restores them exactly.
+    tagged so :func:`unflatten` restores them exactly. ``copy=False`` only checks that the state can be
+    stored (the tensors are collected as they are, not copied to the CPU).
     """
     if isinstance(value, torch.Tensor):
         key = f"t{len(tensors)}"
-        tensors[key] = value.detach().cpu().contiguous().clone()
+        tensors[key] = value.detach().cpu().contiguous().clone() if copy else value
         return {_TENSOR: key}
     if isinstance(value, dict):
         if all(isinstance(k, str) for k in value) and not any(k.startswith("__") for k in value):
-            return {k: flatten(v, tensors) for k, v in value.items()}
-        return {_PAIRS: [[k, flatten(v, tensors)] for k, v in value.items()]}
+            return {k: flatten(v, tensors, copy) for k, v in value.items()}
+        return {_PAIRS: [[k, flatten(v, tensors, copy)] for k, v in value.items()]}
     if isinstance(value, tuple):
-        return {_TUPLE: [flatten(v, tensors) for v in value]}
+        return {_TUPLE: [flatten(v, tensors, copy) for v in value]}
     if isinstance(value, list):
-        return [flatten(v, tensors) for v in value]
+        return [flatten(v, tensors, copy) for v in value]
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if hasattr(value, "tolist"):  # numpy arrays and scalars
-        return flatten(torch.as_tensor(value), tensors)
+        return flatten(torch.as_tensor(value), tensors, copy)
     raise TypeError(f"cannot store a {type(value).__name__} in a checkpoint")
 
 

@@ -94,7 +94,10 @@ class SeededItems(Dataset):
                 item = self.dataset[index]
         except Exception as exc:  # a dataset may fail in any way on a bad file
             return as_bad_item(index, exc)
-        problem = item_problem(self.dataset, item)
+        try:
+            problem = item_problem(self.dataset, item)
+        except Exception as exc:  # image_shape or classes themselves are broken
+            problem = f"its image_shape or classes cannot be read ({type(exc).__name__}: {exc})"
         if problem is not None:
             return BadItem(index, f"dataset '{dataset_name(self.dataset)}' gave a wrong item {index}: {problem}. "
                                   f"The dataset plugin must return what zoo.data describes: fix its __getitem__.",

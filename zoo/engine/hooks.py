@@ -110,7 +110,7 @@ class HookCaller:
                 continue
             try:
                 state = obj.state_dict()
-                flatten(state, {})
+                flatten(state, {}, copy=False)  # what a checkpoint can store, without copying tensors
             except TypeError as exc:
                 if "in a checkpoint" not in str(exc):
                     self.unsaved.append(f"hook '{name}' failed in state_dict: {first_line(exc)}")

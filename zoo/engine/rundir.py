@@ -191,9 +191,11 @@ def _finite_or_null(value: Any) -> Any:
     return value
 
 
-def write_json(path: Path, document: dict[str, Any]) -> None:
-    """Write JSON atomically."""
-    write_text_atomic(path, json_text(document) + "\n")
+def write_json(path: Path, document: dict[str, Any], report: bool = False) -> None:
+    """Write JSON atomically; a ``report`` (figures for people and tools) has null for non-finite numbers, where
+    a record zoo reads back (config.json) keeps every value as it was, infinities included."""
+    text = json_text(document) if report else json.dumps(document, indent=2, default=str)
+    write_text_atomic(path, text + "\n")
 
 
 def _step_of(line: str) -> int | None:

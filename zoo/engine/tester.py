@@ -57,7 +57,7 @@ def evaluate_run(registry: Registry, run_dir: Path, *, step: int | None = None, 
             grid_path = run_dir / "samples" / f"test-step-{step}.png"
             save_image(grid, str(grid_path))
             result["sample_grid"] = str(grid_path)
-        write_json(run_dir / "test-metrics.json", result)
+        write_json(run_dir / "test-metrics.json", result, report=True)
     except OSError as exc:  # the figures still reach the caller; only keeping them failed
         where = f"{exc.filename}: " if exc.filename else ""
         result["not_saved"] = (f"could not save the results in {run_dir} ({where}{exc.strerror or exc}); the "

@@ -50,6 +50,19 @@ def cache_origin(registry: Registry, entry: Any) -> str:
     return f"{described['name']}@{described['version']}"
 
 
+def _keep_first_made_with(before: Any, now: dict[str, Any]) -> None:
+    """On resume, keep the plugin version and distribution a part first trained with where it has changed
+    (``first_made_with``), so later commands still say the run's steps came from two versions."""
+    for kind in ("model", "loss", "dataset"):
+        old, new = (before or {}).get(kind), now.get(kind)
+        if not isinstance(old, dict) or not isinstance(new, dict):
+            continue
+        first = old.get("first_made_with") or {"version": old.get("version"),
+                                                "distribution": old.get("distribution") or new.get("distribution")}
+        if (first["version"], first["distribution"]) != (new.get("version"), new.get("distribution")):
+            new["first_made_with"] = first
+
+
 class Interrupted(ZooError):
     """The run stopped on SIGINT/SIGTERM after saving; exit 130 or 143."""
 
@@ -150,6 +163,7 @@ class Trainer:
         self._agreed_signal = False  # the processes' shared view of _stop_signal (distributed runs)
         self.bad_items = BadItems(config.skip_bad_files)
         self.skipped_nonfinite = 0
+        self._said_no_loss = False  # a step that yielded no loss was said (once a run)
         self._reset_window()
         if self.dist.enabled:
             rng.seed_everything(rng.derive_seed(config.seed, "rank", self.dist.rank))  # own noise per process
@@ -359,6 +373,7 @@ class Trainer:
             document.setdefault("resumed_with", []).append(command_line)
         else:
             document["command_line"] = command_line
+        previous = dict(document)
         plugins = self.plan
         if self.init_report is not None:
             document["init_from"] = self.init_report
@@ -383,6 +398,7 @@ class Trainer:
             },
             "versions": versions(),
         })
+        _keep_first_made_with(previous.get("resolved"), document["resolved"])
         write_json(path, document)
 
     # ------------------------------------------------------------- resuming
@@ -511,6 +527,10 @@ class Trainer:
                     feed = bar = None
                     self._end_epoch()
                 self._periodic()
+                left_out = self._hook_state_left_out()
+                if left_out:  # saved at a step's end, where the run can go on once the hook is fixed
+                    raise PluginError(f"{left_out}; fix the hook or turn it off (--no-hook), then: "
+                                      f"zoo train --resume {self.run_dir}")
             if feed is not None:
                 feed.close()
                 bar.close()
@@ -537,6 +557,9 @@ class Trainer:
                 self.hooks.call("on_train_end", run=self.context, status=status)
             finally:
                 self._restore_signal_handlers(previous)
+        left_out = self._hook_state_left_out()
+        if left_out:  # the run ended (or was stopped) with its steps saved: said, not raised
+            _echo(f"zoo: warning: {left_out.removeprefix('zoo: ')}.")
         if self._stop_signal is not None:
             code = 128 + int(self._stop_signal)
             raise Interrupted(f"zoo: stopped by {signal.Signals(self._stop_signal).name} at step {self.step}; "
@@ -712,30 +735,31 @@ class Trainer:
                     stepped = True
             for key, value in self.recipe.pop_logs().items():
                 add(key, value / len(batches) if len(batches) > 1 else value)
-        if batches and not yielded:  # no update at all: training would silently do nothing
-            raise PluginError(f"model '{self.plan.model.name}': training_step yielded no (optimizer name, loss) "
-                              f"pair; it must yield one for each optimizer it updates.")
+        if batches and not yielded and not self._said_no_loss:  # fine once in a while; always is a bug
+            self._said_no_loss = True
+            _echo(f"zoo: warning: model '{self.plan.model.name}': training_step yielded no (optimizer name, loss) "
+                  f"pair at step {self.step + 1}, so nothing was updated (said once).")
         scaler.update()
         return values
 
     def _check_yielded(self, pair: Any) -> tuple[str, torch.Tensor]:
         """A ``(optimizer name, loss)`` pair from ``training_step``, checked on metadata only (no device sync)."""
         model = f"model '{self.plan.model.name}'"
-        if not isinstance(pair, tuple) or len(pair) != 2:
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
             raise PluginError(f"{model}: training_step must yield (optimizer name, loss) pairs, got "
                               f"{kind_of(pair)}.")
         name, loss = pair
         if not isinstance(name, str) or name not in self.optimizers:
             raise PluginError(f"{model} yielded a loss for optimizer {name!r} but configured only "
                               f"{', '.join(repr(key) for key in self.optimizers)}.")
-        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise PluginError(f"{model}: the loss of optimizer '{name}' must be a scalar tensor, got "
                               f"{kind_of(loss)} (reduce it, e.g. with .mean()).")
         if self.params[name] and not loss.requires_grad:
             raise PluginError(f"{model} yielded a loss for optimizer '{name}' that does not depend on its "
                               f"parameters (no grad_fn): compute it from the networks' outputs, without "
                               f".detach(), .item() or torch.no_grad().")
-        return name, loss
+        return name, loss.reshape(())  # a one-element loss of shape (1,) is logged beside the scalars
 
     # ------------------------------------------------------ bookkeeping
     def _reset_window(self) -> None:
@@ -893,7 +917,6 @@ class Trainer:
             folder = checkpoint.checkpoint_dir(self.run_dir, self.step)
             distributed.barrier(self.dist)  # rank 0 has written it when this returns
             self.hooks.call("on_checkpoint_saved", run=self.context, step=self.step, path=folder)
-            self._check_hook_states()
             return folder
         try:
             folder = checkpoint.save(self.run_dir, self.step, self.recipe.state_dict(), state)
@@ -911,14 +934,13 @@ class Trainer:
         while self.after_first_save:
             self.after_first_save.pop()()
         self.hooks.call("on_checkpoint_saved", run=self.context, step=self.step, path=folder)
-        self._check_hook_states()
         return folder
 
-    def _check_hook_states(self) -> None:
-        """Stop on a hook whose state the checkpoint just saved had to leave out (the steps are kept)."""
-        if self.hooks.unsaved:
-            raise PluginError(f"{self.hooks.unsaved[0]}\nzoo: step {self.step} is saved without that hook's state; "
-                              f"fix the hook or turn it off (--no-hook), then: zoo train --resume {self.run_dir}")
+    def _hook_state_left_out(self) -> str | None:
+        """Why the newest checkpoint holds no state for a hook whose ``state_dict()`` failed, or ``None``."""
+        if not self.hooks.unsaved:
+            return None
+        return f"{self.hooks.unsaved[0]}\nzoo: step {self._last_save_step} is saved without that hook's state"
 
     def _emit_log(self, run: RunContext, step: int, name: str, value: Any) -> None:
         self.hooks.call("on_log", run=run, step=step, name=name, value=value)
