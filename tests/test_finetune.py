@@ -33,6 +33,7 @@ def test_init_from_a_run_with_frozen_layers_trains_and_resumes(zoo_cli, tmp_path
                        "--freeze", "net.conv*", "--run-dir", str(run))
     assert code == 0, err
     assert "froze 4 parameter tensor(s)" in err
+    assert "zoo: --init-from loaded 8 of the model's 8 tensors." in err  # a strict load says so too
     weights, state = newest(run)
     for key in ("net.conv1.weight", "net.conv1.bias", "net.conv2.weight", "net.conv2.bias"):
         assert torch.equal(weights[key], base_weights[key]), key  # frozen: exactly the base run's

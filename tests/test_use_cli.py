@@ -227,6 +227,8 @@ def test_predict_restores_whole_images_at_their_size_unless_asked_to_crop(zoo_cl
     ("predict", "classifier", ["missing.png"], "missing.png does not exist"),
     ("predict", "classifier", ["text.png"], "cannot read image"),
     ("predict", "classifier", ["IMAGE", "--out", "somewhere"], "--out is for image-to-image runs"),
+    ("predict", "classifier", ["IMAGE", "--crop"], "--crop is for image-to-image runs"),
+    ("predict", "i2i", ["IMAGE", "--top-k", "2"], "--top-k is for classifiers"),
     ("sample", "gan", ["--out", "grid.txt"], "no image extension"),
     ("sample", "missing", [], "does not exist"),
     ("predict", "classifier", [""], "an IMAGE argument is an empty path"),

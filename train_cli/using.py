@@ -13,6 +13,7 @@ from zoo.config import check_seed
 from zoo.errors import RunError, UsageError
 
 PREDICT_BATCH = 32
+DEFAULT_TOP_K = 5
 TASK_WORDS = {"generation": "a generative model", "classification": "a classifier",
               "image_to_image": "an image-to-image model"}
 
@@ -55,6 +56,16 @@ def _save(image: Any, path: Path) -> None:
     except (OSError, ValueError, KeyError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         raise RunError(f"cannot write {path} ({reason}); check the folder and the file name.") from None
+
+
+def _refuse_options_of_the_other_task(task: str | None, out: str | None, top_k: int | None, crop: bool) -> None:
+    """Options of the other kind of prediction would be ignored: refuse them, naming what they are for."""
+    if task == "classification" and (out or crop):
+        flag = "--out" if out else "--crop"
+        raise UsageError(f"{flag} is for image-to-image runs; a classifier prints its predictions "
+                         f"(add --json to save them).")
+    if task == "image_to_image" and top_k is not None:
+        raise UsageError("--top-k is for classifiers; an image-to-image run writes restored images (--out DIR).")
 
 
 def _output_name(path: Path) -> str:
@@ -174,8 +185,7 @@ def _expand_images(images: tuple[str, ...]) -> list[Path]:
 @click.option("--run", "run_dir", required=True, type=click.Path(), help="A run folder of a classifier or an "
               "image-to-image model.")
 @click.argument("images", nargs=-1, required=True, metavar="IMAGES...")
-@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
-              help="Classes to show per image (classifiers).")
+@click.option("--top-k", type=click.IntRange(min=1), help="Classes to show per image (classifiers; default 5).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--out", type=click.Path(file_okay=False),
               help="Folder for restored images, PNG files named after the inputs (image-to-image; default RUN/predictions).")
@@ -184,8 +194,8 @@ def _expand_images(images: tuple[str, ...]) -> list[Path]:
 @click.option("--crop", is_flag=True, help="Resize and centre-crop to the training size even where the model "
               "restores whole images.")
 @click.pass_obj
-def predict_command(ctx, run_dir: str, images: tuple[str, ...], top_k: int, as_json: bool, out: str | None,
-                    step: int | None, device: str, crop: bool) -> None:
+def predict_command(ctx, run_dir: str, images: tuple[str, ...], top_k: int | None, as_json: bool,
+                    out: str | None, step: int | None, device: str, crop: bool) -> None:
     """Classify images (top-k classes) or restore them (image-to-image), with the run's own preprocessing."""
     no_empty_paths(run=run_dir, out=out)
     if any(not image.strip() for image in images):
@@ -198,9 +208,7 @@ def predict_command(ctx, run_dir: str, images: tuple[str, ...], top_k: int, as_j
         if not path.is_file():
             reason = "does not exist" if not path.exists() else "is not a file"
             raise UsageError(f"image {path} {reason}; pass image files (png, jpg, ...).")
-    if out and task == "classification":
-        raise UsageError("--out is for image-to-image runs; a classifier prints its predictions "
-                         "(add --json to save them).")
+    _refuse_options_of_the_other_task(task, out, top_k, crop)
     import torch
 
     from zoo.api import load_run, to_image
@@ -208,6 +216,7 @@ def predict_command(ctx, run_dir: str, images: tuple[str, ...], top_k: int, as_j
 
     run = load_run(run_path, step=step, device=device, registry=ctx.registry())
     _refuse_predict(run_path, run.task)
+    _refuse_options_of_the_other_task(run.task, out, top_k, crop)
     if run.task == "image_to_image":
         folder = Path(out) if out else run_path / "predictions"
         names = [_output_name(p) for p in paths]
@@ -218,9 +227,6 @@ def predict_command(ctx, run_dir: str, images: tuple[str, ...], top_k: int, as_j
         clash = next((p for p in paths if (folder / _output_name(p)).resolve() == p.resolve()), None)
         if clash is not None:
             raise UsageError(f"writing to {folder} would overwrite the input {clash}; pass another --out DIR.")
-    elif out:
-        raise UsageError("--out is for image-to-image runs; a classifier prints its predictions "
-                         "(add --json to save them).")
     results: list[dict[str, Any]] = []
     whole = run.task == "image_to_image" and run.recipe.any_image_size and not crop
     per_batch = 1 if whole else PREDICT_BATCH  # whole images differ in size
@@ -237,7 +243,7 @@ def predict_command(ctx, run_dir: str, images: tuple[str, ...], top_k: int, as_j
                     click.echo(f"{path} -> {target}")
         else:
             probabilities = torch.softmax(outputs.flatten(1), dim=1)
-            k = min(top_k, probabilities.shape[1])
+            k = min(top_k or DEFAULT_TOP_K, probabilities.shape[1])
             values, indices = probabilities.topk(k, dim=1)
             for path, row_p, row_i in zip(chunk, values.tolist(), indices.tolist()):
                 top = [{"class": run.classes[i] if run.classes and i < len(run.classes) else str(i),

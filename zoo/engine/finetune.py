@@ -100,12 +100,12 @@ def freeze(recipe: nn.Module, patterns: list[str]) -> list[str]:
 
 
 def describe_fit(report: dict[str, Any]) -> list[str]:
-    """Lines that list the keys --no-strict left out and say how many of the model's tensors were loaded."""
+    """Lines that list the keys --no-strict left out, then one that says how many of the model's tensors were
+    loaded (strict loads say so too: the log shows the run started from given weights)."""
     lines = [f"zoo: --init-from {label}: {', '.join(keys)}" for label, keys in
              (("missing keys (kept as initialised)", report["missing"]), ("unexpected keys (ignored)",
               report["unexpected"]), ("other shapes (kept as initialised)", report["mismatched"])) if keys]
-    if lines:
-        rest = "; the rest start as initialised" if report["loaded"] < report["model_tensors"] else ""
-        lines.append(f"zoo: --init-from loaded {report['loaded']} of the model's {report['model_tensors']} "
-                     f"tensors{rest}.")
+    rest = "; the rest start as initialised" if report["loaded"] < report["model_tensors"] else ""
+    lines.append(f"zoo: --init-from loaded {report['loaded']} of the model's {report['model_tensors']} "
+                 f"tensors{rest}.")
     return lines
