@@ -34,6 +34,8 @@ FLAWED_PLUGIN = """
             image, target = super().__getitem__(index)
             if self.at not in (-1, index):
                 return image, target
+            if self.flaw == "raise":
+                raise RuntimeError(f"cannot draw item {index}")
             if self.flaw == "crop":
                 image = image[:, :, :-1]
             elif self.flaw == "label":
@@ -130,6 +132,15 @@ def test_a_dataset_giving_wrong_shapes_is_named_in_one_line(run_zoo, flawed_site
     assert "its input has shape (1, 28, 27), but its image_shape is (1, 28, 28)" in lines[0]  # as mnist_net asked
     assert "fix its __getitem__" in lines[0]
     assert lines[1] == f"zoo: no step was done; fix the dataset plugin and start again (--overwrite to reuse {run})."
+
+
+def test_an_exception_of_a_dataset_names_the_dataset(run_zoo, flawed_site, tmp_path):
+    done = run_zoo("train", "--model", "mnist_net", "--dataset", "flawed", "--dataset-opt", "flaw=raise",
+                   "--dataset-opt", "at=5", *TINY, "--max-steps", "20", "--run-dir", str(tmp_path / "run"),
+                   env={"PYTHONPATH": str(flawed_site)})
+    assert done.returncode == 1
+    assert error_lines(done.stderr)[0].startswith("zoo: error: dataset 'flawed' sample 5: RuntimeError: cannot "
+                                                  "draw item 5; or pass --skip-bad-files")
 
 
 def test_a_label_out_of_range_mid_run_saves_the_steps_done_and_is_not_skipped(run_zoo, flawed_site, tmp_path):

@@ -70,11 +70,13 @@ class BadItem:
     dataset_bug: bool = False  # the item breaks the dataset contract: no --skip-bad-files can help
 
 
-def as_bad_item(index: int, exc: Exception) -> BadItem:
-    """A failure to load sample ``index`` as a value: a zoo error's first line, else the exception named."""
+def as_bad_item(index: int, exc: Exception, dataset: str | None = None) -> BadItem:
+    """A failure to load sample ``index`` as a value: a zoo error's first line, else the exception named
+    (with the dataset's name when given: a plugin's own exception may not name its file)."""
     if isinstance(exc, ZooError):
         return BadItem(index, str(exc).splitlines()[0])
-    return BadItem(index, f"sample {index}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    where = f"dataset '{dataset}' sample {index}" if dataset else f"sample {index}"
+    return BadItem(index, f"{where}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
 
 
 class SeededItems(Dataset):
@@ -93,7 +95,7 @@ class SeededItems(Dataset):
             with seeded_item(seed):
                 item = self.dataset[index]
         except Exception as exc:  # a dataset may fail in any way on a bad file
-            return as_bad_item(index, exc)
+            return as_bad_item(index, exc, dataset_name(self.dataset))
         try:
             problem = item_problem(self.dataset, item)
         except Exception as exc:  # image_shape or classes themselves are broken
