@@ -204,6 +204,8 @@ def test_non_finite_loss_stops_with_step_and_no_bad_checkpoint(registry, tmp_pat
     with pytest.raises(RunError, match="step") as failed:
         trainer.fit()
     assert "nan" in str(failed.value).lower()
+    assert str(failed.value).endswith("Lower --lr, add --clip-grad 1.0 or skip such steps with --skip-nonfinite "
+                                      "(a bad sample, say).")  # not --precision 32: the run has it already
     for _, folder in checkpoint.list_steps(tmp_path / "run"):
         weights = load_file(str(folder / "model.safetensors"))
         assert all(torch.isfinite(t).all() for t in weights.values()), folder

@@ -408,3 +408,30 @@ def test_a_loss_with_bound_weights_keeps_them_whatever_a_run_recorded(hub):
     bound = Entry("loss", "vgg_random", "plugins.losses:PerceptualLoss", "", "acme", bound=(("weights", "random"),))
     loss = build_loss(bound, {}, "imagenet:/nowhere/vgg19.pth")
     assert loss.weights_source == "random(seed=0)"
+
+
+@pytest.mark.parametrize("answer", [None, {"weight": "random"}])
+def test_an_options_for_weights_that_breaks_its_contract_is_the_plugin_s_fault(answer, tmp_path, monkeypatch):
+    from zoo.build import build_loss
+    from zoo.errors import PluginError
+    from zoo.registry import Entry
+
+    (tmp_path / "odd_weights_loss.py").write_text(
+        "from plugins.losses import MSELoss\n\n"
+        "class OddWeights(MSELoss):\n"
+        "    def __init__(self, weights: str = 'auto'):\n"
+        "        super().__init__()\n\n"
+        f"    options_for_weights = staticmethod(lambda source: {answer!r})\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    entry = Entry("loss", "odd", "odd_weights_loss:OddWeights", "", "acme")
+    assert build_loss(entry, {}) is not None  # a new run: nothing recorded
+    with pytest.raises(PluginError, match=r"^loss 'acme:odd': options_for_weights\('mystery'\) must return a dict "
+                                          r"of its options \(weights; \{\} for a source it does not know\)"):
+        build_loss(entry, {}, "mystery")
+
+
+def test_recorded_weights_that_are_gone_say_they_were_recorded(hub, tmp_path):
+    from zoo.build import build_loss
+    with pytest.raises(UsageError, match=r"\(the weights the run recorded: file:/nowhere/vgg.pth, in its "
+                                         r"config.json\)\.$"):
+        build_loss(perceptual_entry(), {}, "file:/nowhere/vgg.pth")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from torchvision.transforms.v2.functional import pil_to_tensor
@@ -187,15 +188,36 @@ def test_predictor_picks_predict_then_forward_then_the_only_network():
     assert predictor(_TwoNets()) is None
 
 
-def test_no_grid_when_the_model_cannot_say_what_to_run_or_changes_the_shape():
+def test_no_grid_when_the_model_cannot_say_what_to_run_or_gives_no_images():
     batch = (torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 4, 4))
     assert pictures.restoration_grid(_TwoNets(), batch, torch.device("cpu")) is None
 
-    class Shrinks(_TwoNets):
+    class Flattens(_TwoNets):
         def predict(self, inputs):
-            return inputs[..., :2, :2]
+            return inputs.flatten(1)
 
-    assert pictures.restoration_grid(Shrinks(), batch, torch.device("cpu")) is None
+    assert pictures.restoration_grid(Flattens(), batch, torch.device("cpu")) is None
+
+
+def test_a_colouriser_s_and_an_upscaler_s_rows_are_shown_at_the_targets_size_and_colour():
+    """Grey 8x8 inputs, colour 16x16 outputs and targets: every row in colour at 16x16, inputs as their pixels."""
+
+    class Upscales(_TwoNets):
+        def predict(self, inputs):
+            return F.interpolate(inputs, scale_factor=2, mode="nearest").expand(-1, 3, -1, -1) * 0 + 0.5
+
+    inputs = torch.linspace(-1, 1, 2 * 64).reshape(2, 1, 8, 8)
+    targets = -torch.ones(2, 3, 16, 16)
+    grid = pictures.restoration_grid(Upscales(), (inputs, targets), torch.device("cpu"))
+    assert grid is not None and grid.shape[0] == 3
+    pad = 2  # image_grid's padding
+    first_input = grid[:, pad:pad + 16, pad:pad + 16]
+    expected = ((F.interpolate(inputs[:1], size=(16, 16), mode="nearest") + 1) / 2).expand(1, 3, -1, -1)[0]
+    assert torch.allclose(first_input, expected)
+    first_output = grid[:, 16 + 2 * pad:2 * 16 + 2 * pad, pad:pad + 16]
+    assert torch.allclose(first_output, torch.full_like(first_output, 0.75))
+    first_target = grid[:, 2 * 16 + 3 * pad:3 * 16 + 3 * pad, pad:pad + 16]
+    assert torch.equal(first_target, torch.zeros_like(first_target))
 
 
 def test_a_grid_that_cannot_be_drawn_is_given_up_in_one_line_and_training_goes_on():
@@ -210,7 +232,7 @@ def test_a_grid_that_cannot_be_drawn_is_given_up_in_one_line_and_training_goes_o
                               say=said.append)
     assert shown.grid() is None and shown.grid() is None
     assert said == ["zoo: no grid of test images for this run (RuntimeError: expected a dict batch); "
-                    "training goes on."]
+                    "going on without it."]
 
 
 @pytest.mark.parametrize("item", [

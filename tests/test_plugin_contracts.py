@@ -81,8 +81,8 @@ def test_a_right_item_has_no_problem(classes_split):
 @pytest.mark.parametrize("flaw, words", [
     (lambda image, label: (image[:, :, :-1], label), "its input has shape (3, 32, 31), but its image_shape is (3, 32, 32)"),
     (lambda image, label: (image[:1], label), "its input has shape (1, 32, 32)"),
-    (lambda image, label: ((image * 100).to(torch.uint8), label), "input must be a float image tensor, got uint8 tensor"),
-    (lambda image, label: (image.numpy(), label), "input must be a float image tensor, got ndarray"),
+    (lambda image, label: ((image * 100).to(torch.uint8), label), "input must be a float32 image tensor, got uint8 tensor"),
+    (lambda image, label: (image.numpy(), label), "input must be a float32 image tensor, got ndarray"),
     (lambda image, label: (image, 4), "its label is 4, outside 0..3 (4 classes)"),
     (lambda image, label: (image, -1), "its label is -1, outside 0..3"),
     (lambda image, label: (image, float(label)), "its label must be an int, got float"),
@@ -257,12 +257,23 @@ PARTS_PLUGIN = """
                 raise RuntimeError("state exploded")
             return {"handle": object()}
 
+        def load_state_dict(self, state):
+            pass
+
+    class NoLoad:
+        @hookimpl
+        def on_train_start(self, run):
+            pass
+
+        def state_dict(self):
+            return {"n": 1}
+
     @hookimpl
     def zoo_register(registry):
         registry.model("flawed_net", "parts_zoo_plugin:FlawedNet", "mnist_net with flaws")
         registry.loss("flawed_loss", "parts_zoo_plugin:FlawedLoss", "cross entropy with flaws")
         for name, target in (("unmarked", "Unmarked"), ("misspelt", "Misspelt"), ("logger", "Logger"),
-                             ("log_breaker", "LogBreaker"), ("bad_state", "BadState")):
+                             ("log_breaker", "LogBreaker"), ("bad_state", "BadState"), ("no_load", "NoLoad")):
             registry.hook(name, f"parts_zoo_plugin:{target}", "a hook with a flaw")
 """
 
@@ -304,6 +315,8 @@ def train_with_flaw(run_zoo, site, tmp_path, *args: str) -> tuple[int, list[str]
                              "call it"),
     (["--hook", "misspelt"], "hook 'parts:misspelt': on_step_ends is marked @zoo.hookimpl but zoo has no such "
                              "hook; name it after one of: on_train_start, on_step_end"),
+    (["--hook", "no_load"], "hook 'parts:no_load' has state_dict() but no load_state_dict(): its state could not "
+                            "come back on resume; define both (or neither)."),
     (["--hook", "logger", "--hook", "log_breaker", "--log-every", "1"],
      "zoo: error: hook 'parts:log_breaker' failed in on_log: RuntimeError: on_log exploded"),
 ])
@@ -322,7 +335,8 @@ def test_what_backward_takes_is_taken(run_zoo, parts_site, tmp_path, args):
 
 def test_a_step_that_yields_no_loss_is_said_once_and_not_refused(run_zoo, parts_site, tmp_path):
     done = run_zoo("train", "--model", "flawed_net", "--model-opt", "flaw=nothing", *TINY, "--max-steps", "3",
-                   "--dataset-opt", "train_count=16", "--run-dir", str(tmp_path / "run"),
+                   "--dataset-opt", "train_count=16", "--dataset-opt", "test_count=8",
+                   "--run-dir", str(tmp_path / "run"),
                    env={"PYTHONPATH": str(parts_site)})
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("training_step yielded no (optimizer name, loss) pair at step 1, so nothing was "
@@ -348,7 +362,8 @@ def test_a_hook_state_a_checkpoint_cannot_hold_is_named_after_the_steps_are_save
 
 def test_a_hook_state_left_out_of_the_last_save_is_a_warning_not_a_failure(run_zoo, parts_site, tmp_path):
     done = run_zoo("train", "--model", "flawed_net", *TINY, "--max-steps", "1", "--dataset-opt", "train_count=16",
-                   "--hook", "bad_state", "--run-dir", str(tmp_path / "run"), env={"PYTHONPATH": str(parts_site)})
+                   "--dataset-opt", "test_count=8", "--hook", "bad_state", "--run-dir", str(tmp_path / "run"),
+                   env={"PYTHONPATH": str(parts_site)})
     assert done.returncode == 0, done.stderr
     assert ("zoo: warning: hook 'parts:bad_state' failed in state_dict: RuntimeError: state exploded\n"
             "zoo: step 1 is saved without that hook's state.") in done.stderr
@@ -426,3 +441,56 @@ def test_a_required_option_left_out_names_the_flag_to_pass():
                                   "--model-opt beta=VALUE.")
     with pytest.raises(UsageError, match=r"hook 'odd' needs option gamma: pass --hook-opt odd.gamma=VALUE\.$"):
         missing_required("hook 'odd'", untyped, ["beta"], "--hook-opt odd.")
+
+
+def test_info_flags_hook_methods_that_would_never_be_called(run_zoo, parts_site):
+    done = run_zoo("info", "unmarked", env={"PYTHONPATH": str(parts_site)})
+    assert done.returncode == 0, done.stderr
+    assert "  implements: nothing" in done.stdout
+    assert "  not marked @zoo.hookimpl (never called; a run refuses it): on_step_end" in done.stdout
+
+
+SHAPELESS = """
+    from plugins.datasets.shapes import ShapesDataset
+    from zoo.data import ZooDataset
+
+    class NoShape(ZooDataset):
+        tasks = ("classification",)
+        needs_data = reads_data = False
+
+        def __init__(self, split, *, task, data=None, image_size=None, channels=None):
+            super().__init__(split, task=task, data=data, image_size=image_size, channels=channels)
+
+    class KeepsItsChannels(ShapesDataset):
+        def __init__(self, split, *, task, data=None, image_size=None, channels=None):
+            super().__init__(split, task=task, data=data, image_size=image_size, channels=None, train_count=4)
+"""
+
+
+@pytest.mark.parametrize("target, channels, words", [
+    ("NoShape", None, "dataset 'odd:odd' must set image_shape to its items' (C, H, W) in __init__, got None"),
+    ("KeepsItsChannels", 1, "dataset 'odd:odd' was asked for channels=1, image_size=28 but its image_shape is "
+                            "(3, 28, 28): it must convert and resize its images to what it is given"),
+])
+def test_a_dataset_that_does_not_say_or_keep_its_shape_is_named(tmp_path, monkeypatch, target, channels, words):
+    from zoo.build import build_dataset
+    from zoo.errors import PluginError
+    from zoo.registry import Entry
+
+    (tmp_path / "shapeless_zoo_plugin.py").write_text(textwrap.dedent(SHAPELESS))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    entry = Entry("dataset", "odd", f"shapeless_zoo_plugin:{target}", "", "odd")
+    with pytest.raises(PluginError) as refused:
+        build_dataset(entry, "train", task="classification", data=None, options={}, channels=channels,
+                      image_size=28 if channels else None)
+    assert str(refused.value).startswith(words)
+
+
+def test_items_of_a_batch_that_cannot_be_stacked_are_named_as_a_dataset_bug():
+    from zoo.engine.feed import BadItems, WrongItemError, collate_items
+    batch, bad = collate_items([(torch.zeros(3, 4, 4), torch.zeros(3, 4, 4)), (torch.zeros(3, 4, 4),
+                                                                                torch.zeros(3, 5, 5))])
+    assert batch is None and bad[0].dataset_bug
+    with pytest.raises(WrongItemError, match=r"the dataset's items of one batch cannot be stacked \(RuntimeError: "
+                                             r"stack expects each tensor to be equal size"):
+        BadItems(skip=True).check(bad)

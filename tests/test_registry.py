@@ -261,6 +261,8 @@ def test_entries_fnmatch_and_natural_sort(discover_with):
     assert [e.name for e in registry.entries("model", ["torchvision:tv_vgg1?"])] == [
         "tv_vgg11", "tv_vgg13", "tv_vgg16", "tv_vgg19"]
     assert registry.entries("loss", ["tv_*"]) == []
+    assert registry.entries("model", ["b*"]) == []  # a bare pattern is not matched against 'builtin:...'
+    assert {e.plugin for e in registry.entries("model", ["torch*:*"])} == {"torchvision"}
     assert zreg.natural_key("resnet18") < zreg.natural_key("resnet101")
 
 

@@ -77,10 +77,14 @@ def describe(registry: Registry, entry: Entry) -> str:
         lines += _options_block(cls, build.DATASET_RESERVED + bound)
     else:
         cls = entry.load()
-        hooks = [name for name in dir(cls) if name.startswith("on_") and callable(getattr(cls, name))]
+        methods = [name for name in dir(cls) if name.startswith("on_") and callable(getattr(cls, name))]
+        hooks = [name for name in methods if hasattr(getattr(cls, name), "zoo_impl")]
         switch = (f"yes (turn off with --no-hook {entry.name})" if entry.default
                   else f"no (turn on with --hook {entry.name})")
         lines += [f"  on by default: {switch}", f"  implements: {', '.join(hooks) or 'nothing'}"]
+        unmarked = [name for name in methods if name not in hooks]
+        if unmarked:
+            lines.append(f"  not marked @zoo.hookimpl (never called; a run refuses it): {', '.join(unmarked)}")
         lines += _options_block(cls, bound)
         if option_specs(cls):
             lines.append(f"  set with: --hook-opt {entry.name}.KEY=VALUE")

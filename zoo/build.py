@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import numbers
 import re
 from typing import Any, Iterator, Sequence
 
 from zoo.config import same_part_name
-from zoo.errors import AmbiguousNameError, PluginError, RunError, UsageError, kind_of
-from zoo.options import missing_required, parse_options
+from zoo.errors import AmbiguousNameError, PluginError, RunError, UsageError, ZooError, kind_of
+from zoo.options import missing_required, option_specs, parse_options
 from zoo.registry import Entry, Registry
 
 DATASET_RESERVED = ("split", "task", "data", "image_size", "channels")
@@ -153,7 +154,24 @@ def build_dataset(entry: Entry, split: str, *, task: str, data: str | None, opti
         raise UsageError(f"dataset '{entry.name}' rejected its options: {exc}") from None
     with contextlib.suppress(AttributeError):  # errors about its items name it (zoo.data.dataset_name)
         dataset.zoo_name = entry.name
+    _check_image_shape(entry, dataset, channels, image_size)
     return dataset
+
+
+def _check_image_shape(entry: Entry, dataset: Any, channels: int | None, image_size: int | None) -> None:
+    """A dataset must say its items' shape, and give the channels and size a model asked for: else the model
+    would fail deep in torch on the first batch."""
+    shape = getattr(dataset, "image_shape", None)
+    if not (isinstance(shape, (tuple, list)) and len(shape) == 3
+            and all(isinstance(v, numbers.Integral) and v > 0 for v in shape)):
+        raise PluginError(f"dataset '{entry.qualified_name}' must set image_shape to its items' (C, H, W) in "
+                          f"__init__, got {shape!r}; fix or disable plugin '{entry.plugin}'.")
+    if (channels is not None and shape[0] != channels) or (image_size is not None and shape[1] != image_size):
+        asked = ", ".join(part for part in (f"channels={channels}" if channels is not None else "",
+                                            f"image_size={image_size}" if image_size is not None else "") if part)
+        raise PluginError(f"dataset '{entry.qualified_name}' was asked for {asked} but its image_shape is "
+                          f"{tuple(shape)}: it must convert and resize its images to what it is given; fix or "
+                          f"disable plugin '{entry.plugin}'.")
 
 
 def build_recipe(entry: Entry, options: dict[str, Any], shape: tuple[int, int, int] | None = None,
@@ -247,17 +265,36 @@ def build_loss(entry: Entry | None, options: dict[str, Any], recorded_weights: s
             raise UsageError("--loss-opt was given but the run has no --loss.")
         return None
     cls = load_loss_class(entry)
-    if recorded_weights and callable(getattr(cls, "options_for_weights", None)):
-        pinned = cls.options_for_weights(recorded_weights)
-        options = {**options, **{key: value for key, value in pinned.items() if key not in entry.bound_options}}
+    pinned = _recorded_weight_options(entry, cls, recorded_weights) if recorded_weights else {}
+    options = {**options, **pinned}
     parsed = parse_options(f"loss '{entry.name}'", cls, options, exclude=tuple(entry.bound_options))
     missing_required(f"loss '{entry.name}'", cls, [*parsed, *entry.bound_options], "--loss-opt ")
     try:
         loss = cls(**entry.bound_options, **parsed)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"loss '{entry.name}' rejected its options: {exc}") from None
+    except ZooError as exc:
+        if not pinned:
+            raise
+        said = (UsageError if isinstance(exc, UsageError) else RunError)
+        raise said(f"{str(exc).rstrip('.')} (the weights the run recorded: {recorded_weights}, in its config.json).") \
+            from None
     loss.register_forward_hook(ScalarLossCheck(entry.name))  # a loss class is an nn.Module (load_loss_class)
     return loss
+
+
+def _recorded_weight_options(entry: Entry, cls: type, recorded: str) -> dict[str, Any]:
+    """The options with which a loss loads again the weights a run recorded (its ``options_for_weights``)."""
+    method = getattr(cls, "options_for_weights", None)
+    if not callable(method):
+        return {}
+    pinned = method(recorded)
+    known = {spec.name for spec in option_specs(cls)}
+    if not isinstance(pinned, dict) or not all(isinstance(key, str) and key in known for key in pinned):
+        raise PluginError(f"loss '{entry.qualified_name}': options_for_weights({recorded!r}) must return a dict of "
+                          f"its options ({', '.join(sorted(known)) or 'none'}; {{}} for a source it does not know), "
+                          f"got {pinned!r}; fix or disable plugin '{entry.plugin}'.")
+    return {key: value for key, value in pinned.items() if key not in entry.bound_options}
 
 
 class ScalarLossCheck:

@@ -100,8 +100,8 @@ def item_problem(dataset: Dataset, item: object) -> str | None:
     shape = getattr(dataset, "image_shape", None)
     shape = tuple(shape) if shape is not None else None
     image = item[0]
-    if not isinstance(image, torch.Tensor) or not image.is_floating_point():
-        return f"its input must be a float image tensor, got {kind_of(image)}"
+    if not isinstance(image, torch.Tensor) or image.dtype != torch.float32:  # what models' weights are
+        return f"its input must be a float32 image tensor, got {kind_of(image)}"
     if shape is not None and tuple(image.shape) != shape:
         return f"its input has shape {tuple(image.shape)}, but its image_shape is {shape}"
     if task == "image_to_image":  # the target's shape is the dataset's own (colourising, upscaling...)

@@ -155,10 +155,9 @@ class Registry:
         """Entries of one kind (or all), filtered by fnmatch patterns, naturally sorted."""
         patterns = list(patterns)
         found = [e for e in self._entries if kind is None or e.kind == kind]
-        if patterns:
+        if patterns:  # a pattern with ':' matches plugin:name, one without it the bare name only
             found = [e for e in found
-                     if any(fnmatch.fnmatchcase(e.name, p) or fnmatch.fnmatchcase(e.qualified_name, p)
-                            for p in patterns)]
+                     if any(fnmatch.fnmatchcase(e.qualified_name if ":" in p else e.name, p) for p in patterns)]
         return sorted(found, key=lambda e: (KINDS.index(e.kind), natural_key(e.name), e.plugin))
 
     def names(self, kind: str) -> list[str]:

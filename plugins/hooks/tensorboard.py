@@ -17,7 +17,11 @@ class TensorboardHook:
     def on_train_start(self, run):
         if run.rank != 0:  # one writer per run: rank 0 of a distributed run
             return
+        import logging
+
         from tensorboardX import SummaryWriter
+        # a non-finite value is written as it is (the engine itself says so): no stray unprefixed line for it
+        logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
         # resumed: TensorBoard drops what the first part logged after its checkpoint (logged again now)
         purge = run.step + 1 if run.step > 0 else None
         self.writer = SummaryWriter(logdir=str(run.run_dir / "tensorboard"), flush_secs=30, purge_step=purge)

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from zoo.data import dataset_name, item_problem, seeded_item
 from zoo.engine.rng import derive_seed
-from zoo.errors import PluginError, RunError, ZooError
+from zoo.errors import PluginError, RunError, ZooError, first_line
 
 
 class EpochOrder(Sampler):
@@ -114,7 +114,14 @@ def collate_items(items: list[Any]) -> tuple[Any, list[BadItem]]:
     """Collate the good samples of a batch; return them with the bad ones (``None`` if none was good)."""
     good = [item for item in items if not isinstance(item, BadItem)]
     bad = [item for item in items if isinstance(item, BadItem)]
-    return (default_collate(good) if good else None), bad
+    if not good:
+        return None, bad
+    try:
+        return default_collate(good), bad
+    except (RuntimeError, TypeError) as exc:  # items that passed their checks but differ from one another
+        return None, bad + [BadItem(-1, f"the dataset's items of one batch cannot be stacked ({first_line(exc)}): "
+                                        f"every item must have the same shapes and types; fix the dataset "
+                                        f"plugin's __getitem__.", dataset_bug=True)]
 
 
 class BadSampleError(RunError):

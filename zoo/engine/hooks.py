@@ -92,6 +92,11 @@ class HookCaller:
                 raise PluginError(f"hook '{entry.qualified_name}' does not match zoo's hookspecs: "
                                   f"{validation_detail(exc)}; fix or disable plugin '{entry.plugin}'.") from None
             _check_marked(entry, obj)
+            if hasattr(obj, "state_dict") != hasattr(obj, "load_state_dict"):
+                has, lacks = ("state_dict", "load_state_dict") if hasattr(obj, "state_dict") else \
+                    ("load_state_dict", "state_dict")
+                raise PluginError(f"hook '{entry.qualified_name}' has {has}() but no {lacks}(): its state could not "
+                                  f"come back on resume; define both (or neither).")
         self.names = [entry.qualified_name for entry, _ in hooks]
         self.objects = {entry.qualified_name: obj for entry, obj in hooks}
         self.unsaved: list[str] = []  # why the last state() left a hook's state out

@@ -112,12 +112,25 @@ def restoration_grid(recipe: Recipe, batch: Any, device: torch.device,
                      autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> torch.Tensor | None:
     """Three rows: the inputs, the model's outputs, the targets; ``None`` if the model has no single prediction."""
     inputs, targets = batch
-    if not _images(inputs):
+    if not (_images(inputs) and _images(targets)):
         return None
     outputs = _predicted(recipe, inputs, device, autocast)
-    if outputs is None or outputs.shape != targets.shape:  # not images of the targets' shape: nothing to compare
+    if not _images(outputs) or len(outputs) != len(targets):  # not one image per target: nothing to compare
         return None
-    return image_grid(torch.cat([inputs.float(), outputs, targets.float()]), len(inputs))
+    rows = [inputs.float(), outputs.float(), targets.float()]
+    channels = max(row.shape[1] for row in rows)  # grey rows beside colour ones are shown in colour
+    rows = [_shown_as(row, channels, tuple(targets.shape[2:])) for row in rows]
+    return image_grid(torch.cat(rows), len(inputs))
+
+
+def _shown_as(images: torch.Tensor, channels: int, size: tuple[int, int]) -> torch.Tensor:
+    """Images at ``channels`` and the targets' ``size`` (a colouriser's grey inputs, an upscaler's small ones);
+    nearest-neighbour resizing, so an upscaler's input shows its own pixels."""
+    if images.shape[1] != channels:
+        images = images.expand(-1, channels, -1, -1)
+    if tuple(images.shape[2:]) != size:
+        images = F.interpolate(images, size=size, mode="nearest")
+    return images
 
 
 def classified_grid(recipe: Recipe, batch: Any, device: torch.device,
@@ -175,5 +188,5 @@ class Pictures:
             raise  # the device is full: training would fail next, and should say so itself
         except Exception as exc:  # a picture is not worth a run: say why once, draw no more
             self._given_up = True
-            self.say(f"zoo: no grid of test images for this run ({first_line(exc)}); training goes on.")
+            self.say(f"zoo: no grid of test images for this run ({first_line(exc)}); going on without it.")
             return None

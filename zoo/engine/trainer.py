@@ -596,6 +596,18 @@ class Trainer:
                 return f"zoo: and saving step {self.step} failed too: {first_line(exc)}"
         return f"zoo: step {self.step} is saved; {fix} and resume{go_on or ' (' + resume + ')'}"
 
+    def _nonfinite_fixes(self) -> str:
+        """What may keep a loss finite, for this run's settings (not a setting it already has)."""
+        fixes = ["lower --lr"]
+        if self.config.clip_grad is None:
+            fixes.append("add --clip-grad 1.0")
+        if self.speed.precision != "32":
+            fixes.append("use --precision 32")
+        if not self.config.skip_nonfinite:
+            fixes.append("skip such steps with --skip-nonfinite (a bad sample, say)")
+        text = ", ".join(fixes[:-1]) + f" or {fixes[-1]}" if len(fixes) > 1 else fixes[0]
+        return text[0].upper() + text[1:] + "."
+
     def _nonfinite_anywhere(self, loss: torch.Tensor) -> bool:
         """True when this loss is not finite here or, when distributed, on any process."""
         bad = not bool(torch.isfinite(loss.detach()))
@@ -790,7 +802,7 @@ class Trainer:
         for name, value in losses.items():
             if not math.isfinite(value):
                 raise RunError(f"loss '{name}' is {value} at step {self.step}; no checkpoint was written for it. "
-                               f"Lower --lr, add --clip-grad 1.0, or use --precision 32.")
+                               f"{self._nonfinite_fixes()}")
         elapsed = max(time.perf_counter() - self._window_start, 1e-9)
         efficiency = max(0.0, 1.0 - self._window_wait / elapsed)
         scalars = dict(losses)
@@ -886,7 +898,7 @@ class Trainer:
             finite = finite & torch.isfinite(torch.stack(pending)).all().to(finite.device)
         if not bool(finite):
             raise RunError(f"non-finite loss or weights at step {self.step}; no checkpoint was written. "
-                           f"Lower --lr, add --clip-grad 1.0, or use --precision 32.")
+                           f"{self._nonfinite_fixes()}")
 
     def save(self) -> Path:
         """Write the checkpoint of the current step atomically and prune old ones."""
