@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import pickle
 import shutil
 import struct
@@ -582,6 +583,34 @@ def test_glob_patches_train_crops_vary_with_the_seed(photos):
         torch.manual_seed(seed)
         patches.add(tuple(train[0][1].flatten().tolist()))
     assert len(patches) > 1
+
+
+def test_a_relative_target_glob_is_kept_absolute_so_the_run_is_tested_from_anywhere(tmp_path, photos, zoo_cli,
+                                                                                   monkeypatch):
+    shutil.copytree(photos, tmp_path / "clean")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = zoo_cli("train", "--model", "resnet_i2i", "--model-opt", "ngf=8", "--model-opt", "blocks=1",
+                           "--dataset", "glob_patches", "--data", "photos/*.png", "--dataset-opt", "patch_size=16",
+                           "--dataset-opt", "target=clean/*.png", "--device", "cpu", "--batch-size", "4",
+                           "--max-steps", "1", "--run-dir", "run")
+    assert code == 0, err
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
+    assert saved["dataset_opt"]["target"] == str(tmp_path / "clean" / "*.png")
+    assert saved["data"] == str(tmp_path / "photos" / "*.png")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, _, err = zoo_cli("test", "--run", str(tmp_path / "run"), "--device", "cpu")
+    assert code == 0, err
+
+
+def test_patches_smaller_than_the_model_takes_are_refused_naming_both(photos, zoo_cli, tmp_path):
+    code, _, err = zoo_cli("train", "--model", "resnet_i2i", "--model-opt", "ngf=8", "--model-opt", "blocks=1",
+                           "--dataset", "glob_patches", "--data", str(photos / "*.png"), "--dataset-opt",
+                           "patch_size=3", "--device", "cpu", "--max-steps", "1", "--run-dir", str(tmp_path / "run"))
+    assert code == 2
+    assert ("zoo: error: dataset 'glob_patches' gives image_size 3 (its items are (3, 3, 3)), but model "
+            "'resnet_i2i' takes image_size at least 4") in err and "internal error" not in err
 
 
 def test_glob_patches_paired_targets_match_pixel_for_pixel(tmp_path, photos):

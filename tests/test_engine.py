@@ -172,6 +172,23 @@ def test_resume_with_loader_workers_and_accumulation_is_exact(registry, tmp_path
     assert_bitwise_equal(newest_weights(tmp_path / "a"), newest_weights(tmp_path / "b"))
 
 
+def test_a_stop_at_the_last_step_leaves_the_final_evaluation_to_the_resumed_run(registry, tmp_path):
+    """Ctrl-C in the run's last step saves before the final evaluation; --resume then does it, not 'complete'."""
+    config = tiny_config(tmp_path / "run", max_steps=4, eval_every=3)
+    prepare_new(tmp_path / "run", overwrite=True)
+    trainer = Trainer(config, registry, tmp_path / "run")
+    interrupt_at(trainer, 4, signal.SIGINT)
+    with pytest.raises(Interrupted):
+        trainer.fit()
+    evals = lambda: [r["step"] for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+                     if r["kind"] == "eval"]
+    assert evals() == [3]
+    _, state = checkpoint.load(checkpoint.list_steps(tmp_path / "run")[-1][1])
+    assert state["step"] == 4 and state["eval_owed"] is True
+    train(registry, config, resume=True)
+    assert evals() == [3, 4]
+
+
 def test_second_ctrl_c_aborts_without_saving(registry, tmp_path):
     config = tiny_config(tmp_path / "run", save_every=0)
     prepare_new(tmp_path / "run", overwrite=True)
@@ -313,14 +330,14 @@ def test_sigterm_to_a_real_zoo_train_saves_and_resumes_exactly(tmp_path):
     straight = subprocess.run(base + ["--run-dir", str(tmp_path / "straight")], capture_output=True, text=True)
     assert straight.returncode == 0, straight.stderr
     proc = subprocess.Popen(base + ["--run-dir", str(tmp_path / "killed"), "--workers", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     metrics = tmp_path / "killed" / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
             break
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)  # the loader workers too, as a job scheduler does
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 143, stderr
     assert "zoo train --resume" in stderr and "Traceback" not in stderr

@@ -414,3 +414,34 @@ def test_sync_bn_in_one_process_says_it_changes_nothing(zoo_cli, tmp_path):
     code, _, err = zoo_cli("train", *TINY_DCGAN, *TINY, "--sync-bn", "--run-dir", str(tmp_path / "run"))
     assert code == 0
     assert "--sync-bn acts across several processes" in err
+
+
+def test_a_hook_switched_on_and_off_in_one_command_is_refused(zoo_cli, tmp_path):
+    code, line = refused(zoo_cli, tmp_path, *TINY_DCGAN, *TINY, "--hook", "samples", "--no-hook", "samples")
+    assert code == 2 and line == ("zoo: error: --hook samples and --no-hook samples contradict each other; keep "
+                                  "the one you mean.")
+
+
+@pytest.mark.parametrize("table, line, words", [
+    ("[hook_opt.early_stopping]", "metric = 5", "hook 'early_stopping' option metric expects a string, got 5."),
+    ("[model_opt]", "num_classes = 10.0", "model 'mnist_net' option num_classes expects an integer, got 10.0."),
+])
+def test_a_config_file_option_of_the_wrong_type_is_named(zoo_cli, tmp_path, table, line, words):
+    config = tmp_path / "run.toml"
+    config.write_text(f'model = "mnist_net"\nmax_steps = 1\nhooks = ["early_stopping"]\n{table}\n{line}\n')
+    code, error = refused(zoo_cli, tmp_path, "--config", str(config), "--device", "cpu")
+    assert code == 2 and error == f"zoo: error: {words}"
+
+
+def test_an_unquoted_data_glob_says_to_quote_it(zoo_cli, tmp_path):
+    code, line = refused(zoo_cli, tmp_path, "--model", "resnet_i2i", "--dataset", "glob_patches",
+                         "--data", str(tmp_path / "a.png"), str(tmp_path / "b.png"))  # as the shell expands it
+    assert code == 2 and "a glob given to --data must be quoted ('photos/*.jpg')" in line
+
+
+def test_an_empty_training_split_says_so_rather_than_to_lower_the_batch(zoo_cli, tmp_path):
+    write_mnist(tmp_path / "data", [])
+    code, line = refused(zoo_cli, tmp_path, "--model", "mnist_net", "--dataset", "mnist", "--data",
+                         str(tmp_path / "data"), "--device", "cpu", "--max-steps", "1")
+    assert code == 2 and line == ("zoo: error: the training split of 'mnist' has no samples; check --data and the "
+                                  "dataset's options (zoo info mnist).")

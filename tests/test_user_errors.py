@@ -47,7 +47,11 @@ def test_relative_data_is_kept_absolute_and_moved_data_can_be_named_again(zoo_cl
     assert zoo_cli("test", "--run", str(run))[0] == 0  # read from any folder
     code, _, err = zoo_cli("train", "--resume", str(run), "--data", "../data", "--max-steps", "3")
     assert code == 0, err  # the same data by another path is no change
-    code, _, err = zoo_cli("train", "--resume", str(run), "--data", str(tmp_path / "elsewhere"), "--max-steps", "4")
+    (tmp_path / "linked").symlink_to(tmp_path / "data")
+    code, _, err = zoo_cli("train", "--resume", str(run), "--data", str(tmp_path / "linked"), "--max-steps", "4")
+    assert code == 0, err  # nor through a symlink
+    assert saved_config(run)["config"]["data"] == str(tmp_path / "data")
+    code, _, err = zoo_cli("train", "--resume", str(run), "--data", str(tmp_path / "elsewhere"), "--max-steps", "5")
     assert code == 2 and "--data cannot change when resuming" in err
 
     shutil.move(tmp_path / "data", tmp_path / "moved")

@@ -149,7 +149,10 @@ def main(argv: list[str] | None = None) -> None:
         code = exc.exit_code
     except click.exceptions.UsageError as exc:
         command = exc.ctx.command_path if exc.ctx else "zoo"
-        click.echo(f"zoo: error: {exc.format_message()} (see '{command} --help')", err=True)
+        message = exc.format_message()
+        if message.startswith("Got unexpected extra argument") and command.endswith(("train", "test")):
+            message += "; a glob given to --data must be quoted ('photos/*.jpg'), or the shell expands it"
+        click.echo(f"zoo: error: {message} (see '{command} --help')", err=True)
         code = 2
     except click.exceptions.Abort:  # click's form of a KeyboardInterrupt
         code = _interrupted(argv, ABORTED)

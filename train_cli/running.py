@@ -84,6 +84,9 @@ def train_command(ctx, resume: str | None, overwrite: bool, config_file: str | N
     for table in ("model_opt", "loss_opt", "dataset_opt"):
         given[table] = split_assignments(given[table], "--" + table.replace("_", "-"))
     given["hook_opt"] = split_hook_assignments(given["hook_opt"])
+    both = next((name for name in given["hooks"] if name in given["no_hooks"]), None)
+    if both is not None:
+        raise UsageError(f"--hook {both} and --no-hook {both} contradict each other; keep the one you mean.")
     nproc = given.pop("nproc_per_node")
     moved_from = None  # the saved --data of a resumed run whose data has moved
     if resume:

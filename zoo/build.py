@@ -14,7 +14,7 @@ import numbers
 import re
 from typing import Any, Iterator, Sequence
 
-from zoo.config import same_part_name
+from zoo.config import absolute_data, same_part_name
 from zoo.errors import AmbiguousNameError, PluginError, RunError, UsageError, ZooError, kind_of
 from zoo.options import missing_required, option_specs, parse_options
 from zoo.registry import Entry, Registry
@@ -190,6 +190,7 @@ def build_recipe(entry: Entry, options: dict[str, Any], shape: tuple[int, int, i
     if shape is not None:
         full, wanted = cls.adapt_to_data(tuple(shape), num_classes, full)
         _check_class_count(cls, entry, full, parsed, num_classes, dataset)
+        _check_filled_ranges(cls, entry, full, parsed, tuple(shape), dataset)
     missing_required(f"model '{entry.name}'", cls, full, "--model-opt ")
     try:
         with out_of_memory_said(f"building model '{entry.name}'", f"lower its options (zoo info {entry.name})"):
@@ -198,6 +199,18 @@ def build_recipe(entry: Entry, options: dict[str, Any], shape: tuple[int, int, i
         raise UsageError(f"model '{entry.name}' rejected its options: {exc}") from None
     recipe.zoo_name = entry.name  # errors about what it returns name it (zoo.recipe.model_name)
     return recipe, {k: v for k, v in full.items() if k not in entry.bound_options}, wanted
+
+
+def _check_filled_ranges(cls: type, entry: Entry, options: dict[str, Any], user_options: dict[str, Any],
+                         shape: tuple[int, ...], dataset: str) -> None:
+    """Refuse what the data filled in (an image size, a channel count) outside an option's declared range."""
+    for spec in option_specs(cls):
+        value = options.get(spec.name)
+        if spec.range is None or spec.name in user_options or value is None or spec.range.contains(value):
+            continue
+        raise UsageError(f"{dataset} gives {spec.name} {value} (its items are {shape}), but model '{entry.name}' "
+                         f"takes {spec.name} {spec.range.describe()}: give it larger images, or set "
+                         f"--model-opt {spec.name}=N to resize them.")
 
 
 def _check_class_count(cls: type, entry: Entry, options: dict[str, Any], user_options: dict[str, Any],
@@ -353,6 +366,9 @@ def build_parts(registry: Registry, config: Any, need_train: bool = True) -> Run
     """Build the recipe and datasets of a config; the model takes its input shape from the data."""
     plan = plan_run(registry, config.model or "", config.loss, config.dataset, config.hooks, config.no_hooks)
     task = load_recipe_class(plan.model).task
+    for key in getattr(load_dataset_class(plan.dataset), "path_options", ()):  # kept absolute, like --data
+        if isinstance(config.dataset_opt.get(key), str):
+            config.dataset_opt[key] = absolute_data(config.dataset_opt[key])
     probe = build_dataset(plan.dataset, "train" if need_train else "test", task=task, data=config.data,
                           options=config.dataset_opt)
     classes = getattr(probe, "classes", None)

@@ -258,6 +258,11 @@ def pin_recorded_parts(config: TrainConfig, resolved: dict[str, Any] | None) -> 
     config.hooks = [next((q for q in hooks if q and same_part_name(q, name)), name) for name in config.hooks]
 
 
+def _same_place(one: str, other: str) -> bool:
+    """Whether two --data values name the same files (through a symlink, say)."""
+    return os.path.realpath(os.path.expanduser(one)) == os.path.realpath(os.path.expanduser(other))
+
+
 def resume_config(saved: dict[str, Any], overrides: dict[str, Any]) -> TrainConfig:
     """The saved config of a run, with only the options that extend or observe it replaced.
 
@@ -267,9 +272,10 @@ def resume_config(saved: dict[str, Any], overrides: dict[str, Any]) -> TrainConf
     saved = dict(saved, data=absolute_data(saved.get("data")))  # a run saved before paths were made absolute
     saved_data = saved["data"]
     moved = saved_data is not None and overrides["data"] is not None and not data_present(saved_data)
+    same_data = saved_data is not None and overrides["data"] is not None and _same_place(saved_data, overrides["data"])
     refused = [key for key, value in overrides.items()
                if value not in (None, [], {}) and key not in RESUME_OVERRIDABLE
-               and not same_part_name(saved.get(key), value) and not (key == "data" and moved)]
+               and not same_part_name(saved.get(key), value) and not (key == "data" and (moved or same_data))]
     if refused:
         flags = ", ".join(_flag(k) for k in refused)
         raise UsageError(

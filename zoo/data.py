@@ -40,6 +40,9 @@ class ZooDataset(Dataset):
     # options that only mean something for some tasks, e.g. {"degrade": ("image_to_image",)}:
     # giving one for another task is refused instead of being ignored
     task_options: ClassVar[dict[str, tuple[str, ...]]] = {}
+    # options that name files or globs, e.g. ("target",): made absolute like --data, so a run reads them from
+    # any folder
+    path_options: ClassVar[tuple[str, ...]] = ()
 
     image_shape: tuple[int, int, int]
     classes: list[str] | None = None

@@ -210,17 +210,35 @@ def _coerce_typed(value: Any, spec: OptionSpec) -> Any:
     """Accept an already-typed value (from a TOML config) if it fits the option."""
     if isinstance(value, str):
         return _convert(value, spec.annotation, spec.default)
-    expected = spec.annotation
-    if expected is _MISSING:
+    return _typed_value(value, spec.annotation)
+
+
+def _typed_value(value: Any, expected: Any) -> Any:
+    """A typed value (TOML) checked against a hint: plain types and their unions (``str | None``)."""
+    if expected is _MISSING or expected is Any:
         return value
+    if typing.get_origin(expected) in (typing.Union, types.UnionType):
+        members = typing.get_args(expected)
+        if value is None and type(None) in members:
+            return None
+        for member in members:
+            try:
+                return _typed_value(value, member)
+            except ValueError:
+                continue
+        raise ValueError(" or ".join(_type_words(m) for m in members if m is not type(None)))
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if isinstance(expected, type):
-        if expected is int and isinstance(value, bool):
-            raise ValueError("an integer")
-        if not isinstance(value, expected):
-            raise ValueError(f"a {expected.__name__}")
+        if (expected is int and isinstance(value, bool)) or not isinstance(value, expected):
+            raise ValueError(_type_words(expected))
     return value
+
+
+def _type_words(expected: Any) -> str:
+    """A type as the messages say it: "an integer", "a number", "a str"."""
+    words = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    return words.get(expected, f"a {getattr(expected, '__name__', expected)}")
 
 
 def parse_options(what: str, factory: Callable[..., Any], raw: dict[str, Any],

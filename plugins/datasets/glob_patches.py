@@ -43,6 +43,7 @@ class GlobPatchesDataset(ZooDataset):
     """Square patches of the images matching a glob: (degraded or paired input, clean target)."""
 
     tasks = ("image_to_image",)
+    path_options = ("target",)
     needs_data = True
     data_help = "a glob pattern of images, e.g. 'photos/**/*.png' (quote it)"
 

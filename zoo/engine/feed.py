@@ -167,9 +167,11 @@ class BadItems:
         return f"zoo: skipped {len(self.distinct)} unreadable sample(s){times} (first: {self.first})"
 
 
-def _ignore_sigint(_worker_id: int) -> None:
-    """Workers leave Ctrl-C to the main process, which saves and shuts them down."""
+def leave_signals_to_main(_worker_id: int) -> None:
+    """Workers leave Ctrl-C and SIGTERM to the main process, which saves and shuts them down (a SIGTERM sent to
+    the whole process group, as job schedulers do, would otherwise kill them under the main process's save)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def make_loader(dataset: Dataset, batch_size: int, seed: int, workers: int, shuffle: bool,
@@ -189,7 +191,7 @@ def make_loader(dataset: Dataset, batch_size: int, seed: int, workers: int, shuf
     loader = DataLoader(
         items(dataset), batch_size=batch_size, sampler=order, num_workers=workers, collate_fn=collate,
         drop_last=drop_last, pin_memory=pin_memory, generator=generator,
-        worker_init_fn=_ignore_sigint if workers else None,
+        worker_init_fn=leave_signals_to_main if workers else None,
         persistent_workers=False, prefetch_factor=4 if workers else None,
     )
     return loader, order

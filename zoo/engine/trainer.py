@@ -224,6 +224,9 @@ class Trainer:
                       f"--cache-decoded changes nothing.")
         self._move_model()
         per_step = config.batch_size * config.accumulate * self.dist.world_size
+        if len(self.train_set) == 0:
+            raise UsageError(f"the training split of '{self.plan.dataset.name}' has no samples; check --data "
+                             f"and the dataset's options (zoo info {self.plan.dataset.name}).")
         if len(self.train_set) < per_step:
             raise UsageError(
                 f"a step needs {per_step} samples (--batch-size {config.batch_size} x --accumulate "
@@ -537,8 +540,8 @@ class Trainer:
                 feed = None
             if self._last_log_step != self.step:
                 self._log(None)
-            if self.config.eval_every != 0 and self._last_eval_step != self.step and not self._signalled():
-                self._evaluate()
+            if self.config.eval_every != 0 and self._last_eval_step != self.step:
+                self._evaluate_unless_stopping()  # stopping: owed, and done first by the resumed run
             saved = self.save() if self._unsaved() else checkpoint.checkpoint_dir(self.run_dir, self.step)
             status = "interrupted" if (self._stop_signal or self.context.stop_reason) else "done"
         except BadSampleError as exc:
