@@ -445,3 +445,19 @@ def test_an_empty_training_split_says_so_rather_than_to_lower_the_batch(zoo_cli,
                          str(tmp_path / "data"), "--device", "cpu", "--max-steps", "1")
     assert code == 2 and line == ("zoo: error: the training split of 'mnist' has no samples; check --data and the "
                                   "dataset's options (zoo info mnist).")
+
+
+def test_a_saved_run_made_before_the_new_refusals_is_still_tested_and_resumed(zoo_cli, tmp_path):
+    """--no-strict without --init-from and an option for another task are refused for new runs only."""
+    import json
+    run = tmp_path / "run"
+    code, _, err = zoo_cli("train", "--model", "mnist_net", *TINY, "--run-dir", str(run))
+    assert code == 0, err
+    document = json.loads((run / "config.json").read_text())
+    document["config"]["no_strict"] = True
+    document["config"]["dataset_opt"]["degrade"] = "blur"
+    (run / "config.json").write_text(json.dumps(document))
+    code, _, err = zoo_cli("test", "--run", str(run), "--device", "cpu")
+    assert code == 0, err
+    code, _, err = zoo_cli("train", "--resume", str(run), "--max-steps", "3")
+    assert code == 0, err

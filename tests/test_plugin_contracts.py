@@ -448,6 +448,24 @@ def test_info_flags_hook_methods_that_would_never_be_called(run_zoo, parts_site)
     assert done.returncode == 0, done.stderr
     assert "  implements: nothing" in done.stdout
     assert "  not marked @zoo.hookimpl (never called; a run refuses it): on_step_end" in done.stdout
+    done = run_zoo("info", "misspelt", env={"PYTHONPATH": str(parts_site)})
+    assert "  implements: nothing" in done.stdout
+    assert "  marked but no such hook (never called; a run refuses it): on_step_ends" in done.stdout
+
+
+def test_a_helper_method_named_on_something_is_no_hook_method():
+    from zoo import hookimpl
+    from zoo.hookspecs import hook_methods
+
+    class Mixed:
+        @hookimpl
+        def on_step_end(self, run, step, scalars):
+            pass
+
+        def on_nan(self):  # the hook's own helper: neither a hookspec nor marked
+            pass
+
+    assert hook_methods(Mixed) == (["on_step_end"], [], [])
 
 
 SHAPELESS = """

@@ -6,6 +6,7 @@ from typing import Any
 
 from zoo import build
 from zoo.errors import PluginError
+from zoo.hookspecs import hook_methods
 from zoo.options import option_specs
 from zoo.registry import Entry, Registry
 
@@ -77,14 +78,14 @@ def describe(registry: Registry, entry: Entry) -> str:
         lines += _options_block(cls, build.DATASET_RESERVED + bound)
     else:
         cls = entry.load()
-        methods = [name for name in dir(cls) if name.startswith("on_") and callable(getattr(cls, name))]
-        hooks = [name for name in methods if hasattr(getattr(cls, name), "zoo_impl")]
+        hooks, unmarked, unknown = hook_methods(cls)
         switch = (f"yes (turn off with --no-hook {entry.name})" if entry.default
                   else f"no (turn on with --hook {entry.name})")
         lines += [f"  on by default: {switch}", f"  implements: {', '.join(hooks) or 'nothing'}"]
-        unmarked = [name for name in methods if name not in hooks]
         if unmarked:
             lines.append(f"  not marked @zoo.hookimpl (never called; a run refuses it): {', '.join(unmarked)}")
+        if unknown:
+            lines.append(f"  marked but no such hook (never called; a run refuses it): {', '.join(unknown)}")
         lines += _options_block(cls, bound)
         if option_specs(cls):
             lines.append(f"  set with: --hook-opt {entry.name}.KEY=VALUE")

@@ -109,6 +109,9 @@ def train_command(ctx, resume: str | None, overwrite: bool, config_file: str | N
         config.data = absolute_data(config.data)
         if not config.model:
             raise UsageError("--model is required; 'zoo list models' shows the choices.")
+        if config.no_strict and not config.init_from:  # a new run's mistake; a saved run keeps what it had
+            raise UsageError("--no-strict only changes how --init-from loads weights; add --init-from RUN_DIR "
+                             "or drop --no-strict.")
         model_entry = registry.resolve("model", config.model)  # a typo fails before any folder is made
         run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(
             config.model, config.loss or _default_loss(model_entry))
@@ -168,7 +171,8 @@ def no_empty_paths(**paths: str | None) -> None:
     for name, value in paths.items():
         if value is not None and not value.strip():
             flag = "--" + name.replace("_", "-")
-            raise UsageError(f"{flag} was given an empty path; name a folder or file, or leave {flag} out.")
+            optional = "" if name == "run" else f", or leave {flag} out"  # --run is required where it is taken
+            raise UsageError(f"{flag} was given an empty path; name a folder or file{optional}.")
 
 
 def _put_back_set_aside(run_dir: Path) -> None:

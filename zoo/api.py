@@ -297,7 +297,8 @@ class LoadedRun:
         if whole and not self.recipe.any_image_size:
             raise UsageError(f"whole=True is for models that take any image size; model '{self.plan.model.name}' "
                              f"takes {tuple(self.input_shape)}: leave whole out.")
-        if whole and hasattr(image, "size") and min(image.size) < self.recipe.min_image_size:
+        from PIL import Image
+        if whole and isinstance(image, Image.Image) and min(image.size) < self.recipe.min_image_size:
             raise UsageError(f"the image is {image.size[0]}x{image.size[1]}; model '{self.plan.model.name}' "
                              f"restores images of at least {self.recipe.min_image_size} pixels a side (or pass "
                              f"--crop to resize to the training size).")

@@ -133,15 +133,16 @@ def compatible_datasets(registry: Registry, task: str) -> list[Entry]:
 
 
 def build_dataset(entry: Entry, split: str, *, task: str, data: str | None, options: dict[str, Any],
-                  image_size: int | None = None, channels: int | None = None) -> Any:
-    """Build one split of a dataset, with the user's options checked against its signature."""
+                  image_size: int | None = None, channels: int | None = None, new_run: bool = False) -> Any:
+    """Build one split of a dataset, with the user's options checked against its signature (``new_run``: also
+    refuse options meant for another task, which a saved run made before that check may hold)."""
     cls = load_dataset_class(entry)
     parsed = parse_options(f"dataset '{entry.name}'", cls, options, exclude=DATASET_RESERVED + tuple(entry.bound_options))
     if cls.needs_data and not data:
         raise UsageError(f"dataset '{entry.name}' needs --data ({cls.data_help}).")
     missing_required(f"dataset '{entry.name}'", cls, [*parsed, *entry.bound_options], "--dataset-opt ",
                      exclude=DATASET_RESERVED)
-    for key in options:
+    for key in options if new_run else ():  # a saved run keeps the options it was made with
         for_tasks = getattr(cls, "task_options", {}).get(key)
         if for_tasks and task not in for_tasks:
             wanted = " or ".join(t.replace("_", "-") for t in for_tasks)
@@ -208,9 +209,10 @@ def _check_filled_ranges(cls: type, entry: Entry, options: dict[str, Any], user_
         value = options.get(spec.name)
         if spec.range is None or spec.name in user_options or value is None or spec.range.contains(value):
             continue
+        fix = "give it larger images, or set --model-opt image_size=N to resize them" \
+            if spec.name == "image_size" else f"set --model-opt {spec.name}=N"
         raise UsageError(f"{dataset} gives {spec.name} {value} (its items are {shape}), but model '{entry.name}' "
-                         f"takes {spec.name} {spec.range.describe()}: give it larger images, or set "
-                         f"--model-opt {spec.name}=N to resize them.")
+                         f"takes {spec.name} {spec.range.describe()}: {fix}.")
 
 
 def _check_class_count(cls: type, entry: Entry, options: dict[str, Any], user_options: dict[str, Any],
@@ -362,7 +364,7 @@ class RunParts:
     test_set: Any
 
 
-def build_parts(registry: Registry, config: Any, need_train: bool = True) -> RunParts:
+def build_parts(registry: Registry, config: Any, need_train: bool = True, new_run: bool = False) -> RunParts:
     """Build the recipe and datasets of a config; the model takes its input shape from the data."""
     plan = plan_run(registry, config.model or "", config.loss, config.dataset, config.hooks, config.no_hooks)
     task = load_recipe_class(plan.model).task
@@ -370,7 +372,7 @@ def build_parts(registry: Registry, config: Any, need_train: bool = True) -> Run
         if isinstance(config.dataset_opt.get(key), str):
             config.dataset_opt[key] = absolute_data(config.dataset_opt[key])
     probe = build_dataset(plan.dataset, "train" if need_train else "test", task=task, data=config.data,
-                          options=config.dataset_opt)
+                          options=config.dataset_opt, new_run=new_run)
     classes = getattr(probe, "classes", None)
     recipe, model_options, (channels, size) = build_recipe(
         plan.model, config.model_opt, tuple(probe.image_shape), len(classes) if classes else None,

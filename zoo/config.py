@@ -108,9 +108,6 @@ class TrainConfig:
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise UsageError(f"{_flag(name)} must be a finite positive number, got {value}.")
         check_seed(self.seed)
-        if self.no_strict and not self.init_from:
-            raise UsageError("--no-strict only changes how --init-from loads weights; add --init-from RUN_DIR "
-                             "or drop --no-strict.")
         if self.precision not in PRECISIONS:
             raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
 

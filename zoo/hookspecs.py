@@ -82,3 +82,20 @@ class LifecycleSpecs:
     @hookspec
     def on_train_end(self, run: RunContext, status: str) -> None:
         """Called once when training stops; ``status`` is "done", "interrupted" or "failed"."""
+
+
+def lifecycle_hook_names() -> list[str]:
+    """The hooks a training hook object may implement (``on_train_start``, ``on_step_end``, ...)."""
+    return [name for name in vars(LifecycleSpecs) if name.startswith("on_")]
+
+
+def hook_methods(obj: object) -> tuple[list[str], list[str], list[str]]:
+    """A hook class's (or object's) methods as pluggy sees them: (implemented: hookspecs marked
+    ``@hookimpl``; unmarked: hookspecs left unmarked, never called; unknown: marked but no hookspec has
+    them, never called)."""
+    specs = lifecycle_hook_names()
+    methods = [name for name in dir(obj) if name.startswith("on_") and callable(getattr(obj, name, None))]
+    marked = {name for name in methods if hasattr(getattr(obj, name), "zoo_impl")}
+    return ([name for name in methods if name in marked and name in specs],
+            [name for name in methods if name in specs and name not in marked],
+            [name for name in methods if name in marked and name not in specs])

@@ -167,11 +167,18 @@ class BadItems:
         return f"zoo: skipped {len(self.distinct)} unreadable sample(s){times} (first: {self.first})"
 
 
+WORKER_TERM_GRACE_S = 30  # a worker given SIGTERM ends this long after, if the main process has not ended it
+
+
 def leave_signals_to_main(_worker_id: int) -> None:
     """Workers leave Ctrl-C and SIGTERM to the main process, which saves and shuts them down (a SIGTERM sent to
-    the whole process group, as job schedulers do, would otherwise kill them under the main process's save)."""
+    the whole process group, as job schedulers do, would otherwise kill them under the main process's save).
+
+    A SIGTERM still ends a worker after a grace period (SIGALRM's default action): one the main process
+    terminates because it is stuck in a slow read is not left behind.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: signal.alarm(WORKER_TERM_GRACE_S))
 
 
 def make_loader(dataset: Dataset, batch_size: int, seed: int, workers: int, shuffle: bool,

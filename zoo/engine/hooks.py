@@ -156,22 +156,13 @@ class HookFailed(RunError):
     """A training hook raised: the message names it and the hook function."""
 
 
-def _spec_names() -> list[str]:
-    return [name for name in vars(hookspecs.LifecycleSpecs) if name.startswith("on_")]
-
-
 def _check_marked(entry: Entry, obj: Any) -> None:
     """Refuse what pluggy would silently never call: a hookspec's method left unmarked, or a marked
     method no hookspec has (a misspelt ``on_step_end``)."""
-    specs = _spec_names()
-    for name in dir(obj):
-        method = getattr(obj, name, None) if name.startswith("on_") else None
-        if not callable(method):
-            continue
-        marked = hasattr(method, "zoo_impl")
-        if name in specs and not marked:
-            raise PluginError(f"hook '{entry.qualified_name}': {name} is not marked @zoo.hookimpl, so zoo would "
-                              f"never call it; decorate it (from zoo import hookimpl).")
-        if marked and name not in specs:
-            raise PluginError(f"hook '{entry.qualified_name}': {name} is marked @zoo.hookimpl but zoo has no such "
-                              f"hook; name it after one of: {', '.join(specs)}.")
+    _, unmarked, unknown = hookspecs.hook_methods(obj)
+    if unmarked:
+        raise PluginError(f"hook '{entry.qualified_name}': {unmarked[0]} is not marked @zoo.hookimpl, so zoo would "
+                          f"never call it; decorate it (from zoo import hookimpl).")
+    if unknown:
+        raise PluginError(f"hook '{entry.qualified_name}': {unknown[0]} is marked @zoo.hookimpl but zoo has no "
+                          f"such hook; name it after one of: {', '.join(hookspecs.lifecycle_hook_names())}.")

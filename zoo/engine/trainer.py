@@ -50,6 +50,12 @@ def cache_origin(registry: Registry, entry: Any) -> str:
     return f"{described['name']}@{described['version']}"
 
 
+def _one_process(error: ZooError) -> ZooError:
+    """An error only the process that met it can say (its own GPU, its own samples): not quieted in a job."""
+    error.met_by_one_process = True
+    return error
+
+
 def _keep_first_made_with(before: Any, now: dict[str, Any]) -> None:
     """On resume, keep the plugin version and distribution a part first trained with where it has changed
     (``first_made_with``), so later commands still say the run's steps came from two versions."""
@@ -196,7 +202,7 @@ class Trainer:
 
     def _build_data_and_model(self, resume: bool) -> None:
         config = self.config
-        parts = build.build_parts(self.registry, config)
+        parts = build.build_parts(self.registry, config, new_run=not resume)
         self.plan, self.recipe, self.model_options = parts.plan, parts.recipe, parts.model_options
         self.train_set, self.test_set = parts.train_set, parts.test_set
         self._check_data_is_read(resume)
@@ -549,9 +555,9 @@ class Trainer:
         except WrongItemError as exc:
             raise WrongItemError(f"{exc}\n{self._save_before_failing('fix the dataset plugin', False)}") from None
         except torch.OutOfMemoryError:
-            raise RunError(f"out of device memory at step {self.step + 1} (batch size {self.config.batch_size}); "
-                           f"use a smaller --batch-size, --accumulate 2 with half the batch, "
-                           f"or --precision bf16.") from None
+            raise _one_process(RunError(f"out of device memory at step {self.step + 1} (batch size "
+                                        f"{self.config.batch_size}); use a smaller --batch-size, --accumulate 2 "
+                                        f"with half the batch, or --precision bf16.")) from None
         finally:
             if feed is not None:
                 feed.close()
@@ -652,9 +658,9 @@ class Trainer:
         """
         if not batches:  # every sample of the step was unreadable (--skip-bad-files)
             if self.dist.enabled:
-                raise RunError(f"every sample of step {self.step + 1} on process {self.dist.rank} was "
-                               f"unreadable; remove the bad files (--skip-bad-files cannot skip a whole "
-                               f"step when several processes train together).")
+                raise _one_process(RunError(f"every sample of step {self.step + 1} on process {self.dist.rank} "
+                                            f"was unreadable; remove the bad files (--skip-bad-files cannot skip a "
+                                            f"whole step when several processes train together)."))
             return
         values = self.step_graph(batches) if self.step_graph is not None else self._run_step(batches)
         if values is None:  # skipped: a non-finite loss under --skip-nonfinite
