@@ -283,10 +283,15 @@ def parts_site(tmp_path_factory, install_plugin):
     return install_plugin(tmp_path_factory.mktemp("parts") / "site", "parts", PARTS_PLUGIN)
 
 
-def train_with_flaw(run_zoo, site, tmp_path, *args: str) -> tuple[int, list[str]]:
-    done = run_zoo("train", "--model", "flawed_net", *args, *TINY, "--max-steps", "2",
+def run_flawed(run_zoo, site, tmp_path, *args: str, steps: int = 2):
+    """``zoo train --model flawed_net ARGS`` on a tiny split, with the plugin installed; the finished process."""
+    return run_zoo("train", "--model", "flawed_net", *args, *TINY, "--max-steps", str(steps),
                    "--dataset-opt", "train_count=16", "--dataset-opt", "test_count=8",
                    "--run-dir", str(tmp_path / "run"), env={"PYTHONPATH": str(site)})
+
+
+def train_with_flaw(run_zoo, site, tmp_path, *args: str) -> tuple[int, list[str]]:
+    done = run_flawed(run_zoo, site, tmp_path, *args)
     return done.returncode, error_lines(done.stderr) if done.returncode else []
 
 
@@ -299,7 +304,6 @@ def train_with_flaw(run_zoo, site, tmp_path, *args: str) -> tuple[int, list[str]
                                        "depend on its parameters (no grad_fn)"),
     (["--model-opt", "flaw=bare"], "model 'flawed_net': training_step must yield (optimizer name, loss) pairs, "
                                    "got float32 tensor of shape ()."),
-
     (["--model-opt", "flaw=optimizer"], "model 'flawed_net' yielded a loss for optimizer 'generator' but "
                                         "configured only 'model'."),
     (["--model-opt", "flaw=no_count"], "model 'flawed_net': evaluation_step must return a dict of per-batch sums "
@@ -334,10 +338,7 @@ def test_what_backward_takes_is_taken(run_zoo, parts_site, tmp_path, args):
 
 
 def test_a_step_that_yields_no_loss_is_said_once_and_not_refused(run_zoo, parts_site, tmp_path):
-    done = run_zoo("train", "--model", "flawed_net", "--model-opt", "flaw=nothing", *TINY, "--max-steps", "3",
-                   "--dataset-opt", "train_count=16", "--dataset-opt", "test_count=8",
-                   "--run-dir", str(tmp_path / "run"),
-                   env={"PYTHONPATH": str(parts_site)})
+    done = run_flawed(run_zoo, parts_site, tmp_path, "--model-opt", "flaw=nothing", steps=3)
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("training_step yielded no (optimizer name, loss) pair at step 1, so nothing was "
                              "updated (said once)") == 1
@@ -361,9 +362,7 @@ def test_a_hook_state_a_checkpoint_cannot_hold_is_named_after_the_steps_are_save
 
 
 def test_a_hook_state_left_out_of_the_last_save_is_a_warning_not_a_failure(run_zoo, parts_site, tmp_path):
-    done = run_zoo("train", "--model", "flawed_net", *TINY, "--max-steps", "1", "--dataset-opt", "train_count=16",
-                   "--dataset-opt", "test_count=8", "--hook", "bad_state", "--run-dir", str(tmp_path / "run"),
-                   env={"PYTHONPATH": str(parts_site)})
+    done = run_flawed(run_zoo, parts_site, tmp_path, "--hook", "bad_state", steps=1)
     assert done.returncode == 0, done.stderr
     assert ("zoo: warning: hook 'parts:bad_state' failed in state_dict: RuntimeError: state exploded\n"
             "zoo: step 1 is saved without that hook's state.") in done.stderr

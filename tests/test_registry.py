@@ -505,17 +505,16 @@ def test_a_saved_run_whose_plugin_changed_version_or_distribution_gets_a_note(ma
 
 
 def test_a_run_resumed_under_a_new_plugin_version_keeps_the_first_one(make_plugin, discover_with):
-    from zoo.engine.trainer import _keep_first_made_with
     before = {"model": {"name": "acme:acme_net", "version": "2.3.3", "distribution": "acme"},
               "loss": {"name": "acme:acme_loss", "version": "2.3.4"}}  # recorded before distributions were
     now = {"model": {"name": "acme:acme_net", "version": "2.3.4", "distribution": "acme"},
            "loss": {"name": "acme:acme_loss", "version": "2.3.4", "distribution": "acme"}}
-    _keep_first_made_with(before, now)
+    zreg.keep_first_made_with(before, now)
     assert now["model"]["first_made_with"] == {"version": "2.3.3", "distribution": "acme"}
     assert "first_made_with" not in now["loss"]
     later = {kind: {key: value for key, value in record.items() if key != "first_made_with"}
              for kind, record in now.items()}
-    _keep_first_made_with(now, later)  # a second resume under 2.3.4 still knows the first version
+    zreg.keep_first_made_with(now, later)  # a second resume under 2.3.4 still knows the first version
     assert later["model"]["first_made_with"] == {"version": "2.3.3", "distribution": "acme"}
     registry = discover_with(make_plugin("acme", ACME, version="2.3.4"))
     assert zreg.changed_plugins(registry, later) == [

@@ -15,7 +15,7 @@ import re
 from typing import Any, Iterator, Sequence
 
 from zoo.config import absolute_data, same_part_name
-from zoo.errors import AmbiguousNameError, PluginError, RunError, UsageError, ZooError, kind_of
+from zoo.errors import AmbiguousNameError, PluginError, RunError, UsageError, ZooError, kind_of, name_part
 from zoo.options import missing_required, option_specs, parse_options
 from zoo.registry import Entry, Registry
 
@@ -153,8 +153,7 @@ def build_dataset(entry: Entry, split: str, *, task: str, data: str | None, opti
                       **entry.bound_options, **parsed)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"dataset '{entry.name}' rejected its options: {exc}") from None
-    with contextlib.suppress(AttributeError):  # errors about its items name it (zoo.data.dataset_name)
-        dataset.zoo_name = entry.name
+    name_part(dataset, entry.name)  # errors about its items name it
     _check_image_shape(entry, dataset, channels, image_size)
     return dataset
 
@@ -198,7 +197,7 @@ def build_recipe(entry: Entry, options: dict[str, Any], shape: tuple[int, int, i
             recipe = cls(**full)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"model '{entry.name}' rejected its options: {exc}") from None
-    recipe.zoo_name = entry.name  # errors about what it returns name it (zoo.recipe.model_name)
+    name_part(recipe, entry.name)  # errors about what it returns name it
     return recipe, {k: v for k, v in full.items() if k not in entry.bound_options}, wanted
 
 

@@ -123,8 +123,3 @@ def item_problem(dataset: Dataset, item: object) -> str | None:
         if label < 0 or (count is not None and label >= count):
             return f"its label is {label}, outside 0..{count - 1 if count else 'N'} ({count or 'no'} classes)"
     return None
-
-
-def dataset_name(dataset: Dataset) -> str:
-    """The name a dataset was built under (``zoo list datasets``), for errors; its class name otherwise."""
-    return getattr(dataset, "zoo_name", None) or type(dataset).__name__

@@ -47,6 +47,20 @@ def first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
+def part_name(part: object) -> str:
+    """The name a built dataset or model was registered under (``zoo list``), for errors about what it gives;
+    its class name where it was built otherwise."""
+    return getattr(part, "zoo_name", None) or type(part).__name__
+
+
+def name_part(part: object, name: str) -> None:
+    """Record on a built part the name :func:`part_name` reports (a class with ``__slots__`` keeps none)."""
+    try:
+        part.zoo_name = name  # type: ignore[attr-defined]
+    except AttributeError:
+        pass
+
+
 def kind_of(value: object) -> str:
     """A value's kind for an error about what a plugin returned: a tensor's dtype and shape, else its type."""
     torch = sys.modules.get("torch")  # no tensor exists unless torch is imported; this module never imports it

@@ -137,11 +137,6 @@ def class_attribute_problem(cls: type) -> str | None:
     return None
 
 
-def model_name(recipe: nn.Module) -> str:
-    """The name a recipe was built under (``zoo list models``), for errors; its class name otherwise."""
-    return getattr(recipe, "zoo_name", None) or type(recipe).__name__
-
-
 def declared_eval_metrics(recipe: nn.Module | type) -> tuple[str, ...] | None:
     """The metric names a recipe's (or recipe class's) ``evaluation_step`` reports, when the class that declares
     ``eval_metrics`` also defines that ``evaluation_step`` (or inherits it): a subclass that reports others but

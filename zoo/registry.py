@@ -365,6 +365,19 @@ def clear_cache() -> None:
     _CACHE.clear()
 
 
+def keep_first_made_with(before: Any, now: dict[str, Any]) -> None:
+    """On resume, keep the plugin version and distribution a part first trained with where it has changed
+    (``first_made_with``), so later commands still say the run's steps came from two versions."""
+    for kind in ("model", "loss", "dataset"):
+        old, new = (before or {}).get(kind), now.get(kind)
+        if not isinstance(old, dict) or not isinstance(new, dict):
+            continue
+        first = old.get("first_made_with") or {"version": old.get("version"),
+                                                "distribution": old.get("distribution") or new.get("distribution")}
+        if (first["version"], first["distribution"]) != (new.get("version"), new.get("distribution")):
+            new["first_made_with"] = first
+
+
 def changed_plugins(registry: Registry, resolved: dict[str, Any] | None) -> list[str]:
     """Notes on the parts of a saved run (``config.json``'s ``resolved``) whose plugin is now another version
     or distribution than the run was (first) made with: its results may differ from the run's own."""

@@ -10,8 +10,7 @@ from torch.utils.data import DataLoader
 
 from zoo.engine.feed import BadItems, to_device
 from zoo.engine.rng import derive_seed
-from zoo.errors import PluginError, kind_of
-from zoo.recipe import model_name
+from zoo.errors import PluginError, kind_of, part_name
 
 
 def evaluate(recipe: Any, loss_fn: Any, loader: DataLoader, device: torch.device, autocast: Any,
@@ -53,7 +52,7 @@ def evaluate(recipe: Any, loss_fn: Any, loader: DataLoader, device: torch.device
 
 def _checked(sums: Any, recipe: Any) -> dict[str, Any]:
     """``evaluation_step``'s result, refused in one line unless it is scalar sums with a ``count`` (no sync)."""
-    must = f"model '{model_name(recipe)}': evaluation_step must return a dict of per-batch sums with 'count'"
+    must = f"model '{part_name(recipe)}': evaluation_step must return a dict of per-batch sums with 'count'"
     if not isinstance(sums, dict):
         raise PluginError(f"{must}, got {kind_of(sums)}.")
     if "count" not in sums:

@@ -23,9 +23,9 @@ import torch
 from prefetch_generator import BackgroundGenerator
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from zoo.data import dataset_name, item_problem, seeded_item
+from zoo.data import item_problem, seeded_item
 from zoo.engine.rng import derive_seed
-from zoo.errors import PluginError, RunError, ZooError, first_line
+from zoo.errors import PluginError, RunError, ZooError, first_line, part_name
 
 
 class EpochOrder(Sampler):
@@ -95,13 +95,13 @@ class SeededItems(Dataset):
             with seeded_item(seed):
                 item = self.dataset[index]
         except Exception as exc:  # a dataset may fail in any way on a bad file
-            return as_bad_item(index, exc, dataset_name(self.dataset))
+            return as_bad_item(index, exc, part_name(self.dataset))
         try:
             problem = item_problem(self.dataset, item)
         except Exception as exc:  # image_shape or classes themselves are broken
             problem = f"its image_shape or classes cannot be read ({type(exc).__name__}: {exc})"
         if problem is not None:
-            return BadItem(index, f"dataset '{dataset_name(self.dataset)}' gave a wrong item {index}: {problem}. "
+            return BadItem(index, f"dataset '{part_name(self.dataset)}' gave a wrong item {index}: {problem}. "
                                   f"The dataset plugin must return what zoo.data describes: fix its __getitem__.",
                            dataset_bug=True)
         return item

@@ -31,7 +31,7 @@ from zoo.engine.hooks import HookCaller, RunContext
 from zoo.engine.precision import Precision, resolve_device
 from zoo.engine.rundir import MetricsLog, read_config, versions, write_json
 from zoo.errors import PluginError, RunError, UsageError, ZooError, first_line, kind_of
-from zoo.registry import Registry
+from zoo.registry import Registry, keep_first_made_with
 
 DEFAULT_EPOCHS = 10
 STATE_KEYS = frozenset({"model", "step", "epoch", "position", "train_size", "optimizers", "schedulers", "rng"})
@@ -54,19 +54,6 @@ def _one_process(error: ZooError) -> ZooError:
     """An error only the process that met it can say (its own GPU, its own samples): not quieted in a job."""
     error.met_by_one_process = True
     return error
-
-
-def _keep_first_made_with(before: Any, now: dict[str, Any]) -> None:
-    """On resume, keep the plugin version and distribution a part first trained with where it has changed
-    (``first_made_with``), so later commands still say the run's steps came from two versions."""
-    for kind in ("model", "loss", "dataset"):
-        old, new = (before or {}).get(kind), now.get(kind)
-        if not isinstance(old, dict) or not isinstance(new, dict):
-            continue
-        first = old.get("first_made_with") or {"version": old.get("version"),
-                                                "distribution": old.get("distribution") or new.get("distribution")}
-        if (first["version"], first["distribution"]) != (new.get("version"), new.get("distribution")):
-            new["first_made_with"] = first
 
 
 class Interrupted(ZooError):
@@ -407,7 +394,7 @@ class Trainer:
             },
             "versions": versions(),
         })
-        _keep_first_made_with(previous.get("resolved"), document["resolved"])
+        keep_first_made_with(previous.get("resolved"), document["resolved"])
         write_json(path, document)
 
     # ------------------------------------------------------------- resuming
