@@ -128,23 +128,24 @@ def zoo_loop(args: argparse.Namespace, device: torch.device, folder: Path, varia
     """Samples per second of zoo's engine on the same work (after a warm-up)."""
     config = bench_config(args, folder, variant)
     if variant == "default-thread":
-        from zoo.engine import feed, trainer as trainer_module
-        trainer_module.prefetching = lambda loader, workers, depth: feed.Prefetcher(loader, max_prefetch=depth)
+        from zoo.engine import epochs, feed
+        epochs.prefetching = lambda loader, workers, depth: feed.Prefetcher(loader, max_prefetch=depth)
     prepare_new(folder, overwrite=True)
     trainer = Trainer(config, get_registry(), folder)
     stamps: dict[str, float] = {}
-    original = trainer._train_step
+    original = trainer.run.stepper.step
 
     def timed(batches):
         if trainer.step == args.warmup:
             _sync(device)
             stamps["start"] = time.perf_counter()
-        original(batches)
+        values = original(batches)
         if trainer.step + 1 == args.warmup + args.steps:
             _sync(device)
             stamps["end"] = time.perf_counter()
+        return values
 
-    trainer._train_step = timed
+    trainer.run.stepper.step = timed
     trainer.fit()
     return args.steps * args.batch_size / (stamps["end"] - stamps["start"])
 

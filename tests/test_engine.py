@@ -61,14 +61,14 @@ def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
 
 def interrupt_at(trainer: Trainer, step: int, signum: int = signal.SIGTERM) -> None:
     """Deliver a real signal to this process right after ``step`` completes."""
-    original = trainer._train_step
+    original = trainer.run.stepper.step
 
     def step_then_signal(batches):
         original(batches)
         if trainer.step + 1 == step:
             os.kill(os.getpid(), signum)
 
-    trainer._train_step = step_then_signal
+    trainer.run.stepper.step = step_then_signal
 
 
 def registry_with_hook(tmp_path: Path, monkeypatch, module: str, cls: str, name: str):
@@ -143,7 +143,7 @@ def test_resume_after_sigterm_at_a_random_step_is_bitwise_equal(registry, tmp_pa
     assert "--resume" in str(stopped.value)
     assert checkpoint.list_steps(tmp_path / "resumed")[-1][0] == stop_at
     resumed = Trainer(config, registry, tmp_path / "resumed", resume=True)
-    assert (resumed.context.step, resumed.step) == (stop_at, stop_at)  # hooks see where the run is
+    assert (resumed.run.context.step, resumed.step) == (stop_at, stop_at)  # hooks see where the run is
     resumed.fit()
     assert resumed.step == straight.step == 13
     assert_bitwise_equal(newest_weights(tmp_path / "straight"), newest_weights(tmp_path / "resumed"))
@@ -193,7 +193,7 @@ def test_second_ctrl_c_aborts_without_saving(registry, tmp_path):
     config = tiny_config(tmp_path / "run", save_every=0)
     prepare_new(tmp_path / "run", overwrite=True)
     trainer = Trainer(config, registry, tmp_path / "run")
-    original = trainer._train_step
+    original = trainer.run.stepper.step
 
     def double_interrupt(batches):
         original(batches)
@@ -201,7 +201,7 @@ def test_second_ctrl_c_aborts_without_saving(registry, tmp_path):
             os.kill(os.getpid(), signal.SIGINT)
             os.kill(os.getpid(), signal.SIGINT)
 
-    trainer._train_step = double_interrupt
+    trainer.run.stepper.step = double_interrupt
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
     assert checkpoint.list_steps(tmp_path / "run") == []
@@ -211,13 +211,13 @@ def test_non_finite_loss_stops_with_step_and_no_bad_checkpoint(registry, tmp_pat
     config = tiny_config(tmp_path / "run", max_steps=12, save_every=2, log_every=3)
     prepare_new(tmp_path / "run", overwrite=True)
     trainer = Trainer(config, registry, tmp_path / "run")
-    original = trainer.recipe.training_step
+    original = trainer.run.recipe.training_step
 
     def poisoned(batch, loss_fn):
         for name, loss in original(batch, loss_fn):
             yield name, loss * float("nan") if trainer.step >= 4 else loss
 
-    trainer.recipe.training_step = poisoned
+    trainer.run.recipe.training_step = poisoned
     with pytest.raises(RunError, match="step") as failed:
         trainer.fit()
     assert "nan" in str(failed.value).lower()
@@ -237,6 +237,23 @@ def test_keep_prunes_old_checkpoints_but_keeps_the_best(registry, tmp_path):
     best = trainer.best["step"]
     assert steps[-2:] == [22, 24]
     assert set(steps) == {best, 22, 24}
+
+
+def test_the_best_checkpoint_survives_when_an_evaluation_falls_on_an_epoch_end(registry, tmp_path):
+    # 8 steps an epoch and --eval-every 8: each epoch's end is saved and evaluated at the same step; the
+    # evaluation must come first, so the checkpoint knows it is the best and pruning keeps it
+    config = tiny_config(tmp_path / "run", model="mnist_net", loss=None, model_opt={}, max_steps=None,
+                         epochs=6, eval_every=8, keep=1, log_every=8)
+    trainer = train(registry, config)
+    best = trainer.best
+    assert best is not None and best["saved"]
+    steps = [s for s, _ in checkpoint.list_steps(tmp_path / "run")]
+    assert best["step"] in steps
+    assert set(steps) == {best["step"], 48}
+    evals = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    accuracies = {record["step"]: record["accuracy"] for record in evals if record["kind"] == "eval"}
+    first_best = min(step for step, value in accuracies.items() if value == max(accuracies.values()))
+    assert best["step"] == first_best
 
 
 def test_zoo_test_reports_accuracy_of_a_model_that_learned(registry, tmp_path):
@@ -262,7 +279,7 @@ def test_image_to_image_run_reports_psnr_that_improves(registry, tmp_path):
     result = evaluate_run(registry, tmp_path / "run", device="cpu")
     assert result["metrics"]["psnr"] == pytest.approx(trainer.last_eval["psnr"])
     from plugins.models.resnet_i2i import batch_psnr
-    pairs = [trainer.test_set[i] for i in range(len(trainer.test_set))]
+    pairs = [trainer.run.test_set[i] for i in range(len(trainer.run.test_set))]
     degraded = torch.stack([x for x, _ in pairs])
     clean = torch.stack([y for _, y in pairs])
     input_psnr = batch_psnr(degraded, clean).mean().item()
@@ -356,7 +373,7 @@ def test_early_stopping_hook_stops_the_run_and_saves(registry, tmp_path):
                                                                                 "min_delta": "0.5"}})
     trainer = train(registry, config)
     assert trainer.step == 3  # first eval sets the best, two more without a 0.5 improvement stop it
-    assert trainer.context.stop_reason and "loss has not improved" in trainer.context.stop_reason
+    assert trainer.run.context.stop_reason and "loss has not improved" in trainer.run.context.stop_reason
     assert [s for s, _ in checkpoint.list_steps(tmp_path / "run")] == [3]
 
 
@@ -450,7 +467,7 @@ def test_a_stop_asked_at_an_epoch_end_saves_without_evaluating_first(registry, t
         trainer.fit()
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert not [r for r in records if r["kind"] == "eval"]  # evaluating could take minutes: saved first
-    first_epoch = trainer.steps_per_epoch
+    first_epoch = trainer.run.schedule.steps_per_epoch
     assert checkpoint.list_steps(tmp_path / "run")[-1][0] == first_epoch
     train(registry, tiny_config(tmp_path / "run", max_steps=None, epochs=3), resume=True)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -59,10 +59,10 @@ def as_png_bytes(images: torch.Tensor) -> torch.Tensor:
 def test_an_image_to_image_run_saves_test_inputs_outputs_and_targets(registry, tmp_path):
     trainer = train(registry, tmp_path / "run", epochs=None)
     cells = grid_cells(tmp_path / "run" / "samples" / "latest.png", rows=3, columns=8)
-    indices = pictures.preview_indices(len(trainer.test_set))
+    indices = pictures.preview_indices(len(trainer.run.test_set))
     assert len(set(indices)) == 8 and sorted(indices) == indices and max(indices) < 10
-    inputs = torch.stack([trainer.test_set[i][0] for i in indices])
-    targets = torch.stack([trainer.test_set[i][1] for i in indices])
+    inputs = torch.stack([trainer.run.test_set[i][0] for i in indices])
+    targets = torch.stack([trainer.run.test_set[i][1] for i in indices])
     outputs = load_run(tmp_path / "run", device="cpu").predict(inputs)
     for row, expected in enumerate((inputs, outputs, targets)):
         difference = (cells[row].int() - as_png_bytes(expected).int()).abs().max().item()
@@ -80,17 +80,17 @@ def test_drawing_the_grids_leaves_training_bitwise_unchanged(registry, tmp_path)
     assert sorted(p.name for p in (tmp_path / "shown" / "samples").iterdir()) == \
         ["latest.png", "step-4.png", "step-8.png", "step-9.png"]
     assert not (tmp_path / "quiet" / "samples").exists()
-    for (name, a), (_, b) in zip(quiet.recipe.state_dict().items(), shown.recipe.state_dict().items()):
+    for (name, a), (_, b) in zip(quiet.run.recipe.state_dict().items(), shown.run.recipe.state_dict().items()):
         assert torch.equal(a, b), name
 
 
 def test_a_classifier_frames_its_test_images_green_where_right_and_red_where_wrong(registry, tmp_path):
     trainer = train(registry, tmp_path / "run", model="mnist_net", loss=None, model_opt={},
                     dataset_opt={"train_count": 64, "test_count": 40, "size": SIZE}, max_steps=5)
-    size = trainer.test_set.image_shape[1]  # the classifier's own input size
-    indices = pictures.preview_indices(len(trainer.test_set), pictures.CLASSIFIED_COUNT)
-    images = torch.stack([trainer.test_set[i][0] for i in indices])
-    labels = torch.tensor([trainer.test_set[i][1] for i in indices])
+    size = trainer.run.test_set.image_shape[1]  # the classifier's own input size
+    indices = pictures.preview_indices(len(trainer.run.test_set), pictures.CLASSIFIED_COUNT)
+    images = torch.stack([trainer.run.test_set[i][0] for i in indices])
+    labels = torch.tensor([trainer.run.test_set[i][1] for i in indices])
     right = load_run(tmp_path / "run", device="cpu").predict(images).argmax(dim=1) == labels
     assert 0 < int(right.sum()) < len(right)  # half-trained: both colours show
 

@@ -318,7 +318,7 @@ def train_with_flaw(run_zoo, site, tmp_path, *args: str) -> tuple[int, list[str]
     (["--hook", "unmarked"], "hook 'parts:unmarked': on_step_end is not marked @zoo.hookimpl, so zoo would never "
                              "call it"),
     (["--hook", "misspelt"], "hook 'parts:misspelt': on_step_ends is marked @zoo.hookimpl but zoo has no such "
-                             "hook; name it after one of: on_train_start, on_step_end"),
+                             "hook; name it after one of: on_train_start, on_train_step, on_step_end"),
     (["--hook", "no_load"], "hook 'parts:no_load' has state_dict() but no load_state_dict(): its state could not "
                             "come back on resume; define both (or neither)."),
     (["--hook", "logger", "--hook", "log_breaker", "--log-every", "1"],

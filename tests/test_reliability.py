@@ -339,12 +339,12 @@ def test_truncated_mnist_files_are_named(zoo_cli, tmp_path):
 
 
 def test_out_of_device_memory_suggests_what_to_change(zoo_cli, tmp_path, monkeypatch):
-    from zoo.engine import trainer
+    from zoo.engine.step import StepRunner
 
     def exhausted(self, batches):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(trainer.Trainer, "_train_step", exhausted)
+    monkeypatch.setattr(StepRunner, "step", exhausted)
     code, _, err = zoo_cli("train", *TINY, *TINY_SHAPES, "--run-dir", str(tmp_path / "run"))
     assert code == 1
     line = one_error_line(err)

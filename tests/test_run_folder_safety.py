@@ -201,7 +201,7 @@ def test_a_new_run_that_ends_before_its_first_checkpoint_gives_the_old_run_back(
     from zoo.engine.trainer import Trainer
 
     def stopped(self):
-        (self.run_dir / "metrics.jsonl").write_text('{"kind": "train", "step": 1}\n')  # what it wrote so far
+        (self.run.run_dir / "metrics.jsonl").write_text('{"kind": "train", "step": 1}\n')  # what it wrote so far
         raise stop
 
     monkeypatch.setattr(Trainer, "fit", stopped)
@@ -217,16 +217,17 @@ def test_ctrl_c_in_an_overwrite_run_says_what_becomes_of_the_old_run(zoo_cli, ol
     import os
     import signal
 
-    from zoo.engine.trainer import Trainer
-    step = Trainer._train_step
+    from zoo.engine.step import StepRunner
+    step = StepRunner.step
 
     def pressing(self, batches):
-        step(self, batches)
-        if self.step == 1:
+        values = step(self, batches)
+        if self.state.step == 1:  # the second step is done (the state counts it once the step returns)
             for _ in range(presses):
                 os.kill(os.getpid(), signal.SIGINT)
+        return values
 
-    monkeypatch.setattr(Trainer, "_train_step", pressing)
+    monkeypatch.setattr(StepRunner, "step", pressing)
     before = snapshot(old_run)
     code, _, err = zoo_cli("train", *TINY, "--max-steps", "50", "--run-dir", str(old_run), "--overwrite")
     assert code == 130

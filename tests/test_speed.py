@@ -157,8 +157,8 @@ def test_a_compiler_failure_on_the_first_step_falls_back_without_a_double_update
                          run_dir=str(tmp_path / "run"))
     prepare_new(tmp_path / "run", overwrite=False)
     trainer = Trainer(config, get_registry(), tmp_path / "run")
-    trainer.speed.compile = True  # as if compiled: the first step goes through the fallback
-    real_step, calls = trainer._compute_step, []
+    trainer.run.speed.compile = True  # as if compiled: the first step goes through the fallback
+    real_step, calls = trainer.run.stepper.compute, []
 
     def fails_once_after_updating(batches):
         values = real_step(batches)
@@ -167,11 +167,11 @@ def test_a_compiler_failure_on_the_first_step_falls_back_without_a_double_update
             raise AssertionError("expected size 512==512, stride 16==1 at dim=1")
         return values
 
-    trainer._compute_step = fails_once_after_updating
+    trainer.run.stepper.compute = fails_once_after_updating
     trainer.fit()
-    assert len(calls) == 2 and not trainer.speed.compile
+    assert len(calls) == 2 and not trainer.run.speed.compile
     assert "torch.compile failed on this model's first step (AssertionError" in capsys.readouterr().err
-    steps = {float(state["step"]) for opt in trainer.optimizers.values() for state in opt.state.values()}
+    steps = {float(state["step"]) for opt in trainer.run.stepper.optimizers.values() for state in opt.state.values()}
     assert steps == {1.0}  # one update per optimizer, not two
 
 

@@ -11,6 +11,10 @@ class ZooError(Exception):
     exit_code = 1
     quiet = False  # set on processes other than rank 0, so a job prints each message once
 
+    def __init__(self, message: str = "", *, one_process: bool = False) -> None:
+        super().__init__(message)
+        self.one_process = one_process  # only the process that met it can say it (its GPU, its samples)
+
 
 class UsageError(ZooError):
     """A bad name, option, value or path given by the user (exit code 2)."""

@@ -44,11 +44,32 @@ class RegistrySpecs:
 
 
 class LifecycleSpecs:
-    """Hooks a training hook object implements; the engine calls them in order."""
+    """Hooks a training hook object implements, each marked ``@zoo.hookimpl``.
+
+    zoo calls them itself, not through pluggy's caller, so that a hook that raises stops the
+    run naming that hook. The order: the hooks in the order they were selected (the default
+    hooks, then ``--hook`` ones in the order given); ``@hookimpl(tryfirst=True)`` moves a
+    method to the front, ``trylast=True`` to the back. Return values are ignored. Around a
+    run: ``check_run`` (optional), then on resume ``load_state_dict``, then ``on_train_start``;
+    each step ``on_train_step``, at log steps ``on_step_end``; at an epoch's end
+    ``on_epoch_end``, then an evaluation's ``on_eval_end``, then a save's ``state_dict`` and
+    ``on_checkpoint_saved``; last ``on_train_end``.
+    """
 
     @hookspec
     def on_train_start(self, run: RunContext) -> None:
-        """Called once before the first step (also after a resume), with the live ``run``."""
+        """Called once before the first step (also after a resume, with the hook's state back)."""
+
+    @hookspec
+    def on_train_step(self, run: RunContext, step: int, losses: dict[str, Tensor]) -> None:
+        """Called after every training step, once its optimizers have stepped (``step`` counts from 1).
+
+        ``losses`` maps names to detached 0-dim tensors on the run's device (the step's losses and
+        the figures the model logged): no Python floats, so calling this costs no device sync;
+        reading a value (``float(t)``) would. Under ``--cuda-graph`` the tensors are overwritten by
+        the next step: clone what you keep. For work every step needs (weight averaging).
+        A step skipped whole (``--skip-nonfinite``, every sample unreadable) calls nothing.
+        """
 
     @hookspec
     def on_step_end(self, run: RunContext, step: int, scalars: dict[str, float]) -> None:
@@ -60,7 +81,8 @@ class LifecycleSpecs:
 
     @hookspec
     def on_epoch_end(self, run: RunContext, epoch: int) -> None:
-        """Called after each full pass over the training data (epoch counts from 1)."""
+        """Called after each full pass over the training data (epoch counts from 1), before the
+        evaluation and the checkpoint due at that step."""
 
     @hookspec
     def on_eval_end(self, run: RunContext, step: int, metrics: dict[str, float]) -> None:
@@ -68,7 +90,7 @@ class LifecycleSpecs:
 
     @hookspec
     def on_checkpoint_saved(self, run: RunContext, step: int, path: Path) -> None:
-        """Called after a checkpoint folder was written and renamed into place."""
+        """Called after a checkpoint folder was written and renamed into place (after ``state_dict``)."""
 
     @hookspec
     def on_log(self, run: RunContext, step: int, name: str, value: float | Tensor) -> None:
@@ -82,6 +104,33 @@ class LifecycleSpecs:
     @hookspec
     def on_train_end(self, run: RunContext, status: str) -> None:
         """Called once when training stops; ``status`` is "done", "interrupted" or "failed"."""
+
+
+class OptionalMethods:
+    """Plain methods a hook object may define, unmarked: zoo calls them directly and uses what they return."""
+
+    def check_run(self, run: RunContext) -> None:
+        """Called once before the run's first step, before a resume's ``load_state_dict``.
+
+        Raise ``ValueError`` (or ``zoo.errors.UsageError``) to refuse the run: a new run stops with
+        a usage error naming the hook; a resumed one only prints it, so saved runs go on.
+        """
+
+    def state_dict(self) -> dict:
+        """Called at every checkpoint, before ``on_checkpoint_saved``; the result is saved with it.
+
+        Return JSON values (numbers, strings, lists, dicts) and tensors. A hook defining it must
+        define ``load_state_dict`` too. One that raises is left out of the checkpoint, the run's
+        own state is still saved, and the run stops naming the hook (at its end: a warning).
+        """
+
+    def load_state_dict(self, state: dict) -> None:
+        """Called on resume with what ``state_dict`` returned, after ``check_run``, before ``on_train_start``."""
+
+
+def optional_method_names() -> list[str]:
+    """The plain methods a hook object may define (``check_run``, ``state_dict``, ``load_state_dict``)."""
+    return [name for name in vars(OptionalMethods) if not name.startswith("_")]
 
 
 def lifecycle_hook_names() -> list[str]:

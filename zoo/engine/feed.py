@@ -159,6 +159,16 @@ class BadItems:
         self.distinct.update(item.index for item in bad)
         self.first = self.first or bad[0].message
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the skipped samples."""
+        return {"count": self.count, "distinct": sorted(self.distinct), "first": self.first}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take back a checkpoint's count of skipped samples."""
+        self.count = state.get("count", 0)
+        self.distinct = set(state.get("distinct", []))
+        self.first = state.get("first")
+
     def summary(self) -> str | None:
         """One line on what was skipped, or ``None``."""
         if not self.count:

@@ -99,9 +99,10 @@ class HookCaller:
                                   f"come back on resume; define both (or neither).")
         self.names = [entry.qualified_name for entry, _ in hooks]
         self.objects = {entry.qualified_name: obj for entry, obj in hooks}
-        self.unsaved: list[str] = []  # why the last state() left a hook's state out
+        self.unsaved: list[str] = []  # why the last state_dict() left a hook's state out
+        self._order: dict[str, list[Any]] = {}  # each hook name's implementations, in calling order
 
-    def state(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         """The saved state of every hook that keeps one (``state_dict()``), for checkpoints.
 
         A hook whose ``state_dict()`` fails or gives what a checkpoint cannot hold is left out, and
@@ -129,7 +130,7 @@ class HookCaller:
             states[name] = state
         return states
 
-    def restore(self, states: dict[str, Any]) -> None:
+    def load_state_dict(self, states: dict[str, Any]) -> None:
         """Give each hook back its saved state (``load_state_dict(state)``)."""
         for name, state in states.items():
             obj = self.objects.get(name)
@@ -139,10 +140,18 @@ class HookCaller:
                 except Exception as exc:
                     raise HookFailed(f"hook '{name}' failed in load_state_dict: {first_line(exc)}") from exc
 
+    def ordered(self, hook_name: str) -> list[Any]:
+        """The implementations of ``hook_name`` in calling order: ``tryfirst`` ones, the others, ``trylast``
+        ones, each group in the order the hooks were selected."""
+        if hook_name not in self._order:
+            impls = getattr(self.manager.hook, hook_name).get_hookimpls()  # registration order within groups
+            self._order[hook_name] = sorted(impls, key=lambda impl: (not impl.tryfirst, impl.trylast,
+                                                                     self.names.index(impl.plugin_name)))
+        return self._order[hook_name]
+
     def call(self, hook_name: str, **kwargs: Any) -> None:
-        """Call ``hook_name`` on every hook implementing it, in the order they were selected."""
-        caller = getattr(self.manager.hook, hook_name)
-        for impl in reversed(caller.get_hookimpls()):  # pluggy lists last-registered first
+        """Call ``hook_name`` on every hook implementing it, in order (``ordered``); a failure names the hook."""
+        for impl in self.ordered(hook_name):
             try:
                 impl.function(**{name: kwargs[name] for name in impl.argnames})
             except HookFailed:  # another hook, called from this one (run.log reaches on_log): already named

@@ -1,0 +1,54 @@
+"""What a run does at set steps besides training: an epoch's end and an evaluation on the test split."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from tqdm import tqdm
+
+from zoo.engine import cache
+from zoo.engine.evaluate import evaluate
+
+
+def end_epoch(run: Any) -> None:
+    """The training data was seen once more: schedulers step, decoded caches are published, hooks hear of it."""
+    run.stepper.step_schedulers()
+    run.state.next_epoch()
+    run.context.epoch = run.state.epoch
+    if isinstance(run.train_set, cache.DecodedCache):
+        if run.device_decoder is not None:  # what the epoch left out, decoded as the rest was
+            run.device_decoder.fill_rest(run.config.batch_size)
+        run.train_set.finalize()  # the first epoch filled it: publish it for the next
+    run.hooks.call("on_epoch_end", run=run.context, epoch=run.state.epoch)
+
+
+def evaluate_unless_stopping(run: Any) -> None:
+    """Evaluate now, or, when a signal asks to stop, leave the evaluation owed to the resumed run."""
+    if run.stopper.signalled():  # evaluating could take minutes
+        run.state.eval_owed = True
+    else:
+        evaluate_now(run)
+
+
+def evaluate_now(run: Any) -> dict[str, float]:
+    """Evaluate on the test split; log the metrics, move the best, tell the hooks, say them."""
+    state = run.state
+    state.last_eval_step = state.step
+    state.eval_owed = True  # until it completes
+    bar = tqdm(total=len(run.test_loader), desc="eval", unit="batch", leave=False, file=sys.stderr,
+               dynamic_ncols=True, mininterval=0.5, disable=not run.dist.is_main)
+    try:
+        metrics = evaluate(run.recipe, run.loss_fn, run.test_loader, run.device, run.precision.autocast,
+                           run.config.seed, state.bad_items, progress=bar)
+    finally:
+        bar.close()
+    if isinstance(run.test_set, cache.DecodedCache):
+        run.test_set.finalize()  # the first evaluation filled it: publish it for the next
+    state.note_evaluation(metrics, run.recipe.metric)
+    if run.dist.is_main:
+        run.metrics_log.write({"kind": "eval", "step": state.step, "epoch": run.schedule.epochs_done(state.step),
+                               **metrics})
+    run.hooks.call("on_eval_end", run=run.context, step=state.step, metrics=metrics)
+    run.report.evaluated(state.step, metrics)
+    return metrics
