@@ -105,19 +105,51 @@ def test_an_unreadable_file_met_by_the_second_process_is_named(tmp_path):
     assert second.name in done.stderr and "--skip-bad-files" in done.stderr, done.stderr
 
 
-@pytest.mark.parametrize("is_main", [True, False])
-def test_each_error_of_a_job_is_said_once(is_main):
-    from train_cli.running import _once_per_job
+@pytest.mark.parametrize("rank", [0, 1])
+def test_each_error_of_a_job_is_said_once(rank):
+    from train_cli.jobs import job_error, said_here
     from zoo.engine.feed import BadSampleError
     from zoo.errors import RunError, UsageError
-    said = _once_per_job(UsageError("model 'dcgan' has no option 'nosuch'"), is_main)
-    assert said.quiet is not is_main  # every process meets it: rank 0 says it
-    assert not _once_per_job(BadSampleError("cannot read data/img03.png"), is_main).quiet  # only it can name it
-    assert not _once_per_job(RunError("out of memory putting model 'dcgan' on cuda:1"), is_main).quiet  # its own
-    ended = _once_per_job(RuntimeError("[gloo/transport/tcp/pair.cc:561] Connection closed by peer"), is_main)
-    assert ended.quiet and ended.exit_code == 1  # the peer, or the launcher, said why
+    is_main = rank == 0
+    said = job_error(UsageError("model 'dcgan' has no option 'nosuch'"), rank)
+    assert said_here(said) is is_main  # every process meets it: rank 0 says it
+    assert said_here(job_error(BadSampleError("cannot read data/img03.png"), rank))  # only it can name it
+    assert said_here(job_error(RunError("out of memory putting model 'dcgan' on cuda:1"), rank))  # its own
+    ended = job_error(RuntimeError("[gloo/transport/tcp/pair.cc:561] Connection closed by peer"), rank)
+    assert not said_here(ended) and ended.exit_code == 1  # the peer, or the launcher, said why
     bug = RuntimeError("index out of range")
-    assert _once_per_job(bug, is_main) is bug  # a bug of its own still shows
+    assert job_error(bug, rank) is bug  # a bug of its own still shows
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_an_error_of_the_training_steps_is_said_by_rank_0_unless_only_its_process_met_it(rank):
+    from train_cli.jobs import job_error, said_here
+    from zoo.errors import RunError
+    non_finite = job_error(RunError("the loss is not finite at step 3"), rank, in_steps=True)
+    assert said_here(non_finite) is (rank == 0)  # every process takes the steps in step: rank 0 says it
+    full = job_error(RunError("out of device memory at step 3", one_process=True), rank, in_steps=True)
+    assert said_here(full)  # its own GPU: only it can say it
+    from zoo.engine.report import whole_step_unreadable
+    assert said_here(job_error(whole_step_unreadable(3, 1), rank, in_steps=True))  # its own samples
+    assert job_error(non_finite, rank) is non_finite  # wrapped once, where the steps raised it
+
+
+def test_errors_keep_one_process_across_processes():
+    import pickle
+
+    from train_cli.jobs import JobError
+    from zoo.engine.feed import BadSampleError, WrongItemError
+    from zoo.errors import AmbiguousNameError, RunError, ZooError
+    assert not ZooError("plain").one_process and RunError("its GPU", one_process=True).one_process
+    assert BadSampleError("cannot read a.png").one_process and WrongItemError("bad item").one_process
+    for error in (RunError("its GPU", one_process=True), BadSampleError("cannot read a.png"),
+                  BadSampleError("told otherwise", one_process=False),
+                  AmbiguousNameError("model", "net", ["a:net", "b:net"]),
+                  JobError(RunError("in step"), 1, in_steps=True)):
+        copy = pickle.loads(pickle.dumps(error))
+        assert (type(copy), str(copy), copy.one_process) == (type(error), str(error), error.one_process)
+    job = pickle.loads(pickle.dumps(JobError(BadSampleError("x"), 1, in_steps=True)))
+    assert (job.rank, job.in_steps, type(job.error), job.exit_code) == (1, True, BadSampleError, 1)
 
 
 def test_a_run_folder_refused_by_rank_0_ends_the_other_process_quietly(tmp_path):

@@ -110,7 +110,7 @@ def test_interpolate_walks_from_one_sample_to_another(zoo_cli, runs, tmp_path):
 def test_slerp_walks_the_great_circle_between_its_ends():
     import torch
 
-    from train_cli.using import _slerp
+    from train_cli.sample import _slerp
     a, b = torch.randn(2, 16, 1, 1, generator=torch.Generator().manual_seed(0))
     b = b * (a.norm() / b.norm())  # equal norms: equal angles and norms along the walk
     walk = _slerp(a, b, 5)

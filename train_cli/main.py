@@ -6,6 +6,7 @@ Errors a user causes print one line and exit 2 (usage) or 1 (runtime);
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import traceback
@@ -13,8 +14,9 @@ import traceback
 import click
 
 import zoo
+from train_cli.jobs import said_here
 from zoo.errors import ZooError
-from zoo.registry import get_registry
+from zoo.registry import Registry, get_registry
 
 ABORTED = "zoo: aborted; nothing more was saved (--resume goes on from the last checkpoint, if one was written)."
 INTERRUPTED = "zoo: interrupted."  # commands other than train: nothing to go on from
@@ -30,7 +32,7 @@ class Context:
         self.debug = debug
         self.disabled = disabled
 
-    def registry(self, warn: bool = True):
+    def registry(self, warn: bool = True) -> Registry:
         """The plugin registry; other commands than ``list`` warn once, in one line, of broken plugins."""
         global _WARNED
         registry = get_registry(self.disabled)
@@ -69,20 +71,21 @@ def cli(ctx: click.Context, debug: bool, disabled: tuple[str, ...]) -> None:
     ctx.obj = Context(debug, disabled)
 
 
+COMMANDS = ("list", "info", "train", "test", "sample", "predict")  # each in train_cli/<name>.py as <name>_command
+
+
 def _register_commands() -> None:
-    from train_cli import listing, running, using
-    cli.add_command(listing.list_command)
-    cli.add_command(listing.info_command)
-    cli.add_command(running.train_command)
-    cli.add_command(running.test_command)
-    cli.add_command(using.sample_command)
-    cli.add_command(using.predict_command)
+    """Add each command to the group, from the module named after it."""
+    for name in COMMANDS:
+        module = importlib.import_module(f"train_cli.{name}")
+        cli.add_command(getattr(module, f"{name}_command"))
 
 
 _register_commands()
 
 
 def _debug_requested(argv: list[str]) -> bool:
+    """Whether ``--debug`` or ``ZOO_DEBUG`` asks for tracebacks (known before click parses anything)."""
     options = argv[:argv.index("--")] if "--" in argv else argv  # after --, arguments (a file named --debug)
     return "--debug" in options or os.environ.get("ZOO_DEBUG", "").strip().lower() in {"1", "true", "yes"}
 
@@ -129,6 +132,7 @@ def _interrupted(argv: list[str], train_message: str) -> int:
 
 
 def _caused_by_interrupt(exc: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is among ``exc``'s causes (Ctrl-C that surfaced as another error)."""
     seen = 0
     while exc is not None and seen < 20:
         if isinstance(exc, KeyboardInterrupt):
@@ -160,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             traceback.print_exc()
         message = str(exc)
-        if not exc.quiet:
+        if said_here(exc):  # a job of several processes says each error once
             click.echo(message if message.startswith("zoo:") else f"zoo: error: {message}", err=True)
         code = exc.exit_code
     except KeyboardInterrupt:

@@ -6,14 +6,18 @@ import sys
 
 
 class ZooError(Exception):
-    """Base of every error zoo reports to a user without a traceback."""
+    """Base of every error zoo reports to a user without a traceback.
+
+    ``one_process=True``: only the process that met it can say it (its own GPU, its own samples), so a
+    job of several processes never leaves it to rank 0 alone.
+    """
 
     exit_code = 1
-    quiet = False  # set on processes other than rank 0, so a job prints each message once
+    one_process = False  # an instance's, from __init__ (kept here for a subclass whose __init__ skips ours)
 
     def __init__(self, message: str = "", *, one_process: bool = False) -> None:
         super().__init__(message)
-        self.one_process = one_process  # only the process that met it can say it (its GPU, its samples)
+        self.one_process = one_process  # in __dict__: kept when the error is pickled to another process
 
 
 class UsageError(ZooError):
@@ -29,8 +33,8 @@ class AmbiguousNameError(UsageError):
         super().__init__(f"{kind} name '{name}' is offered by several plugins; pick one of: {', '.join(spellings)}.")
         self.kind, self.name, self.spellings = kind, name, spellings
 
-    def __reduce__(self) -> tuple:  # crosses process boundaries like any exception
-        return type(self), (self.kind, self.name, self.spellings)
+    def __reduce__(self) -> tuple:  # crosses process boundaries like any exception, its attributes too
+        return type(self), (self.kind, self.name, self.spellings), self.__dict__
 
 
 class RunError(ZooError):

@@ -109,15 +109,14 @@ def _decoding_on_device(run: Run) -> bool:
     reason = device_decode.blocker(run.train_set, run.device,
                                    cache_built_first=run.config.cache_decoded and run.dist.enabled)
     if reason:
-        run.report.notice(f"no --decode-on-device: {reason}; the loader's workers prepare the samples.")
+        run.report.no_decode_on_device(reason)
     return reason is None
 
 
 def _cache_decoded(run: Run) -> None:
     """Wrap both splits in decoded caches (one process: the first pass fills them; several: rank 0 first)."""
     if not cache.supports_cache(run.train_set):
-        run.report.notice(f"dataset '{run.plan.dataset.name}' has no decoded form to cache; --cache-decoded "
-                          f"changes nothing.")
+        run.report.no_cache(run.plan.dataset.name)
         return
     root, dist = cache.default_root(), run.dist
     if not dist.is_main:
@@ -132,8 +131,7 @@ def _cache_decoded(run: Run) -> None:
     if dist.is_main:
         distributed.barrier(dist)
         ready = run.train_set.complete
-        run.report.notice(f"decoded images {'read from' if ready else 'kept, as the first epoch decodes them, in'}"
-                          f" {run.train_set.path}")
+        run.report.cache_place(run.train_set.path, ready)
 
 
 def _loaders(run: Run) -> None:
@@ -170,14 +168,12 @@ def _loss_and_weights(run: Run) -> None:
         run.loss_fn.to(run.device)
     run.init_report = _fine_tune(run)
     if config.sync_bn and not run.dist.enabled:
-        run.report.notice("--sync-bn acts across several processes (--nproc-per-node N); with one process "
-                          "BatchNorm is unchanged.")
+        run.report.sync_bn_alone()
     if run.dist.enabled and config.sync_bn:
         if run.device.type == "cuda":
             run.recipe = torch.nn.SyncBatchNorm.convert_sync_batchnorm(run.recipe)
         else:
-            run.report.notice(f"--sync-bn needs CUDA devices; on {run.device.type} BatchNorm statistics stay "
-                              f"per process.")
+            run.report.sync_bn_without_cuda(run.device.type)
     speed.apply(run.recipe, run.speed, run.report.say)
 
 
@@ -194,7 +190,7 @@ def _fine_tune(run: Run) -> dict[str, Any] | None:
         report = {"source": source, **fit}
     if config.freeze:
         frozen = finetune.freeze(run.recipe, config.freeze)
-        run.report.notice(f"froze {len(frozen)} parameter tensor(s) matching {', '.join(config.freeze)}")
+        run.report.froze(len(frozen), config.freeze)
     return report
 
 
@@ -208,8 +204,7 @@ def _optimizers(run: Run) -> None:
     run.stepper = StepRunner(run, optimizers, schedulers, run.precision, run.report, run.state)
     idle = contracts.idle_optimizers(run.stepper.params, run.config.freeze, model)
     if idle:
-        run.report.notice(f"no trainable parameter left for optimizer {', '.join(idle)}; its loss is logged, "
-                          f"not stepped.")
+        run.report.idle_optimizers(idle)
 
 
 def _bookkeeping(run: Run) -> None:

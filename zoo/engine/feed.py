@@ -127,13 +127,17 @@ def collate_items(items: list[Any]) -> tuple[Any, list[BadItem]]:
 class BadSampleError(RunError):
     """A sample could not be read and --skip-bad-files is off."""
 
-    met_by_one_process = True  # each process of a job reads its own samples: the one that met it says so
+    def __init__(self, message: str = "", *, one_process: bool = True) -> None:
+        # each process of a job reads its own samples: the one that met it says so
+        super().__init__(message, one_process=one_process)
 
 
 class WrongItemError(PluginError):
     """A dataset gave an item that breaks the item contract (a bug in the dataset plugin)."""
 
-    met_by_one_process = True
+    def __init__(self, message: str = "", *, one_process: bool = True) -> None:
+        # each process of a job reads its own items: the one that met it says so
+        super().__init__(message, one_process=one_process)
 
 
 class BadItems:

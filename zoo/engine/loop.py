@@ -123,10 +123,10 @@ def _failures_said(run: Any) -> Iterator[None]:
         yield
     except BadSampleError as exc:
         after = run.checkpoints.save_before_failing("replace the file (same name)", True)
-        raise BadSampleError(f"{exc}\n{after}") from None
+        raise BadSampleError(f"{exc}\n{after}", one_process=exc.one_process) from None
     except WrongItemError as exc:
         after = run.checkpoints.save_before_failing("fix the dataset plugin", False)
-        raise WrongItemError(f"{exc}\n{after}") from None
+        raise WrongItemError(f"{exc}\n{after}", one_process=exc.one_process) from None
     except torch.OutOfMemoryError:
         raise report.out_of_memory(run.state.step + 1, run.config.batch_size) from None
 

@@ -2,7 +2,8 @@
 
 The loop and its pieces call these by what happened; the words live here. Lines go to
 stderr through tqdm (so they do not break a progress bar); processes other than rank 0
-of a job stay silent.
+of a job stay silent. Refusals of a bad set-up (a usage error, a plugin's broken contract)
+are raised beside the check that finds them (``assemble``, ``saving``, ``contracts``).
 """
 
 from __future__ import annotations
@@ -56,6 +57,28 @@ class Report:
                     f"{tuple(run.train_set.image_shape)} ({len(run.train_set)} train / {len(run.test_set)} test), "
                     f"{params:,} parameters, device {run.device}, {run.schedule.steps_per_epoch} steps/epoch, "
                     f"run dir {run.run_dir}")
+
+    def no_decode_on_device(self, reason: str) -> None:
+        self.notice(f"no --decode-on-device: {reason}; the loader's workers prepare the samples.")
+
+    def no_cache(self, dataset: str) -> None:
+        self.notice(f"dataset '{dataset}' has no decoded form to cache; --cache-decoded changes nothing.")
+
+    def cache_place(self, path: Any, ready: bool) -> None:
+        self.notice(f"decoded images {'read from' if ready else 'kept, as the first epoch decodes them, in'} {path}")
+
+    def sync_bn_alone(self) -> None:
+        self.notice("--sync-bn acts across several processes (--nproc-per-node N); with one process BatchNorm "
+                    "is unchanged.")
+
+    def sync_bn_without_cuda(self, device_type: str) -> None:
+        self.notice(f"--sync-bn needs CUDA devices; on {device_type} BatchNorm statistics stay per process.")
+
+    def froze(self, count: int, patterns: list[str]) -> None:
+        self.notice(f"froze {count} parameter tensor(s) matching {', '.join(patterns)}")
+
+    def idle_optimizers(self, names: list[str]) -> None:
+        self.notice(f"no trainable parameter left for optimizer {', '.join(names)}; its loss is logged, not stepped.")
 
     def already_complete(self, run_dir: Any, state: TrainState, schedule: Schedule) -> None:
         """A resume of a run that has nothing left to do: how to give it more steps."""

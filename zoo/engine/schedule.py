@@ -29,7 +29,6 @@ class Schedule:
     def __init__(self, config: TrainConfig, steps_per_epoch: int) -> None:
         self.config = config
         self.steps_per_epoch = steps_per_epoch
-        self.micro_batches = config.accumulate  # per step
         self.batches_per_epoch = steps_per_epoch * config.accumulate
 
     def limits(self) -> list[Limit]:

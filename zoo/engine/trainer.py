@@ -45,7 +45,7 @@ class Trainer:
 
     @property
     def best(self) -> dict[str, Any] | None:
-        """The best evaluation by the model's metric: its step, value and metric."""
+        """The best evaluation by the model's metric: its step, value, metric and whether it is saved."""
         return self.run.state.best
 
     @property

@@ -1,4 +1,4 @@
-"""``zoo list`` and ``zoo info``: what is installed, and what one entry takes."""
+"""``zoo list``: what is installed (models, losses, datasets, hooks, plugins), as a table or JSON."""
 
 from __future__ import annotations
 
@@ -6,11 +6,14 @@ import difflib
 import json
 import shutil
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
-from zoo.errors import UsageError
-from zoo.registry import KINDS, PLURALS, Entry, Registry
+from zoo.registry import KINDS, PLURALS, Entry, PluginInfo, Registry
+
+if TYPE_CHECKING:
+    from train_cli.main import Context
 
 _PLURAL_OF = {kind: plural for plural, kind in PLURALS.items()}
 _GROUP_TITLES = {"model": "Models", "loss": "Losses", "dataset": "Datasets", "hook": "Hooks"}
@@ -31,6 +34,7 @@ def _table(rows: list[tuple[str, ...]], indent: str = "  ") -> list[str]:
 
 
 def _entry_record(entry: Entry, registry: Registry) -> dict:
+    """An entry as ``zoo list --json`` gives it."""
     info = registry.plugins.get(entry.plugin)
     record = {"kind": entry.kind, "name": entry.name, "plugin": entry.plugin, "summary": entry.summary,
               "target": entry.target, "version": info.version if info else None}
@@ -39,26 +43,26 @@ def _entry_record(entry: Entry, registry: Registry) -> dict:
     return record
 
 
-def _plugin_record(plugin) -> dict:
+def _plugin_record(plugin: PluginInfo) -> dict:
+    """A plugin as ``zoo list --json`` gives it."""
     return {"kind": "plugin", "name": plugin.name, "plugin": plugin.name, "summary": plugin.error or "",
             "distribution": plugin.distribution, "version": plugin.version, "status": plugin.status,
             "module": plugin.module, "registered": dict(plugin.counts)}
+
+
 
 
 @click.command("list")
 @click.argument("args", nargs=-1, metavar="[models|losses|datasets|hooks|plugins] [PATTERN]...")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array instead of a table.")
 @click.pass_obj
-def list_command(ctx, args: tuple[str, ...], as_json: bool) -> None:
+def list_command(ctx: Context, args: tuple[str, ...], as_json: bool) -> None:
     """List installed models, losses, datasets, hooks and plugins.
 
     PATTERNs are shell wildcards matched against names, e.g. 'zoo list models "tv_resnet*"'.
     """
     registry = ctx.registry(warn=False)
-    kind, patterns = None, list(args)
-    if patterns and (patterns[0] in PLURALS or patterns[0] == "plugins" or patterns[0] in KINDS + ("plugin",)):
-        word = patterns.pop(0)
-        kind = "plugin" if word.startswith("plugin") else PLURALS.get(word, word)
+    kind, patterns = _kind_and_patterns(args)
     entries = [] if kind == "plugin" else registry.entries(kind, patterns)
     plugins = sorted(registry.plugins.values(), key=lambda p: p.name)
     if patterns and kind == "plugin":
@@ -74,6 +78,26 @@ def list_command(ctx, args: tuple[str, ...], as_json: bool) -> None:
         if misspelt:  # stdout stays JSON
             click.echo(f"zoo: note: {misspelt}", err=True)
         return
+    lines = _entry_lines(entries, kind) + (_plugin_lines(plugins) if show_plugins else _skipped_lines(registry))
+    if not show_plugins and not entries:
+        what = _PLURAL_OF[kind] if kind else "entries"
+        lines.append(misspelt or (f"no {what} match {' '.join(patterns)}" if patterns else f"no {what} installed"))
+    elif misspelt:  # other patterns matched: still point out the word that looks like a kind
+        lines.append(f"note: {misspelt}")
+    click.echo("\n".join(lines).rstrip())
+
+
+def _kind_and_patterns(args: tuple[str, ...]) -> tuple[str | None, list[str]]:
+    """The kind a first word names (``models``, ``plugin``...; None for every kind) and the name patterns."""
+    kind, patterns = None, list(args)
+    if patterns and (patterns[0] in PLURALS or patterns[0] == "plugins" or patterns[0] in KINDS + ("plugin",)):
+        word = patterns.pop(0)
+        kind = "plugin" if word.startswith("plugin") else PLURALS.get(word, word)
+    return kind, patterns
+
+
+def _entry_lines(entries: list[Entry], kind: str | None) -> list[str]:
+    """A titled table per kind of the entries, each followed by a blank line."""
     lines: list[str] = []
     for group in KINDS:
         if kind not in (None, group):
@@ -85,26 +109,26 @@ def list_command(ctx, args: tuple[str, ...], as_json: bool) -> None:
         lines.append(f"{_GROUP_TITLES[group]} ({len(rows)})")
         lines += _table([("NAME", "PLUGIN", "SUMMARY")] + rows)
         lines.append("")
-    if show_plugins:
-        rows = []
-        for p in plugins:
-            made = ", ".join(f"{n} {k if n == 1 else _PLURAL_OF[k]}" for k, n in p.counts.items() if n)
-            detail = p.error if p.status != "ok" else made
-            rows.append((p.name, p.distribution, p.version, p.status, detail))
-        lines.append(f"Plugins ({len(rows)})")
-        lines += _table([("NAME", "DISTRIBUTION", "VERSION", "STATUS", "DETAIL")] + rows)
-    else:
-        broken = registry.broken()
-        if broken:
-            skipped = ", ".join(f"{p.name}: {p.status}" for p in broken)
-            lines.append(f"note: {len(broken)} plugin(s) skipped ({skipped}); "
-                         f"'zoo list plugins' shows why.")
-    if not show_plugins and not entries:
-        what = _PLURAL_OF[kind] if kind else "entries"
-        lines.append(misspelt or (f"no {what} match {' '.join(patterns)}" if patterns else f"no {what} installed"))
-    elif misspelt:  # other patterns matched: still point out the word that looks like a kind
-        lines.append(f"note: {misspelt}")
-    click.echo("\n".join(lines).rstrip())
+    return lines
+
+
+def _plugin_lines(plugins: list[PluginInfo]) -> list[str]:
+    """The plugins' table: distribution, version, status and what each registered (or why it failed)."""
+    rows = []
+    for p in plugins:
+        made = ", ".join(f"{n} {k if n == 1 else _PLURAL_OF[k]}" for k, n in p.counts.items() if n)
+        detail = p.error if p.status != "ok" else made
+        rows.append((p.name, p.distribution, p.version, p.status, detail))
+    return [f"Plugins ({len(rows)})"] + _table([("NAME", "DISTRIBUTION", "VERSION", "STATUS", "DETAIL")] + rows)
+
+
+def _skipped_lines(registry: Registry) -> list[str]:
+    """A note naming the broken plugins that were skipped, where the plugins' table is not shown."""
+    broken = registry.broken()
+    if not broken:
+        return []
+    skipped = ", ".join(f"{p.name}: {p.status}" for p in broken)
+    return [f"note: {len(broken)} plugin(s) skipped ({skipped}); 'zoo list plugins' shows why."]
 
 
 def _misspelt_kind(registry: Registry, patterns: list[str]) -> str | None:
@@ -116,25 +140,3 @@ def _misspelt_kind(registry: Registry, patterns: list[str]) -> str | None:
         return None
     return f"no kind or name matches '{patterns[0]}'; did you mean 'zoo list {' '.join([*close, *patterns[1:]])}'?"
 
-
-@click.command("info")
-@click.argument("name")
-@click.option("--kind", type=click.Choice(KINDS), help="Which kind, when a name is both a model and a loss.")
-@click.pass_obj
-def info_command(ctx, name: str, kind: str | None) -> None:
-    """Show what a model, loss, dataset or hook is, its options and what it works with."""
-    from train_cli import describe
-    registry = ctx.registry()
-    if kind:
-        entries = [registry.resolve(kind, name)]
-    else:
-        entries = registry.find_any(name)
-        if not entries:
-            close = registry.suggest_any(name.rpartition(":")[2])
-            hint = f" Did you mean: {', '.join(close)}?" if close else ""
-            raise UsageError(f"nothing named '{name}' is installed.{hint} Run 'zoo list' to see "
-                             f"all{registry.skipped_note()}.")
-        if len({e.kind for e in entries}) == 1 and len(entries) > 1:
-            entries = [registry.resolve(entries[0].kind, name)]  # raises, listing plugin:name spellings
-    blocks = [describe.describe(registry, entry) for entry in entries]
-    click.echo("\n\n".join(blocks))
