@@ -74,7 +74,8 @@ def test_an_image_to_image_run_saves_test_inputs_outputs_and_targets(registry, t
     assert torch.equal(grid_cells(Path(result["sample_grid"]), 3, 8), cells)  # the same weights, the same grid
 
 
-def test_drawing_the_grids_leaves_training_bitwise_unchanged(registry, tmp_path):
+def test_drawing_the_grids_leaves_training_bitwise_unchanged(registry, tmp_path, monkeypatch):
+    monkeypatch.setattr(pictures, "GRID_SHARE", 1.0)  # no budget: a grid at every epoch's end
     quiet = train(registry, tmp_path / "quiet", no_hooks=["samples", "tensorboard"], max_steps=9)
     shown = train(registry, tmp_path / "shown", max_steps=9)  # grids at the ends of epochs 1 and 2
     assert sorted(p.name for p in (tmp_path / "shown" / "samples").iterdir()) == \
@@ -82,6 +83,39 @@ def test_drawing_the_grids_leaves_training_bitwise_unchanged(registry, tmp_path)
     assert not (tmp_path / "quiet" / "samples").exists()
     for (name, a), (_, b) in zip(quiet.run.recipe.state_dict().items(), shown.run.recipe.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_epoch_end_grids_past_their_budget_are_skipped_alike_by_both_hooks_and_the_end_still_has_one(
+        registry, tmp_path, monkeypatch):
+    from test_engine import read_events
+
+    monkeypatch.setattr(pictures, "GRID_SHARE", 0.0)  # nothing to spend: the first epoch's end alone
+    train(registry, tmp_path / "run", max_steps=13)  # 4 steps an epoch: ends at 4, 8, 12
+    assert sorted(p.name for p in (tmp_path / "run" / "samples").iterdir()) == \
+        ["latest.png", "step-13.png", "step-4.png"]
+    latest = tmp_path / "run" / "samples" / "latest.png"
+    assert latest.read_bytes() == (tmp_path / "run" / "samples" / "step-13.png").read_bytes()
+    shown = [e.step for e in read_events(tmp_path / "run" / "tensorboard") for v in e.summary.value
+             if v.tag == "samples"]
+    assert shown == [4, 13]
+
+
+def test_the_grid_budget_allows_a_grid_while_grids_took_at_most_their_share_of_the_time(monkeypatch):
+    monkeypatch.setattr(pictures, "GRID_SHARE", 0.02)
+    now = [100.0]
+    budget = pictures.GridBudget(clock=lambda: now[0])
+    now[0] += 1.0
+    assert budget.due(23)  # nothing spent yet: the first epoch's end has one
+    with budget.charged():
+        now[0] += 0.1  # the grid took 0.1 s
+    assert budget.spent == pytest.approx(0.1)
+    assert budget.due(23)  # one answer a step: the second hook draws it too
+    now[0] += 1.0
+    assert not budget.due(46)  # 0.1 s of 2.1 s
+    now[0] = 105.5
+    assert budget.due(69)  # 0.1 s of 5.5 s: under 2%
+    budget.start()  # a new start: nothing spent
+    assert budget.spent == 0.0 and budget.due(69)
 
 
 def test_a_classifier_frames_its_test_images_green_where_right_and_red_where_wrong(registry, tmp_path):

@@ -8,7 +8,14 @@ from zoo import hookimpl
 
 
 class TensorboardHook:
-    """Writes losses, learning rates, compute efficiency, throughput and sample grids to ``tensorboard/``."""
+    """Writes losses, learning rates, compute efficiency, throughput and sample grids to ``tensorboard/``.
+
+    Sample grids are written at epochs' ends as the samples hook saves them, sharing its budget
+    (``zoo.engine.pictures.GridBudget``): an epoch's end has one only while the time spent on grids so
+    far is at most ``GRID_SHARE`` (2%) of the time since training started, so the first epoch's end always
+    has one and tiny epochs have one every so many. The run's end always has one. Events reach the disk
+    within ``flush_secs`` (30 s) and when the run ends; a grid forces no flush of its own.
+    """
 
     def __init__(self) -> None:
         self.writer: Any = None
@@ -25,6 +32,8 @@ class TensorboardHook:
         # resumed: TensorBoard drops what the first part logged after its checkpoint (logged again now)
         purge = run.step + 1 if run.step > 0 else None
         self.writer = SummaryWriter(logdir=str(run.run_dir / "tensorboard"), flush_secs=30, purge_step=purge)
+        from zoo.engine.pictures import grid_budget
+        grid_budget(run).start()
 
     @hookimpl
     def on_step_end(self, run, step, scalars):
@@ -51,8 +60,13 @@ class TensorboardHook:
 
     @hookimpl
     def on_epoch_end(self, run, epoch):
-        if self.writer is not None:
-            self._add_grid(run)
+        if self.writer is None:
+            return
+        from zoo.engine.pictures import grid_budget
+        budget = grid_budget(run)
+        if budget.due(run.step):
+            with budget.charged():
+                self._add_grid(run)
 
     @hookimpl
     def on_train_end(self, run, status):
@@ -66,5 +80,4 @@ class TensorboardHook:
     def _add_grid(self, run) -> None:
         grid = run.sample_grid()
         if grid is not None:
-            self.writer.add_image("samples", grid, run.step)
-            self.writer.flush()
+            self.writer.add_image("samples", grid, run.step)  # the writer's thread writes it; no fsync here

@@ -5,7 +5,8 @@ fixed test images framed green where it is right and red where it is wrong.
 Every grid is drawn so that training never notices: eval mode (restored after), no gradients,
 generators of their own, the global RNG as it was. A test-image grid that cannot be drawn
 (a plugin's model or data not shaped as zoo's builtins are) is given up in one line, never
-stopping the run.
+stopping the run. Nor does it slow the run much: the hooks that show grids at epochs' ends
+share a ``GridBudget`` that keeps them to ``GRID_SHARE`` of the run's wall time.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-from typing import Any, Callable, ContextManager
+import time
+import weakref
+from typing import Any, Callable, ContextManager, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +35,7 @@ CLASSIFIED_COUNT = 32  # test images in a classifier's grid (4 rows of 8)
 FRAME = 3  # pixels of a classified image's frame
 CLASSIFIED_SIDE = 96  # larger classified images are shown scaled down to this (an ImageNet model's grid stays small)
 RIGHT, WRONG = (0.1, 0.75, 0.2), (0.9, 0.1, 0.1)  # frame colours (RGB in [0, 1])
+GRID_SHARE = 0.02  # the most of a run's wall time its epoch-end grids may take (see GridBudget)
 
 
 def preview_indices(length: int, count: int = PREVIEW_COUNT, seed: int = 0) -> list[int]:
@@ -190,3 +194,52 @@ class Pictures:
             self._given_up = True
             self.say(f"zoo: no grid of test images for this run ({first_line(exc)}); going on without it.")
             return None
+
+
+class GridBudget:
+    """Keeps a run's epoch-end grids to about ``GRID_SHARE`` of its wall time, however short its epochs.
+
+    The rule: an epoch-end grid is due when the time spent on grids so far (drawing them, encoding
+    and writing PNGs and events, by every hook that charges this budget) is at most ``GRID_SHARE``
+    of the time since training started in this process; otherwise that epoch goes without one.
+    So the first epoch's end always has a grid; epochs lasting over 1 / GRID_SHARE (50) times what a
+    grid takes (tens of milliseconds on a CPU), evaluations included, have one each; shorter ones have
+    one every so many. The run's end always has one: the hooks draw it without asking. ``due`` gives one answer per step, so every hook shows
+    the same steps.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
+        self.start()
+
+    def start(self) -> None:
+        """Training starts (again): nothing spent, the clock from now."""
+        self.started = self.clock()
+        self.spent = 0.0
+        self._answer: tuple[int, bool] | None = None
+
+    def due(self, step: int) -> bool:
+        """Whether an epoch-end grid is drawn at ``step`` (the same answer for every call at one step)."""
+        if self._answer is None or self._answer[0] != step:
+            self._answer = (step, self.spent <= GRID_SHARE * (self.clock() - self.started))
+        return self._answer[1]
+
+    @contextlib.contextmanager
+    def charged(self) -> Iterator[None]:
+        """Adds the time the block takes to what grids have cost."""
+        began = self.clock()
+        try:
+            yield
+        finally:
+            self.spent += self.clock() - began
+
+
+_BUDGETS: "weakref.WeakKeyDictionary[Any, GridBudget]" = weakref.WeakKeyDictionary()
+
+
+def grid_budget(run: Any) -> GridBudget:
+    """The ``GridBudget`` of a live run (the ``RunContext`` hooks receive), shared by all its hooks."""
+    budget = _BUDGETS.get(run)
+    if budget is None:
+        budget = _BUDGETS[run] = GridBudget()
+    return budget
