@@ -92,7 +92,7 @@ def zoo_seconds(args: argparse.Namespace, data: Path, steps: int, folder: Path,
     prepare_new(folder, overwrite=True)
     trainer = Trainer(config(args, data, steps, folder, no_hooks), get_registry(), folder)
     in_hooks = [0.0]
-    call = trainer.hooks.call
+    call = trainer.run.hooks.call
 
     def timed(hook_name: str, **kwargs: Any) -> None:
         began = time.perf_counter()
@@ -101,7 +101,7 @@ def zoo_seconds(args: argparse.Namespace, data: Path, steps: int, folder: Path,
         finally:
             in_hooks[0] += time.perf_counter() - began
 
-    trainer.hooks.call = timed
+    trainer.run.hooks.call = timed
     with open(os.devnull, "w") as quiet, contextlib.redirect_stderr(quiet), contextlib.redirect_stdout(quiet):
         _sync(torch.device(args.device))
         started = time.perf_counter()
@@ -178,7 +178,18 @@ def main() -> None:
         print(f"{side:<44} {1000 * ms:7.2f} ms/step   ({args.short} steps {short[0]:.3f} s, "
               f"{args.long} steps {long[0]:.3f} s{hooks})")
     for side in list(SIDES)[:2]:
-        print(f"ratio {side} / plain loop: {per_step[side] / plain:.3f}")
+        print(f"ratio {side} / plain loop: {per_step[side] / plain:.3f} (fastest runs); "
+              f"{paired_ratio(times[side], times['plain loop'], args):.3f} (median of the repeats' own slopes)")
+
+
+def paired_ratio(side: dict[int, list[tuple[float, float]]], plain: dict[int, list[tuple[float, float]]],
+                 args: argparse.Namespace) -> float:
+    """The median over repeats of (the side's slope / the plain loop's slope), each from that repeat's runs:
+    the sides ran in turn, so a repeat slowed by other work slows both and the ratio holds."""
+    ratios = sorted((side[args.long][i][0] - side[args.short][i][0]) / (plain[args.long][i][0] - plain[args.short][i][0])
+                    for i in range(args.repeats))
+    middle = len(ratios) // 2
+    return ratios[middle] if len(ratios) % 2 else (ratios[middle - 1] + ratios[middle]) / 2
 
 
 if __name__ == "__main__":

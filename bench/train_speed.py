@@ -129,7 +129,7 @@ def zoo_loop(args: argparse.Namespace, device: torch.device, folder: Path, varia
     config = bench_config(args, folder, variant)
     if variant == "default-thread":
         from zoo.engine import epochs, feed
-        epochs.prefetching = lambda loader, workers, depth: feed.Prefetcher(loader, max_prefetch=depth)
+        epochs.prefetching = lambda loader, workers, depth, device=None: feed.Prefetcher(loader, max_prefetch=depth)
     prepare_new(folder, overwrite=True)
     trainer = Trainer(config, get_registry(), folder)
     stamps: dict[str, float] = {}

@@ -66,9 +66,13 @@ def item_rng() -> torch.Generator | None:
 
     While the engine loads a sample it sets a generator seeded from (run seed,
     epoch, index), so augmentation is the same whichever worker loads the item
-    and after a resume. Outside the engine it is ``None``: torch's global RNG.
+    and after a resume. Outside the engine it is ``None``: torch's global RNG. The generator is
+    made on the first call for an item, so items that draw nothing cost nothing.
     """
-    return getattr(_ITEM, "generator", None)
+    generator = getattr(_ITEM, "generator", None)
+    if generator is None and getattr(_ITEM, "seed", None) is not None:
+        generator = _ITEM.generator = item_generator(_ITEM.seed)
+    return generator
 
 
 def item_generator(seed: int) -> torch.Generator:
@@ -81,13 +85,24 @@ def item_generator(seed: int) -> torch.Generator:
 @contextlib.contextmanager
 def seeded_item(seed: int) -> Iterator[torch.Generator]:
     """Make :func:`item_rng` return a generator seeded with ``seed`` in this thread."""
-    generator = item_generator(seed)
-    previous = getattr(_ITEM, "generator", None)
-    _ITEM.generator = generator
+    previous = enter_item(seed)
     try:
-        yield generator
+        yield item_rng()
     finally:
-        _ITEM.generator = previous
+        leave_item(previous)
+
+
+def enter_item(seed: int) -> tuple[int | None, torch.Generator | None]:
+    """Start loading an item seeded with ``seed`` (what :func:`seeded_item` does, without a context manager,
+    for the loader's every item); returns what :func:`leave_item` puts back."""
+    previous = getattr(_ITEM, "seed", None), getattr(_ITEM, "generator", None)
+    _ITEM.seed, _ITEM.generator = seed, None
+    return previous
+
+
+def leave_item(previous: tuple[int | None, torch.Generator | None]) -> None:
+    """Done loading the item: the item seed before :func:`enter_item` is back."""
+    _ITEM.seed, _ITEM.generator = previous
 
 
 def item_problem(dataset: Dataset, item: object) -> str | None:

@@ -23,7 +23,7 @@ import torch
 from prefetch_generator import BackgroundGenerator
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from zoo.data import item_problem, seeded_item
+from zoo.data import enter_item, item_problem, leave_item
 from zoo.engine.rng import derive_seed
 from zoo.errors import PluginError, RunError, ZooError, first_line, part_name
 
@@ -91,11 +91,13 @@ class SeededItems(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         index, seed = key
+        previous = enter_item(seed)
         try:
-            with seeded_item(seed):
-                item = self.dataset[index]
+            item = self.dataset[index]
         except Exception as exc:  # a dataset may fail in any way on a bad file
             return as_bad_item(index, exc, part_name(self.dataset))
+        finally:
+            leave_item(previous)
         try:
             problem = item_problem(self.dataset, item)
         except Exception as exc:  # image_shape or classes themselves are broken
@@ -331,14 +333,19 @@ class LoaderStream:
         self._iterator = None
 
 
-def prefetching(loader: DataLoader, workers: int, max_prefetch: int) -> "Prefetcher | LoaderStream":
-    """The loader behind a prefetching front: a background thread when the main process loads.
+def prefetching(loader: DataLoader, workers: int, max_prefetch: int,
+                device: torch.device | None = None) -> "Prefetcher | LoaderStream":
+    """The loader behind a prefetching front: a background thread when the main process loads for a device.
 
     With worker processes the DataLoader already runs ahead (its workers and pin-memory
     thread); a second thread there would only add hand-offs of the interpreter lock to
-    every step, which a GPU-bound loop pays for in launch delays.
+    every step, which a GPU-bound loop pays for in launch delays. Training on the CPU, the
+    step's own threads use the cores the thread would load on, and its hand-offs of the
+    lock cost about a tenth of a small model's step (bench/step_overhead.py): the main
+    process loads in turn, as a hand-written loop does.
     """
-    return Prefetcher(loader, max_prefetch=max_prefetch) if workers == 0 else LoaderStream(loader)
+    ahead = workers == 0 and (device is None or device.type != "cpu")
+    return Prefetcher(loader, max_prefetch=max_prefetch) if ahead else LoaderStream(loader)
 
 
 class Prefetcher(BackgroundGenerator):
