@@ -24,7 +24,7 @@ from prefetch_generator import BackgroundGenerator
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from zoo.data import enter_item, item_problem, leave_item
-from zoo.engine.rng import derive_seed
+from zoo.engine.rng import derive_seed, derive_seeds
 from zoo.errors import PluginError, RunError, ZooError, first_line, part_name
 
 
@@ -54,8 +54,8 @@ class EpochOrder(Sampler):
         return full[self.rank::self.world_size]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        for index in self.order()[self.start:]:
-            yield index, derive_seed(self.seed, "item", self.epoch, index)
+        indices = self.order()[self.start:]
+        return zip(indices, derive_seeds(indices, self.seed, "item", self.epoch))
 
     def __len__(self) -> int:
         return len(range(self.rank, self.size, self.world_size)) - self.start

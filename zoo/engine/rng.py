@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -23,6 +23,16 @@ def derive_seed(*parts: int | str) -> int:
     """A well-mixed 63-bit seed from several parts (run seed, epoch, index...)."""
     digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def derive_seeds(last_parts: Iterable[int], *parts: int | str) -> Iterator[int]:
+    """``derive_seed(*parts, last)`` for each of ``last_parts``, the common prefix hashed once (a loader's
+    item seeds: a third of the time per item)."""
+    prefix = hashlib.blake2b(("".join(f"{part}:" for part in parts)).encode(), digest_size=8)
+    for last in last_parts:
+        digest = prefix.copy()
+        digest.update(str(last).encode())
+        yield int.from_bytes(digest.digest(), "little") & (2**63 - 1)
 
 
 def capture() -> dict[str, Any]:
