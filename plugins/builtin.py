@@ -37,5 +37,7 @@ def zoo_register(registry):
                   default=True)
     registry.hook("samples", "plugins.hooks.samples:SampleGridHook",
                   "Saves PNG grids under samples/: generated, restored or classified test images", default=True)
+    registry.hook("ema", "plugins.hooks.ema:EmaHook",
+                  "Exponential moving average of the weights, updated every step; evaluated as ema/<metric>")
     registry.hook("early_stopping", "plugins.hooks.early_stopping:EarlyStoppingHook",
                   "Stops the run when the evaluation metric stops improving (patience evaluations)")

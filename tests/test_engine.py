@@ -64,9 +64,10 @@ def interrupt_at(trainer: Trainer, step: int, signum: int = signal.SIGTERM) -> N
     original = trainer.run.stepper.step
 
     def step_then_signal(batches):
-        original(batches)
+        values = original(batches)
         if trainer.step + 1 == step:
             os.kill(os.getpid(), signum)
+        return values
 
     trainer.run.stepper.step = step_then_signal
 
@@ -196,10 +197,11 @@ def test_second_ctrl_c_aborts_without_saving(registry, tmp_path):
     original = trainer.run.stepper.step
 
     def double_interrupt(batches):
-        original(batches)
+        values = original(batches)
         if trainer.step == 2:
             os.kill(os.getpid(), signal.SIGINT)
             os.kill(os.getpid(), signal.SIGINT)
+        return values
 
     trainer.run.stepper.step = double_interrupt
     with pytest.raises(KeyboardInterrupt):

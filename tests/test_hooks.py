@@ -99,7 +99,7 @@ def test_hookspecs_declare_every_hook_the_engine_calls():
     called = _engine_calls()
     assert {"on_train_start", "on_train_step", "on_step_end", "on_train_end"} <= called
     assert called == set(hookspecs.lifecycle_hook_names())
-    assert set(hookspecs.optional_method_names()) == {"check_run", "state_dict", "load_state_dict"}
+    assert set(hookspecs.optional_method_names()) == {"check_run", "state_dict", "load_state_dict", "weight_sets"}
     for name in hookspecs.lifecycle_hook_names() + hookspecs.optional_method_names():
         spec = getattr(hookspecs.LifecycleSpecs, name, None) or getattr(hookspecs.OptionalMethods, name)
         assert (spec.__doc__ or "").strip(), f"{name} has no docstring"

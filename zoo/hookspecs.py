@@ -127,9 +127,19 @@ class OptionalMethods:
     def load_state_dict(self, state: dict) -> None:
         """Called on resume with what ``state_dict`` returned, after ``check_run``, before ``on_train_start``."""
 
+    def weight_sets(self) -> dict:
+        """Called at each evaluation: named sets of model weights this hook keeps (``{"ema": state_dict}``).
+
+        Each set is a state dict of the whole model (its keys). The evaluation also runs the model with
+        each set, and reports its metrics as ``<set>/<metric>`` beside the raw weights' (which choose
+        the best checkpoint); the raw weights are back, bitwise, before training goes on. Two hooks
+        offering one name stop the run.
+        """
+
 
 def optional_method_names() -> list[str]:
-    """The plain methods a hook object may define (``check_run``, ``state_dict``, ``load_state_dict``)."""
+    """The plain methods a hook object may define (``check_run``, ``state_dict``, ``load_state_dict``,
+    ``weight_sets``)."""
     return [name for name in vars(OptionalMethods) if not name.startswith("_")]
 
 

@@ -140,6 +140,24 @@ class HookCaller:
                 except Exception as exc:
                     raise HookFailed(f"hook '{name}' failed in load_state_dict: {first_line(exc)}") from exc
 
+    def weight_sets(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The named sets of model weights the hooks offer (their optional ``weight_sets()``): EMA, say."""
+        sets: dict[str, dict[str, torch.Tensor]] = {}
+        for name, obj in self.objects.items():
+            offer = getattr(obj, "weight_sets", None)
+            if not callable(offer):
+                continue
+            try:
+                offered = dict(offer())
+            except Exception as exc:
+                raise HookFailed(f"hook '{name}' failed in weight_sets: {first_line(exc)}") from exc
+            taken = sorted(set(offered) & set(sets))
+            if taken:
+                raise PluginError(f"hook '{name}' offers the weight set '{taken[0]}', which another hook of the run "
+                                  f"offers too; turn one of them off (--no-hook).")
+            sets.update(offered)
+        return sets
+
     def ordered(self, hook_name: str) -> list[Any]:
         """The implementations of ``hook_name`` in calling order: ``tryfirst`` ones, the others, ``trylast``
         ones, each group in the order the hooks were selected."""

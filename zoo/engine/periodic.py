@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
+import torch
 from tqdm import tqdm
 
 from zoo.engine import cache
@@ -32,19 +34,17 @@ def evaluate_unless_stopping(run: Any) -> None:
 
 
 def evaluate_now(run: Any) -> dict[str, float]:
-    """Evaluate on the test split; log the metrics, move the best, tell the hooks, say them."""
+    """Evaluate on the test split (and each weight set the hooks offer, as ``<set>/<metric>``); log the
+    metrics, move the best (by the raw weights), tell the hooks, say them."""
     state = run.state
     state.last_eval_step = state.step
     state.eval_owed = True  # until it completes
-    bar = tqdm(total=len(run.test_loader), desc="eval", unit="batch", leave=False, file=sys.stderr,
-               dynamic_ncols=True, mininterval=0.5, disable=not run.dist.is_main)
-    try:
-        metrics = evaluate(run.recipe, run.loss_fn, run.test_loader, run.device, run.precision.autocast,
-                           run.config.seed, state.bad_items, progress=bar)
-    finally:
-        bar.close()
+    metrics = _evaluate(run, "eval")
     if isinstance(run.test_set, cache.DecodedCache):
         run.test_set.finalize()  # the first evaluation filled it: publish it for the next
+    for name, weights in run.hooks.weight_sets().items():
+        with _weights_in(run.recipe, weights):
+            metrics.update({f"{name}/{key}": value for key, value in _evaluate(run, f"eval {name}").items()})
     state.note_evaluation(metrics, run.recipe.metric)
     if run.dist.is_main:
         run.metrics_log.write({"kind": "eval", "step": state.step, "epoch": run.schedule.epochs_done(state.step),
@@ -52,3 +52,26 @@ def evaluate_now(run: Any) -> dict[str, float]:
     run.hooks.call("on_eval_end", run=run.context, step=state.step, metrics=metrics)
     run.report.evaluated(state.step, metrics)
     return metrics
+
+
+def _evaluate(run: Any, label: str) -> dict[str, float]:
+    """The model's metrics on the test split, with a progress bar."""
+    bar = tqdm(total=len(run.test_loader), desc=label, unit="batch", leave=False, file=sys.stderr,
+               dynamic_ncols=True, mininterval=0.5, disable=not run.dist.is_main)
+    try:
+        return evaluate(run.recipe, run.loss_fn, run.test_loader, run.device, run.precision.autocast,
+                        run.config.seed, run.state.bad_items, progress=bar)
+    finally:
+        bar.close()
+
+
+@contextmanager
+def _weights_in(recipe: Any, weights: dict[str, torch.Tensor]) -> Iterator[None]:
+    """Within the block the model holds ``weights``; after it, its own again, bitwise (copied in place, so the
+    optimizers' and hooks' references to the parameters stay valid)."""
+    own = {key: value.detach().clone() for key, value in recipe.state_dict().items()}
+    recipe.load_state_dict(weights)
+    try:
+        yield
+    finally:
+        recipe.load_state_dict(own)
