@@ -109,3 +109,65 @@ def test_ema_options_out_of_range_are_one_line(zoo_cli, tmp_path, option, value,
     assert code == 2, err
     lines = [line for line in err.splitlines() if line.startswith("zoo:")]
     assert len(lines) == 1 and words in lines[0] and "ema" in lines[0], err
+
+
+# ---------------------------------------------------------------- the averaged weights after training
+@pytest.fixture(scope="module")
+def ema_runs(registry, tmp_path_factory):
+    """A DCGAN and a classifier trained with ema, each with one checkpoint holding weights-ema.safetensors."""
+    root = tmp_path_factory.mktemp("ema_runs")
+    for model in MODELS:
+        new_trainer(registry, config(root / model, model, max_steps=6, eval_every=0)).fit()
+    return root
+
+
+def test_a_checkpoint_keeps_the_average_beside_the_weights_and_load_run_takes_either(ema_runs):
+    import zoo
+
+    folder = checkpoint.list_steps(ema_runs / "dcgan")[-1][1]
+    assert checkpoint.weight_set_names(folder) == ["ema"]
+    _, average = saved(ema_runs / "dcgan")
+    raw, averaged = zoo.load_run(ema_runs / "dcgan"), zoo.load_run(ema_runs / "dcgan", weights="ema")
+    assert (raw.weights, averaged.weights, averaged.weight_sets) == (None, "ema", ["ema"])
+    for name, value in averaged.recipe.state_dict().items():
+        assert torch.equal(value, average[name]), name
+    assert any(not torch.equal(a, b) for a, b in zip(raw.recipe.state_dict().values(),
+                                                      averaged.recipe.state_dict().values()))
+
+
+def test_zoo_test_with_weights_writes_apart_from_the_raw_results(zoo_cli, ema_runs):
+    run = ema_runs / "dcgan"
+    code, out, err = zoo_cli("test", "--run", str(run), "--device", "cpu", "--json")
+    assert code == 0, err
+    code, out_ema, err = zoo_cli("test", "--run", str(run), "--device", "cpu", "--weights", "ema", "--json")
+    assert code == 0, err
+    raw, ema = json.loads(out), json.loads(out_ema)
+    assert (raw["weights"], ema["weights"], ema["weight_sets"]) == ("raw", "ema", ["raw", "ema"])
+    assert raw["metrics"] != ema["metrics"]  # the chosen set's figures, at the top level
+    assert json.loads((run / "test-metrics.json").read_text())["metrics"] == raw["metrics"]
+    assert json.loads((run / "test-metrics-ema.json").read_text())["metrics"] == ema["metrics"]
+    assert Path(ema["sample_grid"]).name == "test-ema-step-6.png" and Path(raw["sample_grid"]).name == "test-step-6.png"
+    code, text, err = zoo_cli("test", "--run", str(run), "--device", "cpu")
+    assert "other weight sets in this checkpoint: ema" in text
+
+
+def test_zoo_sample_and_predict_take_weights(zoo_cli, ema_runs, tmp_path):
+    from PIL import Image
+
+    code, out, err = zoo_cli("sample", "--run", str(ema_runs / "dcgan"), "-n", "4", "--device", "cpu",
+                             "--weights", "ema")
+    assert code == 0, err
+    assert Path(out.strip()) == ema_runs / "dcgan" / "samples" / "sample-ema-seed0.png" and Path(out.strip()).is_file()
+    image = tmp_path / "digit.png"
+    Image.new("L", (28, 28), 128).save(image)
+    code, out, err = zoo_cli("predict", "--run", str(ema_runs / "mnist_net"), str(image), "--device", "cpu",
+                             "--weights", "ema", "--json")
+    assert code == 0, err
+    assert json.loads(out)["weights"] == "ema"
+
+
+def test_an_unknown_weight_set_is_one_line_naming_the_sets_there(zoo_cli, ema_runs):
+    code, _, err = zoo_cli("test", "--run", str(ema_runs / "dcgan"), "--device", "cpu", "--weights", "swa")
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith("zoo:")]
+    assert len(lines) == 1 and "no weight set 'swa'" in lines[0] and "it holds: ema" in lines[0], err

@@ -32,9 +32,11 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--crop", is_flag=True, help="Resize and centre-crop to the training size even where the model "
               "restores whole images.")
+@click.option("--weights", metavar="NAME", help="A weight set a hook saved in the checkpoint, e.g. ema (--hook ema); "
+                                                 "default: the raw weights.")
 @click.pass_obj
 def predict_command(ctx: Context, run_dir: str, images: tuple[str, ...], top_k: int | None, as_json: bool,
-                    out: str | None, step: int | None, device: str, crop: bool) -> None:
+                    out: str | None, step: int | None, device: str, crop: bool, weights: str | None) -> None:
     """Classify images (top-k classes) or restore them (image-to-image), with the run's own preprocessing."""
     no_empty_paths(run=run_dir, out=out)
     if any(not image.strip() for image in images):
@@ -47,16 +49,17 @@ def predict_command(ctx: Context, run_dir: str, images: tuple[str, ...], top_k: 
     from zoo.api import load_run
     from zoo.engine.rundir import json_text
 
-    run = load_run(run_path, step=step, device=device, registry=ctx.registry())
+    run = load_run(run_path, step=step, device=device, registry=ctx.registry(), weights=weights)
     refuse_predict(run_path, run.task)
     refuse_options_of_the_other_task(run.task, out, top_k, crop)
     folder = None
     if run.task == "image_to_image":
-        folder = Path(out) if out else run_path / "predictions"
+        folder = Path(out) if out else run_path / ("predictions" + (f"-{weights}" if weights else ""))
         _check_outputs(folder, paths)
     results = _predict(run, paths, folder, top_k, crop, as_json)
     if as_json:
-        click.echo(json_text({"checkpoint": str(run.checkpoint), "step": run.step, "task": run.task,
+        click.echo(json_text({"checkpoint": str(run.checkpoint), "step": run.step, "weights": weights or "raw",
+                              "task": run.task,
                               "predictions": results}))
     elif run.task != "image_to_image":
         _print_classes(results)

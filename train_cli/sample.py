@@ -31,9 +31,11 @@ if TYPE_CHECKING:
 @click.option("--interpolate", is_flag=True, help="Walk (slerp) between two random latent points instead.")
 @click.option("--step", type=click.IntRange(min=0), help="Use checkpoints/step-N (default: the newest).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--weights", metavar="NAME", help="A weight set a hook saved in the checkpoint, e.g. ema (--hook ema); "
+                                                 "default: the raw weights.")
 @click.pass_obj
 def sample_command(ctx: Context, run_dir: str, count: int, seed: int, out: str | None, each: str | None,
-                   interpolate: bool, step: int | None, device: str) -> None:
+                   interpolate: bool, step: int | None, device: str, weights: str | None) -> None:
     """Generate images with a generative run (e.g. dcgan): a PNG grid, or single files with --each."""
     check_seed(seed)
     no_empty_paths(run=run_dir, out=out, each=each)
@@ -47,7 +49,7 @@ def sample_command(ctx: Context, run_dir: str, count: int, seed: int, out: str |
     from zoo.api import load_run, to_image
     from zoo.engine.pictures import image_grid
 
-    run = load_run(run_path, step=step, device=device, registry=ctx.registry())
+    run = load_run(run_path, step=step, device=device, registry=ctx.registry(), weights=weights)
     refuse_sample(run_path, run.task)
     images = _generate(run, count, seed, interpolate)
     if each:
@@ -57,7 +59,7 @@ def sample_command(ctx: Context, run_dir: str, count: int, seed: int, out: str |
             save_image(to_image(image), folder / f"{index:0{width}d}.png")
         click.echo(f"wrote {len(images)} images to {folder}/ ({0:0{width}d}.png ... {len(images) - 1:0{width}d}.png)")
     if grid_path is None and not each:
-        name = "interpolate" if interpolate else "sample"
+        name = ("interpolate" if interpolate else "sample") + (f"-{weights}" if weights else "")
         grid_path = run_path / "samples" / f"{name}-seed{seed}.png"
     if grid_path is not None:
         nrow = len(images) if interpolate else max(1, math.ceil(math.sqrt(len(images))))

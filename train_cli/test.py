@@ -26,10 +26,14 @@ if TYPE_CHECKING:
 @click.option("--data", help="Where the run's data is now, if it moved (default: the run's --data).")
 @click.option("--skip-bad-files", is_flag=True, help="Skip unreadable samples (counted) instead of failing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--weights", metavar="NAME", help="A weight set a hook saved in the checkpoint, e.g. ema (--hook ema); "
+                                                 "default: the raw weights.")
 @click.pass_obj
 def test_command(ctx: Context, run_dir: str, step: int | None, checkpoint: str | None, device: str,
-                 batch_size: int | None, workers: int, data: str | None, skip_bad_files: bool, as_json: bool) -> None:
-    """Evaluate a run's checkpoint on its dataset's test split; saves test-metrics.json."""
+                 batch_size: int | None, workers: int, data: str | None, skip_bad_files: bool, as_json: bool,
+                 weights: str | None) -> None:
+    """Evaluate a run's checkpoint on its dataset's test split; saves test-metrics.json (test-metrics-NAME.json
+    with --weights NAME)."""
     from zoo.engine.rundir import json_text, read_config
     from zoo.engine.tester import evaluate_run
 
@@ -41,19 +45,24 @@ def test_command(ctx: Context, run_dir: str, step: int | None, checkpoint: str |
         click.echo(note, err=True)
     result = evaluate_run(ctx.registry(), Path(run_dir), step=step, chosen=checkpoint, device=device,
                           batch_size=batch_size, workers=workers, data=absolute_data(data),
-                          skip_bad_files=skip_bad_files)
+                          skip_bad_files=skip_bad_files, weights=weights)
     unsaved = result.pop("not_saved", None)
     if as_json:
         click.echo(json_text(result))
     else:
         skipped = f" ({result['skipped']} unreadable skipped)" if result.get("skipped") else ""
-        click.echo(f"checkpoint {result['checkpoint']} on {result['samples']} test samples{skipped}:")
+        chosen = f" ({result['weights']} weights)" if weights else ""
+        click.echo(f"checkpoint {result['checkpoint']}{chosen} on {result['samples']} test samples{skipped}:")
         width = max([len(key) for key in result["metrics"]] + [len("samples")])
         for key, value in result["metrics"].items():
             click.echo(f"  {key:<{width}}  {value:.4f}")
         if "sample_grid" in result:
             click.echo(f"  {'samples':<{width}}  {result['sample_grid']}")
         if not unsaved:
-            click.echo(f"saved {Path(run_dir) / 'test-metrics.json'}")
+            click.echo(f"saved {Path(run_dir) / ('test-metrics' + (f'-{weights}' if weights else '') + '.json')}")
+        others = [name for name in result["weight_sets"] if name != result["weights"]]
+        if others:
+            click.echo(f"other weight sets in this checkpoint: {', '.join(others)} (--weights NAME; raw is the "
+                       f"default)")
     if unsaved:
         raise RunError(unsaved)

@@ -191,6 +191,8 @@ class LoadedRun:
     input_shape: tuple[int, int, int]
     plan: Plan = dataclasses.field(repr=False)
     _test_set: Any = dataclasses.field(default=None, repr=False)
+    weights: str | None = None  # the weight set loaded (None: the raw weights)
+    weight_sets: list[str] = dataclasses.field(default_factory=list)  # the sets its checkpoint holds
 
     @property
     def task(self) -> str:
@@ -287,14 +289,25 @@ def choose_checkpoint(run_dir: Path, step: int | None = None, folder: str | Path
                      f"{_steps_text(steps)}.")
 
 
-def _load_weights(recipe: Any, folder: Path, model_name: str, run_dir: Path) -> None:
-    """Load ``model.safetensors`` into the recipe, refusing a checkpoint of another shape.
+def _held_weight_sets(folder: Path) -> list[str]:
+    """The weight sets a checkpoint folder holds besides the raw weights."""
+    from zoo.engine.checkpoint import weight_set_names
+    return weight_set_names(folder)
+
+
+def _load_weights(recipe: Any, folder: Path, model_name: str, run_dir: Path, weight_set: str | None) -> None:
+    """Load ``model.safetensors`` (or a weight set's file) into the recipe, refusing a checkpoint of another shape.
 
     A damaged checkpoint's error names the run's other steps, one of which may be whole.
     """
     from zoo.engine import checkpoint as ckpt
+    if weight_set is not None and weight_set not in ckpt.weight_set_names(folder):
+        held = ", ".join(ckpt.weight_set_names(folder))
+        raise UsageError(f"checkpoint {folder} has no weight set '{weight_set}'; "
+                         + (f"it holds: {held} (and the raw weights, without --weights)." if held else
+                            "it holds the raw weights only (a hook such as ema offers more: --hook ema)."))
     try:
-        weights = ckpt.load_weights(folder)
+        weights = ckpt.load_weights(folder, weight_set)
     except ckpt.CheckpointError as exc:
         others = [(number, path) for number, path in ckpt.list_steps(run_dir) if path.resolve() != folder.resolve()]
         if not others:
@@ -306,7 +319,7 @@ def _load_weights(recipe: Any, folder: Path, model_name: str, run_dir: Path) -> 
 
 def load_run(run_dir: str | Path, step: int | None = None, device: str | Any = "cpu", *,
              checkpoint: str | Path | None = None, registry: Registry | None = None,
-             data: str | None = None) -> LoadedRun:
+             data: str | None = None, weights: str | None = None) -> LoadedRun:
     """Load a run made by ``zoo train``: its model with trained weights, in eval mode, on ``device``.
 
     ``step`` picks ``checkpoints/step-<step>`` (default: the newest);
@@ -315,7 +328,8 @@ def load_run(run_dir: str | Path, step: int | None = None, device: str | Any = "
     rebuilt from the options saved in ``config.json`` (no data is read); a
     missing run, a run without checkpoints or an unknown step is a one-line
     :class:`zoo.UsageError`. ``data`` replaces the run's ``--data`` for its
-    ``test_set`` (data that has moved).
+    ``test_set`` (data that has moved). ``weights`` names a weight set a hook saved beside the
+    weights (``"ema"``); the default is the raw weights.
     """
     import torch
 
@@ -326,6 +340,9 @@ def load_run(run_dir: str | Path, step: int | None = None, device: str | Any = "
 
     if step is not None and (not isinstance(step, int) or isinstance(step, bool)):
         raise TypeError(f"step must be an int (or None for the newest checkpoint), got {type(step).__name__}.")
+    if weights is not None and not isinstance(weights, str):
+        raise TypeError(f"weights must be a weight set's name such as 'ema' (or None for the raw weights), got "
+                        f"{type(weights).__name__}.")
     run_dir = Path(run_dir)
     saved = read_config(run_dir)  # a zoo run's: its config names a model
     config = TrainConfig.from_dict(saved["config"], f"{run_dir}/config.json")
@@ -348,7 +365,7 @@ def load_run(run_dir: str | Path, step: int | None = None, device: str | Any = "
         recipe, test_set = parts.recipe, parts.test_set
         input_shape = tuple(int(v) for v in test_set.image_shape)
         classes = getattr(test_set, "classes", None)
-    _load_weights(recipe, folder, plan.model.name, run_dir)
+    _load_weights(recipe, folder, plan.model.name, run_dir, weights)
     recipe.to(torch_device)
     recipe.eval()
     number = int(folder.name.split("-")[-1]) if folder.name.startswith("step-") and \
@@ -356,4 +373,4 @@ def load_run(run_dir: str | Path, step: int | None = None, device: str | Any = "
     return LoadedRun(run_dir=run_dir, recipe=recipe, networks=dict(recipe.named_children()), config=config,
                      resolved=resolved, checkpoint=folder, step=number, classes=list(classes) if classes else None,
                      device=torch_device, input_shape=input_shape,  # type: ignore[arg-type]
-                     plan=plan, _test_set=test_set)
+                     plan=plan, _test_set=test_set, weights=weights, weight_sets=_held_weight_sets(folder))

@@ -27,6 +27,7 @@ _STEP_RE = re.compile(r"^step-(\d+)$")
 _TENSOR = "__tensor__"
 _TUPLE = "__tuple__"
 _PAIRS = "__pairs__"
+WEIGHT_SET_PREFIX = "weights-"
 
 
 class CheckpointError(RunError):
@@ -104,8 +105,20 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"step-{step}"
 
 
-def save(run_dir: Path, step: int, model_state: dict[str, torch.Tensor], state: dict[str, Any]) -> Path:
-    """Write a checkpoint atomically and return its folder."""
+def weight_set_file(folder: Path, name: str) -> Path:
+    """Where a checkpoint keeps the weight set ``name`` a hook offered (``weights-<name>.safetensors``)."""
+    return Path(folder) / f"{WEIGHT_SET_PREFIX}{name}.safetensors"
+
+
+def weight_set_names(folder: Path) -> list[str]:
+    """The weight sets a checkpoint holds besides the raw weights (``ema``...), sorted."""
+    return sorted(path.name[len(WEIGHT_SET_PREFIX):-len(".safetensors")]
+                  for path in Path(folder).glob(f"{WEIGHT_SET_PREFIX}*.safetensors"))
+
+
+def save(run_dir: Path, step: int, model_state: dict[str, torch.Tensor], state: dict[str, Any],
+         weight_sets: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
+    """Write a checkpoint atomically and return its folder (``weight_sets``: beside the weights, a file each)."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = checkpoint_dir(run_dir, step)
@@ -116,13 +129,16 @@ def save(run_dir: Path, step: int, model_state: dict[str, torch.Tensor], state: 
     try:
         weights = {k: v.detach().cpu().contiguous().clone() for k, v in model_state.items()}
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "zoo", "step": str(step)})
+        for name, tensors in (weight_sets or {}).items():
+            save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()},
+                      str(weight_set_file(tmp, name)), metadata={"format": "zoo", "step": str(step), "set": name})
         tensors: dict[str, torch.Tensor] = {}
         skeleton = flatten(state, tensors)
         save_file(tensors, str(tmp / "state.safetensors"))
         doc = {"format_version": FORMAT_VERSION, "step": step, "state": skeleton}
         (tmp / "state.json").write_text(json.dumps(doc, indent=1))
-        for name in ("model.safetensors", "state.safetensors", "state.json"):
-            _fsync_file(tmp / name)
+        for path in tmp.iterdir():
+            _fsync_file(path)
         _fsync_dir(tmp)
         trash = None
         if final.exists():  # the same step saved again: move the old one out of step-* first
@@ -183,12 +199,13 @@ def load(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return model_state, state
 
 
-def load_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """Only the networks' weights of a checkpoint."""
+def load_weights(folder: Path, weight_set: str | None = None) -> dict[str, torch.Tensor]:
+    """Only the networks' weights of a checkpoint: the raw ones, or the weight set a hook offered."""
+    path = weight_set_file(folder, weight_set) if weight_set else Path(folder) / "model.safetensors"
     try:
-        return load_file(str(Path(folder) / "model.safetensors"))
+        return load_file(str(path))
     except FileNotFoundError:
-        raise CheckpointError(folder, "has no model.safetensors") from None
+        raise CheckpointError(folder, f"has no {path.name}") from None
     except Exception as exc:
         raise CheckpointError(folder, f"{type(exc).__name__}: {exc}", damaged=True) from None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -151,6 +152,10 @@ class HookCaller:
                 offered = dict(offer())
             except Exception as exc:
                 raise HookFailed(f"hook '{name}' failed in weight_sets: {first_line(exc)}") from exc
+            odd = [set_name for set_name in offered if not re.fullmatch(r"[A-Za-z0-9_]+", str(set_name))]
+            if odd:
+                raise PluginError(f"hook '{name}' offers a weight set named {odd[0]!r}: name it with letters, "
+                                  f"digits and _ (it names a file and --weights NAME).")
             taken = sorted(set(offered) & set(sets))
             if taken:
                 raise PluginError(f"hook '{name}' offers the weight set '{taken[0]}', which another hook of the run "

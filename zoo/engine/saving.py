@@ -91,7 +91,7 @@ class Checkpoints:
     def _write(self, contents: dict[str, Any]) -> None:
         step = self.run.state.step
         try:
-            checkpoint.save(self.run_dir, step, self.run.recipe.state_dict(), contents)
+            checkpoint.save(self.run_dir, step, self.run.recipe.state_dict(), contents, self.run.hooks.weight_sets())
         except Exception as exc:  # a full disk, a file-size limit, a vanished folder...
             steps = checkpoint.list_steps(self.run_dir)
             kept = f"{steps[-1][1].name} is intact" if steps else "no earlier checkpoint exists"

@@ -21,15 +21,20 @@ from zoo.registry import Registry
 
 def evaluate_run(registry: Registry, run_dir: Path, *, step: int | None = None, chosen: str | None = None,
                  device: str = "auto", batch_size: int | None = None, workers: int = 0, data: str | None = None,
-                 skip_bad_files: bool = False) -> dict[str, Any]:
+                 skip_bad_files: bool = False, weights: str | None = None) -> dict[str, Any]:
     """Evaluate a checkpoint; write ``test-metrics.json`` (and a grid of samples, or of test inputs, outputs and targets).
+
+    ``weights`` evaluates a weight set a hook saved (``ema``); its results go to ``test-metrics-<set>.json``
+    and ``samples/test-<set>-step-N.png``, never over the raw weights' results.
 
     When the run folder cannot be written the result says why under ``not_saved``.
 
     ``data`` reads the test split from there instead of the run's ``--data`` (data that moved).
     """
     run_dir = Path(run_dir)
-    run = load_run(run_dir, step, device=device, checkpoint=chosen or None, registry=registry, data=data)
+    run = load_run(run_dir, step, device=device, checkpoint=chosen or None, registry=registry, data=data,
+                   weights=weights)
+    suffix = f"-{weights}" if weights else ""
     config, folder, recipe, torch_device = run.config, run.checkpoint, run.recipe, run.device
     loss_fn = run.build_loss()
     loader, _ = make_loader(run.test_set, batch_size or config.batch_size, config.seed, workers,
@@ -42,22 +47,23 @@ def evaluate_run(registry: Registry, run_dir: Path, *, step: int | None = None, 
         print(bad_items.summary(), file=sys.stderr)
     step = run.step
     skipped = len(bad_items.distinct)
-    result: dict[str, Any] = {"checkpoint": str(folder), "step": step, "samples": len(run.test_set) - skipped,
+    result: dict[str, Any] = {"checkpoint": str(folder), "step": step, "weights": weights or "raw",
+                              "weight_sets": ["raw", *run.weight_sets], "samples": len(run.test_set) - skipped,
                               "metrics": metrics}
     if skipped:
         result["skipped"] = skipped
     if not all(math.isfinite(value) for value in metrics.values()):
         print(f"zoo: warning: checkpoint {folder} gives non-finite metrics; its weights may have diverged "
-              f"(saved as null in test-metrics.json).", file=sys.stderr)
+              f"(saved as null in test-metrics{suffix}.json).", file=sys.stderr)
     grid = Pictures(recipe, run.test_set, config.seed, torch_device, precision.autocast,
                     say=lambda line: print(line, file=sys.stderr)).grid()
     try:
         if grid is not None:
             (run_dir / "samples").mkdir(exist_ok=True)
-            grid_path = run_dir / "samples" / f"test-step-{step}.png"
+            grid_path = run_dir / "samples" / f"test{suffix}-step-{step}.png"
             save_image(grid, str(grid_path))
             result["sample_grid"] = str(grid_path)
-        write_json(run_dir / "test-metrics.json", result, report=True)
+        write_json(run_dir / f"test-metrics{suffix}.json", result, report=True)
     except OSError as exc:  # the figures still reach the caller; only keeping them failed
         where = f"{exc.filename}: " if exc.filename else ""
         result["not_saved"] = (f"could not save the results in {run_dir} ({where}{exc.strerror or exc}); the "
