@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -74,3 +76,41 @@ def test_a_mis_signed_lifecycle_hook_is_that_plugins_error(site, tmp_path):
     message = str(failed.value)
     assert "current:bad_hook" in message and "stepp" in message and "on_step_end" in message
     assert "Traceback" not in message and "\n" not in message
+
+
+CHANGING_DEFAULT = """
+    from plugins.models.dcgan import DCGAN
+    from zoo import hookimpl
+
+    class Widths(DCGAN):
+        def __init__(self, image_size: int = 64, ngf: int = {ngf}, ndf: int = 8, nz: int = 8, nc: int = 3):
+            super().__init__(image_size=image_size, nz=nz, ngf=ngf, ndf=ndf, nc=nc)
+
+    @hookimpl
+    def zoo_register(registry):
+        registry.model("widths", "widths_zoo_plugin:Widths", "a DCGAN whose ngf default changes between versions")
+"""
+
+
+def test_a_plugin_whose_new_version_changes_a_default_still_tests_and_resumes_its_old_runs(make_plugin, run_zoo,
+                                                                                          tmp_path):
+    site = make_plugin("widths", CHANGING_DEFAULT.replace("{ngf}", "8"), version="0.1.0")
+    env = {"PYTHONPATH": str(site)}
+    small = ["--model", "widths", "--loss", "mse", "--batch-size", "8", "--device", "cpu", "--dataset-opt",
+             "train_count=16", "--dataset-opt", "test_count=4", "--no-hook", "samples", "--no-hook", "tensorboard"]
+    made = run_zoo("train", *small, "--max-steps", "2", "--run-dir", str(tmp_path / "old"), env=env)
+    assert made.returncode == 0, made.stderr
+    recorded = json.loads((tmp_path / "old" / "config.json").read_text())["resolved"]["model_options"]
+    assert recorded["ngf"] == 8 and "ngf" not in json.loads((tmp_path / "old" / "config.json").read_text())["config"][
+        "model_opt"]  # a default, recorded all the same
+    for info in site.glob("widths-*.dist-info"):
+        shutil.rmtree(info)
+    make_plugin("widths", CHANGING_DEFAULT.replace("{ngf}", "16"), version="0.2.0")
+    tested = run_zoo("test", "--run", str(tmp_path / "old"), "--device", "cpu", env=env)
+    assert tested.returncode == 0, tested.stderr
+    resumed = run_zoo("train", "--resume", str(tmp_path / "old"), "--max-steps", "3", env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "done at step 3" in resumed.stderr
+    new = run_zoo("train", *small, "--max-steps", "1", "--run-dir", str(tmp_path / "new"), env=env)
+    assert new.returncode == 0, new.stderr
+    assert json.loads((tmp_path / "new" / "config.json").read_text())["resolved"]["model_options"]["ngf"] == 16

@@ -192,6 +192,10 @@ def build_recipe(entry: Entry, options: dict[str, Any], shape: tuple[int, int, i
         _check_class_count(cls, entry, full, parsed, num_classes, dataset)
         _check_filled_ranges(cls, entry, full, parsed, tuple(shape), dataset)
     missing_required(f"model '{entry.name}'", cls, full, "--model-opt ")
+    # every option, its default included, so config.json keeps what the run was built with: a plugin whose new
+    # version changes a default still rebuilds the saved run as it was
+    full = {**{spec.name: spec.default for spec in option_specs(cls, exclude=tuple(entry.bound_options))
+               if not spec.required and spec.name not in full}, **full}
     try:
         with out_of_memory_said(f"building model '{entry.name}'", f"lower its options (zoo info {entry.name})"):
             recipe = cls(**full)
@@ -363,8 +367,12 @@ class RunParts:
     test_set: Any
 
 
-def build_parts(registry: Registry, config: Any, need_train: bool = True, new_run: bool = False) -> RunParts:
-    """Build the recipe and datasets of a config; the model takes its input shape from the data."""
+def build_parts(registry: Registry, config: Any, need_train: bool = True, new_run: bool = False,
+                model_options: dict[str, Any] | None = None) -> RunParts:
+    """Build the recipe and datasets of a config; the model takes its input shape from the data.
+
+    ``model_options`` (a resumed run's recorded ones, defaults included) replace the config's ``model_opt``.
+    """
     plan = plan_run(registry, config.model or "", config.loss, config.dataset, config.hooks, config.no_hooks)
     task = load_recipe_class(plan.model).task
     for key in getattr(load_dataset_class(plan.dataset), "path_options", ()):  # kept absolute, like --data
@@ -374,7 +382,8 @@ def build_parts(registry: Registry, config: Any, need_train: bool = True, new_ru
                           options=config.dataset_opt, new_run=new_run)
     classes = getattr(probe, "classes", None)
     recipe, model_options, (channels, size) = build_recipe(
-        plan.model, config.model_opt, tuple(probe.image_shape), len(classes) if classes else None,
+        plan.model, config.model_opt if model_options is None else model_options, tuple(probe.image_shape),
+        len(classes) if classes else None,
         dataset=f"dataset '{plan.dataset.name}'")
 
     def split(name: str) -> Any:

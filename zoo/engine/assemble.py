@@ -88,7 +88,11 @@ def _device(run: Run) -> None:
 def _data_and_model(run: Run) -> None:
     """The plugins' parts: the model (on the device), the dataset's splits (cached decoded if asked)."""
     config = run.config
-    parts = build.build_parts(run.registry, config, new_run=not run.resumed)
+    # a resumed run is rebuilt with the options it recorded, defaults included (a plugin's new defaults do not
+    # change it); those its config names win
+    recorded = (read_config(run.run_dir).get("resolved") or {}).get("model_options") if run.resumed else None
+    options = {**recorded, **config.model_opt} if recorded else None
+    parts = build.build_parts(run.registry, config, new_run=not run.resumed, model_options=options)
     run.plan, run.recipe, run.model_options = parts.plan, parts.recipe, parts.model_options
     run.train_set, run.test_set = parts.train_set, parts.test_set
     contracts.check_data_is_read(config.data, run.train_set, run.plan.dataset.name, run.resumed,
