@@ -142,6 +142,16 @@ def _caused_by_interrupt(exc: BaseException) -> bool:
     return False
 
 
+def _plugin_to_blame(exc: BaseException) -> str | None:
+    """The line naming the plugin whose code raised ``exc`` (its innermost frame), or None for zoo's own bugs."""
+    try:
+        from zoo.blame import blame
+        found = blame(exc, get_registry())
+    except Exception:  # naming the plugin must never hide the error itself
+        return None
+    return found.message(exc) if found is not None else None
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app and turn errors into one line and an exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -179,7 +189,11 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             traceback.print_exc()
         hint = "" if debug else " (run with --debug for the traceback)"
-        click.echo(f"zoo: internal error: {type(exc).__name__}: {exc}{hint}", err=True)
+        blamed = _plugin_to_blame(exc)
+        if blamed is not None:
+            click.echo(f"zoo: error: {blamed}{hint}", err=True)
+        else:
+            click.echo(f"zoo: internal error: {type(exc).__name__}: {exc}{hint}", err=True)
         code = 1
     sys.exit(code or 0)
 

@@ -12,11 +12,11 @@ import dataclasses
 import inspect
 import numbers
 import re
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from zoo.config import absolute_data, same_part_name
 from zoo.errors import AmbiguousNameError, PluginError, RunError, UsageError, ZooError, kind_of, name_part
-from zoo.options import missing_required, option_specs, parse_options
+from zoo.options import default_problem, missing_required, option_specs, parse_options
 from zoo.registry import Entry, Registry
 
 DATASET_RESERVED = ("split", "task", "data", "image_size", "channels")
@@ -132,11 +132,24 @@ def compatible_datasets(registry: Registry, task: str) -> list[Entry]:
     return found
 
 
+def check_defaults(entry: Entry, cls: Any, given: Iterable[str], exclude: tuple[str, ...] = ()) -> None:
+    """A plugin's option default that breaks its own type hint or range is the plugin's bug, named before use
+    (options ``given`` by the user replace their defaults, so theirs are not checked)."""
+    for spec in option_specs(cls, exclude=(*exclude, *entry.bound_options, *given)):
+        problem = default_problem(spec)
+        if problem:
+            given = f"{entry.name}.{spec.name}" if entry.kind == "hook" else spec.name
+            raise PluginError(f"{entry.kind} '{entry.qualified_name}' option {spec.name}: {problem} ({spec.type_name}); "
+                              f"a bug in plugin '{entry.plugin}': fix the default, or pass --{entry.kind}-opt "
+                              f"{given}=VALUE meanwhile.")
+
+
 def build_dataset(entry: Entry, split: str, *, task: str, data: str | None, options: dict[str, Any],
                   image_size: int | None = None, channels: int | None = None, new_run: bool = False) -> Any:
     """Build one split of a dataset, with the user's options checked against its signature (``new_run``: also
     refuse options meant for another task, which a saved run made before that check may hold)."""
     cls = load_dataset_class(entry)
+    check_defaults(entry, cls, options, DATASET_RESERVED)
     parsed = parse_options(f"dataset '{entry.name}'", cls, options, exclude=DATASET_RESERVED + tuple(entry.bound_options))
     if cls.needs_data and not data:
         raise UsageError(f"dataset '{entry.name}' needs --data ({cls.data_help}).")
@@ -184,6 +197,7 @@ def build_recipe(entry: Entry, options: dict[str, Any], shape: tuple[int, int, i
     data in errors (a class count the model cannot take).
     """
     cls = load_recipe_class(entry)
+    check_defaults(entry, cls, options)
     parsed = parse_options(f"model '{entry.name}'", cls, options, exclude=tuple(entry.bound_options))
     full = {**entry.bound_options, **parsed}
     wanted = None
@@ -283,6 +297,7 @@ def build_loss(entry: Entry | None, options: dict[str, Any], recorded_weights: s
             raise UsageError("--loss-opt was given but the run has no --loss.")
         return None
     cls = load_loss_class(entry)
+    check_defaults(entry, cls, options)
     pinned = _recorded_weight_options(entry, cls, recorded_weights) if recorded_weights else {}
     options = {**options, **pinned}
     parsed = parse_options(f"loss '{entry.name}'", cls, options, exclude=tuple(entry.bound_options))
@@ -342,6 +357,7 @@ def build_hooks(entries: list[Entry], options: dict[str, dict[str, Any]] | None 
     for entry in entries:
         cls = entry.load()
         raw = {**options.pop(entry.name, {}), **options.pop(entry.qualified_name, {})}
+        check_defaults(entry, cls, raw)
         parsed = parse_options(f"hook '{entry.name}'", cls, raw)
         missing_required(f"hook '{entry.name}'", cls, parsed, f"--hook-opt {entry.name}.")
         try:

@@ -235,6 +235,22 @@ def _typed_value(value: Any, expected: Any) -> Any:
     return value
 
 
+def default_problem(spec: OptionSpec) -> str | None:
+    """What is wrong with an option's own default (not of its declared type, or outside its range), or None.
+
+    A ``None`` default is taken whatever the hint (``size: int = None`` is a common spelling of "unset").
+    """
+    if spec.required or spec.default is None:
+        return None
+    try:
+        _typed_value(spec.default, spec.annotation)
+    except ValueError as exc:
+        return f"its default {spec.default!r} is not {exc}"
+    if spec.range is not None and not spec.range.contains(spec.default):
+        return f"its default {spec.default!r} is not {spec.range.describe()}"
+    return None
+
+
 def _type_words(expected: Any) -> str:
     """A type as the messages say it: "an integer", "a number", "a str"."""
     words = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
