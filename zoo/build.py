@@ -7,13 +7,12 @@ model's task, do the options match the signatures.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import inspect
 import numbers
-import re
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
+from zoo import memory
 from zoo.config import absolute_data, same_part_name
 from zoo.errors import AmbiguousNameError, PluginError, RunError, UsageError, ZooError, kind_of, name_part
 from zoo.options import default_problem, missing_required, option_specs, parse_options
@@ -211,7 +210,7 @@ def build_recipe(entry: Entry, options: dict[str, Any], shape: tuple[int, int, i
     full = {**{spec.name: spec.default for spec in option_specs(cls, exclude=tuple(entry.bound_options))
                if not spec.required and spec.name not in full}, **full}
     try:
-        with out_of_memory_said(f"building model '{entry.name}'", f"lower its options (zoo info {entry.name})"):
+        with memory.out_of_memory_said(f"building model '{entry.name}'", f"lower its options (zoo info {entry.name})"):
             recipe = cls(**full)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"model '{entry.name}' rejected its options: {exc}") from None
@@ -248,42 +247,6 @@ def _check_class_count(cls: type, entry: Entry, options: dict[str, Any], user_op
            else f"pass --model-opt num_classes={classes}")
     raise UsageError(f"{dataset} has {classes} classes but model '{entry.name}' is built for {wanted} "
                      f"(num_classes={wanted}); {fix}.")
-
-
-@contextlib.contextmanager
-def out_of_memory_said(doing: str, fix: str) -> Iterator[None]:
-    """Turn an allocation failure inside into one line: ``out of memory <doing> (it asked for N); <fix>.``"""
-    try:
-        yield
-    except RuntimeError as exc:  # torch.OutOfMemoryError is one
-        asked = allocation_size(exc)
-        if asked is None:
-            raise
-        raise RunError(f"out of memory {doing} (it asked for {asked}); {fix}.") from exc
-
-
-def allocation_size(exc: RuntimeError) -> str | None:
-    """What an allocator failure asked for (``"1.5 TiB"``); ``None`` when ``exc`` is no allocation failure."""
-    import torch
-    text = str(exc)
-    if not (isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in text
-            or "tried to allocate" in text.lower()):
-        return None
-    found = re.search(r"tried to allocate (\d+) bytes", text, re.IGNORECASE)
-    if found:
-        return _bytes_text(int(found.group(1)))
-    found = re.search(r"tried to allocate ([\d.]+ [KMGTP]?i?B)", text, re.IGNORECASE)
-    return found.group(1) if found else "more than is free"
-
-
-def _bytes_text(count: int) -> str:
-    """A byte count as people read it: ``1.5 TiB``, ``512 MiB``."""
-    value, unit = float(count), "bytes"
-    for bigger in ("KiB", "MiB", "GiB", "TiB", "PiB"):
-        if value < 1024:
-            break
-        value, unit = value / 1024, bigger
-    return f"{value:.1f}".removesuffix(".0") + f" {unit}"
 
 
 def build_loss(entry: Entry | None, options: dict[str, Any], recorded_weights: str | None = None) -> Any:

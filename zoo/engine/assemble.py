@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from zoo import build
+from zoo import build, memory
 from zoo.config import TrainConfig
 from zoo.engine import cache, checkpoint, contracts, device_decode, distributed, finetune, pictures, record, rng, speed
 from zoo.engine.feed import BadItems, make_loader
@@ -101,7 +101,7 @@ def _data_and_model(run: Run) -> None:
     if config.cache_decoded:
         _cache_decoded(run)
     name = run.plan.model.name
-    with build.out_of_memory_said(f"putting model '{name}' on {run.device}",
+    with memory.out_of_memory_said(f"putting model '{name}' on {run.device}",
                                   f"lower its options (zoo info {name}) or pick another --device"):
         run.recipe.to(run.device)
 
