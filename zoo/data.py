@@ -128,11 +128,12 @@ def item_problem(dataset: Dataset, item: object) -> str | None:
             return f"its target must be a float image tensor, got {kind_of(target)}"
     if task == "classification":
         label = item[1]
-        if isinstance(label, torch.Tensor) and label.numel() == 1 and not label.is_floating_point() \
-                and label.dtype != torch.bool:
-            label = int(label)
-        if not isinstance(label, numbers.Integral) or isinstance(label, bool):
-            return f"its label must be an int, got {kind_of(item[1])}"
+        if type(label) is not int:  # the common case first: this runs for every item
+            if isinstance(label, torch.Tensor) and label.numel() == 1 and not label.is_floating_point() \
+                    and label.dtype != torch.bool:
+                label = int(label)
+            if not isinstance(label, numbers.Integral) or isinstance(label, bool):
+                return f"its label must be an int, got {kind_of(item[1])}"
         classes = getattr(dataset, "classes", None)
         count = len(classes) if classes else None
         if label < 0 or (count is not None and label >= count):
