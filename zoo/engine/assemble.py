@@ -37,7 +37,37 @@ class Run:
     (one step; owns the optimizers), ``feed`` (the batches, epoch after epoch), ``window`` (figures
     since the last log), ``hooks``, ``checkpoints`` (saving and resuming), ``stopper`` (signals),
     ``report`` (every line printed), with the data, model, loss, device and config they share.
+    (The loop makes the feed, ``epochs.EpochFeed``, from the loaders here.)
     """
+
+    # where and how (``_device``)
+    device: torch.device
+    speed: speed.SpeedSettings
+    precision: Precision
+    # the plugins' parts and the data (``_data_and_model``, ``_loaders``, ``_loss_and_weights``)
+    plan: build.Plan
+    recipe: Any
+    model_options: dict[str, Any]
+    train_set: Any
+    test_set: Any
+    decoding_on_device: bool
+    device_decoder: device_decode.DeviceDecoder | None
+    loader: Any
+    order: Any
+    test_loader: Any
+    loss_fn: Any
+    init_report: dict[str, Any] | None
+    # the training pieces (``_optimizers``, ``_bookkeeping``)
+    schedule: Schedule
+    state: TrainState
+    stepper: StepRunner
+    hooks: HookCaller
+    metrics_log: MetricsLog
+    pictures: pictures.Pictures
+    context: RunContext
+    window: Window
+    checkpoints: Checkpoints
+    stopper: Stopper
 
     def __init__(self, config: TrainConfig, registry: Registry, run_dir: Path, resumed: bool,
                  dist: distributed.DistContext) -> None:
