@@ -148,7 +148,7 @@ def test_zoo_test_with_weights_writes_apart_from_the_raw_results(zoo_cli, ema_ru
     assert json.loads((run / "test-metrics-ema.json").read_text())["metrics"] == ema["metrics"]
     assert Path(ema["sample_grid"]).name == "test-ema-step-6.png" and Path(raw["sample_grid"]).name == "test-step-6.png"
     code, text, err = zoo_cli("test", "--run", str(run), "--device", "cpu")
-    assert "other weight sets in this checkpoint: ema" in text
+    assert "also in this checkpoint: --weights ema" in text
 
 
 def test_zoo_sample_and_predict_take_weights(zoo_cli, ema_runs, tmp_path):

@@ -60,9 +60,9 @@ def test_command(ctx: Context, run_dir: str, step: int | None, checkpoint: str |
             click.echo(f"  {'samples':<{width}}  {result['sample_grid']}")
         if not unsaved:
             click.echo(f"saved {Path(run_dir) / ('test-metrics' + (f'-{weights}' if weights else '') + '.json')}")
-        others = [name for name in result["weight_sets"] if name != result["weights"]]
+        others = [f"--weights {name}" if name != "raw" else "the raw weights (without --weights)"
+                  for name in result["weight_sets"] if name != result["weights"]]
         if others:
-            click.echo(f"other weight sets in this checkpoint: {', '.join(others)} (--weights NAME; raw is the "
-                       f"default)")
+            click.echo(f"also in this checkpoint: {', '.join(others)}")
     if unsaved:
         raise RunError(unsaved)

@@ -289,12 +289,6 @@ def choose_checkpoint(run_dir: Path, step: int | None = None, folder: str | Path
                      f"{_steps_text(steps)}.")
 
 
-def _held_weight_sets(folder: Path) -> list[str]:
-    """The weight sets a checkpoint folder holds besides the raw weights."""
-    from zoo.engine.checkpoint import weight_set_names
-    return weight_set_names(folder)
-
-
 def _load_weights(recipe: Any, folder: Path, model_name: str, run_dir: Path, weight_set: str | None) -> None:
     """Load ``model.safetensors`` (or a weight set's file) into the recipe, refusing a checkpoint of another shape.
 
@@ -335,6 +329,7 @@ def load_run(run_dir: str | Path, step: int | None = None, device: str | Any = "
 
     from zoo import build
     from zoo.config import TrainConfig, pin_recorded_parts
+    from zoo.engine.checkpoint import weight_set_names
     from zoo.engine.precision import resolve_device
     from zoo.engine.rundir import read_config
 
@@ -373,4 +368,4 @@ def load_run(run_dir: str | Path, step: int | None = None, device: str | Any = "
     return LoadedRun(run_dir=run_dir, recipe=recipe, networks=dict(recipe.named_children()), config=config,
                      resolved=resolved, checkpoint=folder, step=number, classes=list(classes) if classes else None,
                      device=torch_device, input_shape=input_shape,  # type: ignore[arg-type]
-                     plan=plan, _test_set=test_set, weights=weights, weight_sets=_held_weight_sets(folder))
+                     plan=plan, _test_set=test_set, weights=weights, weight_sets=weight_set_names(folder))

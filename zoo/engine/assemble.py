@@ -74,6 +74,8 @@ class Run:
         self.config, self.registry, self.run_dir = config, registry, Path(run_dir)
         self.resumed, self.dist = resumed, dist
         self.report = Report(dist.is_main)
+        # what config.json recorded of a resumed run (its model options, loss weights): read once
+        self.recorded: dict[str, Any] = (read_config(self.run_dir).get("resolved") or {}) if resumed else {}
 
 
 def assemble(config: TrainConfig, registry: Registry, run_dir: Path, *, resumed: bool,
@@ -120,7 +122,7 @@ def _data_and_model(run: Run) -> None:
     config = run.config
     # a resumed run is rebuilt with the options it recorded, defaults included (a plugin's new defaults do not
     # change it); those its config names win
-    recorded = (read_config(run.run_dir).get("resolved") or {}).get("model_options") if run.resumed else None
+    recorded = run.recorded.get("model_options")
     options = {**recorded, **config.model_opt} if recorded else None
     parts = build.build_parts(run.registry, config, new_run=not run.resumed, model_options=options)
     run.plan, run.recipe, run.model_options = parts.plan, parts.recipe, parts.model_options
@@ -196,8 +198,7 @@ def _loaders(run: Run) -> None:
 def _loss_and_weights(run: Run) -> None:
     """The loss (a resumed run keeps its recorded weights), --init-from and --freeze, --sync-bn, speed."""
     config = run.config
-    recorded = (read_config(run.run_dir).get("resolved") or {}).get("loss_weights") if run.resumed else None
-    run.loss_fn = build.build_loss(run.plan.loss, config.loss_opt, recorded)
+    run.loss_fn = build.build_loss(run.plan.loss, config.loss_opt, run.recorded.get("loss_weights"))
     if run.loss_fn is not None:
         run.loss_fn.to(run.device)
     run.init_report = _fine_tune(run)

@@ -30,6 +30,7 @@ class Schedule:
         self.config = config
         self.steps_per_epoch = steps_per_epoch
         self.batches_per_epoch = steps_per_epoch * config.accumulate
+        self._ending = min(self.limits(), key=lambda limit: limit.ends_at)  # the config is fixed for the run
 
     def limits(self) -> list[Limit]:
         """The options that end the run (``--max-steps``, ``--epochs``: 10 when neither is given)."""
@@ -43,7 +44,7 @@ class Schedule:
 
     def ending_limit(self) -> Limit:
         """The limit that ends the run (``--max-steps`` where both end it at the same step)."""
-        return min(self.limits(), key=lambda limit: limit.ends_at)
+        return self._ending
 
     @property
     def total_steps(self) -> int:
