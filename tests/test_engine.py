@@ -501,3 +501,22 @@ def test_early_stopping_refuses_a_metric_the_model_does_not_report(registry, tmp
         Trainer(config, registry, tmp_path / "run")
     assert str(caught.value) == (f"hook 'early_stopping': it watches '{watched}', which this run's evaluation does "
                                  f"not report (it reports: {reported}); pass --hook-opt early_stopping.metric=NAME.")
+
+
+def test_eval_batches_evaluates_on_the_first_batches_only(registry, tmp_path):
+    config = tiny_config(tmp_path / "run", model="mnist_net", loss=None, model_opt={}, max_steps=2, eval_every=1,
+                         eval_batches=1, batch_size=4, no_hooks=["samples", "tensorboard"])
+    prepare_new(tmp_path / "run", overwrite=True)
+    trainer = Trainer(config, registry, tmp_path / "run")
+    seen = []
+    evaluation_step = trainer.run.recipe.evaluation_step
+
+    def counted(batch, loss_fn, generator):
+        seen.append(len(batch[0]))
+        return evaluation_step(batch, loss_fn, generator)
+
+    trainer.run.recipe.evaluation_step = counted
+    trainer.fit()
+    assert len(trainer.run.test_set) > 4 and seen == [4, 4]  # one batch at each of the two evaluations
+    with pytest.raises(UsageError, match="--eval-batches must be at least 1"):
+        TrainConfig(model="mnist_net", eval_batches=0).check()

@@ -71,7 +71,7 @@ def cli(ctx: click.Context, debug: bool, disabled: tuple[str, ...]) -> None:
     ctx.obj = Context(debug, disabled)
 
 
-COMMANDS = ("list", "info", "train", "test", "sample", "predict")  # each in train_cli/<name>.py as <name>_command
+COMMANDS = ("list", "info", "train", "test", "sample", "predict", "check")  # each in train_cli/<name>.py as <name>_command
 
 
 def _register_commands() -> None:

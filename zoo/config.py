@@ -24,7 +24,7 @@ SEED_RANGE = (-2**63, 2**64 - 1)
 OPTION_TABLES = ("model_opt", "loss_opt", "dataset_opt", "hook_opt")
 # Options that only extend or observe a run: allowed beside --resume.
 RESUME_OVERRIDABLE = ("max_steps", "epochs", "hooks", "no_hooks", "hook_opt", "device", "workers",
-                      "log_every", "eval_every", "save_every", "keep", "skip_bad_files", "skip_nonfinite",
+                      "log_every", "eval_every", "eval_batches", "save_every", "keep", "skip_bad_files", "skip_nonfinite",
                       "channels_last", "compile", "cuda_graph")
 
 
@@ -54,6 +54,7 @@ class TrainConfig:
     accumulate: int = 1
     clip_grad: float | None = None
     eval_every: int | None = None
+    eval_batches: int | None = None  # evaluate on the first N test batches only (quick checks); None: all
     save_every: int | None = None
     keep: int = 3
     log_every: int = 20
@@ -95,7 +96,7 @@ class TrainConfig:
         for name, value in positive.items():
             if value < 1:
                 raise UsageError(f"{_flag(name)} must be at least 1, got {value}.")
-        for name in ("epochs", "max_steps"):
+        for name in ("epochs", "max_steps", "eval_batches"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UsageError(f"{_flag(name)} must be at least 1, got {value}.")

@@ -62,6 +62,10 @@ def idle_optimizers(params: dict[str, list[torch.Tensor]], freeze: list[str], mo
     return idle
 
 
+class HookRefusedRun(UsageError):
+    """A hook's ``check_run`` refused the run: an option that cannot work with this model or config."""
+
+
 def run_hook_checks(hooks: list[tuple[Any, Any]], run: Any, resumed: bool, notice: Callable[[str], None]) -> None:
     """Let each hook refuse the run before any step (its optional ``check_run(run)``).
 
@@ -78,7 +82,7 @@ def run_hook_checks(hooks: list[tuple[Any, Any]], run: Any, resumed: bool, notic
             check(run)
         except (ValueError, UsageError) as exc:
             if not resumed:
-                raise UsageError(f"hook '{name}': {exc}") from None
+                raise HookRefusedRun(f"hook '{name}': {exc}") from None
             notice(f"hook '{name}': {exc}")
         except ZooError:
             raise

@@ -34,7 +34,7 @@ def evaluate(recipe: Any, loss_fn: Any, loader: DataLoader, device: torch.device
                 batch = to_device(batch, device, non_blocking=True)
                 with autocast():
                     sums = recipe.evaluation_step(batch, loss_fn, generator)
-                for key, value in _checked(sums, recipe).items():
+                for key, value in checked_sums(sums, recipe).items():
                     value = torch.as_tensor(value, device=device, dtype=torch.float64)
                     totals[key] = totals[key] + value if key in totals else value
                 if progress is not None:
@@ -50,7 +50,7 @@ def evaluate(recipe: Any, loss_fn: Any, loader: DataLoader, device: torch.device
     return {key: value / count for key, value in merged.items()}
 
 
-def _checked(sums: Any, recipe: Any) -> dict[str, Any]:
+def checked_sums(sums: Any, recipe: Any) -> dict[str, Any]:
     """``evaluation_step``'s result, refused in one line unless it is scalar sums with a ``count`` (no sync)."""
     must = f"model '{part_name(recipe)}': evaluation_step must return a dict of per-batch sums with 'count'"
     if not isinstance(sums, dict):

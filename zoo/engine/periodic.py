@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -56,10 +57,12 @@ def evaluate_now(run: Any) -> dict[str, float]:
 
 def _evaluate(run: Any, label: str) -> dict[str, float]:
     """The model's metrics on the test split, with a progress bar."""
-    bar = tqdm(total=len(run.test_loader), desc=label, unit="batch", leave=False, file=sys.stderr,
+    batches = len(run.test_loader) if run.config.eval_batches is None else \
+        min(len(run.test_loader), run.config.eval_batches)
+    bar = tqdm(total=batches, desc=label, unit="batch", leave=False, file=sys.stderr,
                dynamic_ncols=True, mininterval=0.5, disable=not run.dist.is_main)
     try:
-        return evaluate(run.recipe, run.loss_fn, run.test_loader, run.device, run.precision.autocast,
+        return evaluate(run.recipe, run.loss_fn, itertools.islice(run.test_loader, batches), run.device, run.precision.autocast,
                         run.config.seed, run.state.bad_items, progress=bar)
     finally:
         bar.close()
