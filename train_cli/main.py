@@ -67,18 +67,21 @@ def cli(ctx: click.Context, debug: bool, disabled: tuple[str, ...]) -> None:
       zoo test --run runs/<run>                   metrics of a run on its test split
       zoo sample --run runs/<run>                 a PNG grid from a generative run
       zoo predict --run runs/<run> IMAGE...       classes or restored images
+      zoo new-plugin my_plugin                    a plugin package to start from
+      zoo check my_plugin                         does an installed plugin keep zoo's contracts?
     """
     ctx.obj = Context(debug, disabled)
 
 
-COMMANDS = ("list", "info", "train", "test", "sample", "predict", "check")  # each in train_cli/<name>.py as <name>_command
+COMMANDS = ("list", "info", "train", "test", "sample", "predict", "check", "new-plugin")  # in train_cli/<name>.py
 
 
 def _register_commands() -> None:
     """Add each command to the group, from the module named after it."""
     for name in COMMANDS:
-        module = importlib.import_module(f"train_cli.{name}")
-        cli.add_command(getattr(module, f"{name}_command"))
+        module_name = name.replace("-", "_")  # as <module>_command
+        module = importlib.import_module(f"train_cli.{module_name}")
+        cli.add_command(getattr(module, f"{module_name}_command"))
 
 
 _register_commands()

@@ -154,3 +154,21 @@ def test_training_on_stripes_resumes_exactly(tmp_path):
     resumed = train(tmp_path / "resumed", 4, resume=True)
     assert straight.keys() == resumed.keys()
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_zoo_check_passes_every_check():
+    """zoo's conformance kit (``zoo check example``): imports, option defaults, items, exact resume, hooks."""
+    from zoo.conformance import check_plugin
+    from zoo.registry import discover
+
+    results = check_plugin("example", discover())
+    assert [result.line() for result in results if result.status == "failed"] == []
+    assert any(r.check.startswith("trains and resumes exactly") and r.status == "ok" for r in results)
+
+
+def test_the_autoencoder_resumes_bitwise_with_zoo_testing(tmp_path):
+    """The same as the test above, in one call of zoo.testing."""
+    from zoo.testing import assert_exact_resume
+
+    assert_exact_resume("example:tiny_autoencoder", tmp_path, dataset="example:stripes", hooks=["loss_spike_alarm"],
+                        model_opt={"width": 4}, dataset_opt={"size": 16, "train_count": 24, "test_count": 8})
