@@ -171,3 +171,33 @@ def test_an_unknown_weight_set_is_one_line_naming_the_sets_there(zoo_cli, ema_ru
     assert code == 2
     lines = [line for line in err.splitlines() if line.startswith("zoo:")]
     assert len(lines) == 1 and "no weight set 'swa'" in lines[0] and "it holds: ema" in lines[0], err
+
+
+def test_the_best_checkpoint_can_be_chosen_by_the_averaged_weights_metric(registry, tmp_path):
+    settings = config(tmp_path / "run", "mnist_net", max_steps=12, eval_every=3, best_metric="ema/accuracy")
+    trainer = new_trainer(registry, settings)
+    trainer.fit()
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["resolved"]["best_metric"]
+    assert recorded == {"name": "ema/accuracy", "mode": "max"}
+    evaluations = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+                   if json.loads(line).get("kind") == "eval"]
+    best = max(evaluations, key=lambda e: (e["ema/accuracy"], -e["step"]))  # the first of the highest
+    assert trainer.best["metric"] == "ema/accuracy" and trainer.best["step"] == best["step"]
+    assert trainer.best["value"] == best["ema/accuracy"]
+    plain = new_trainer(registry, config(tmp_path / "plain", "mnist_net", max_steps=3, eval_every=3))
+    plain.fit()
+    assert json.loads((tmp_path / "plain" / "config.json").read_text())["resolved"]["best_metric"] == \
+        {"name": "accuracy", "mode": "max"}  # the model's own, said all the same
+
+
+@pytest.mark.parametrize("chosen, hooks, words", [
+    ("ema/accuracy", [], "no hook of this run offers weight sets; add the hook that does (--hook ema"),
+    ("ema/precision", ["ema"], "does not report 'precision' (it reports: loss, accuracy)"),
+    ("accuracy:up", ["ema"], "must be max or min"),
+])
+def test_a_best_metric_that_cannot_work_is_refused_before_training(registry, tmp_path, chosen, hooks, words):
+    from zoo.errors import UsageError
+
+    with pytest.raises(UsageError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        new_trainer(registry, config(tmp_path / "run", "mnist_net", hooks=hooks, best_metric=chosen,
+                                     hook_opt={"ema": {"decay": 0.9}} if hooks else {}))

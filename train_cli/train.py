@@ -47,6 +47,9 @@ if TYPE_CHECKING:
 @click.option("--accumulate", type=int, help="Batches per optimizer step (virtual batch; default 1).")
 @click.option("--clip-grad", type=float, help="Clip each optimizer's gradient norm to this value.")
 @click.option("--eval-every", type=int, help="Evaluate every N steps; 0 = never (default: each epoch's end).")
+@click.option("--best-metric", metavar="NAME[:max|min]",
+              help="The evaluation metric that picks the best checkpoint, e.g. ema/accuracy for the averaged "
+                   "weights (default: the model's own).")
 @click.option("--eval-batches", type=int, help="Evaluate on the first N test batches only, for quick checks "
                                                "(default: the whole test split).")
 @click.option("--save-every", type=int, help="Checkpoint every N steps; 0 = only at the end (default: each epoch's end).")

@@ -55,6 +55,7 @@ class TrainConfig:
     clip_grad: float | None = None
     eval_every: int | None = None
     eval_batches: int | None = None  # evaluate on the first N test batches only (quick checks); None: all
+    best_metric: str | None = None  # the metric that picks the best checkpoint (None: the model's)
     save_every: int | None = None
     keep: int = 3
     log_every: int = 20

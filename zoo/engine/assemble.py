@@ -14,7 +14,7 @@ import torch
 
 from zoo import build, memory
 from zoo.config import TrainConfig
-from zoo.engine import cache, checkpoint, contracts, device_decode, distributed, finetune, pictures, record, rng, speed
+from zoo.engine import best, cache, checkpoint, contracts, device_decode, distributed, finetune, pictures, record, rng, speed
 from zoo.engine.feed import BadItems, make_loader
 from zoo.engine.hooks import HookCaller, RunContext
 from zoo.engine.precision import Precision, resolve_device
@@ -68,6 +68,7 @@ class Run:
     window: Window
     checkpoints: Checkpoints
     stopper: Stopper
+    best_metric: tuple[str, str] | None  # (name, "max"/"min") that picks the best checkpoint
 
     def __init__(self, config: TrainConfig, registry: Registry, run_dir: Path, resumed: bool,
                  dist: distributed.DistContext) -> None:
@@ -93,6 +94,7 @@ def assemble(config: TrainConfig, registry: Registry, run_dir: Path, *, resumed:
         rng.seed_everything(rng.derive_seed(config.seed, "rank", dist.rank))  # own noise per process
     contracts.run_hook_checks([(entry, run.hooks.objects[entry.qualified_name]) for entry in run.plan.hooks],
                               run.context, resumed, run.report.notice)
+    run.best_metric = best.resolve(config.best_metric, run.recipe, run.hooks.objects)
     if resumed:
         run.checkpoints.resume()
     run.stepper.use_graph(speed.graph_blocker(config, run.speed, run.recipe, run.stepper.optimizers,

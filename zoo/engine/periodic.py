@@ -46,7 +46,7 @@ def evaluate_now(run: Any) -> dict[str, float]:
     for name, weights in run.hooks.weight_sets().items():
         with _weights_in(run.recipe, weights):
             metrics.update({f"{name}/{key}": value for key, value in _evaluate(run, f"eval {name}").items()})
-    state.note_evaluation(metrics, run.recipe.metric)
+    state.note_evaluation(metrics, run.best_metric)
     if run.dist.is_main:
         run.metrics_log.write({"kind": "eval", "step": state.step, "epoch": run.schedule.epochs_done(state.step),
                                **metrics})

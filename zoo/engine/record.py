@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from zoo.engine import best
 from zoo.engine.rundir import read_config, versions, write_json
 from zoo.registry import Registry, keep_first_made_with
 
@@ -35,6 +36,7 @@ def resolved(run: Any) -> dict[str, Any]:
         "dataset": describe_entry(registry, plan.dataset),
         "hooks": [describe_entry(registry, e) for e in plan.hooks],
         "model_options": run.model_options,
+        "best_metric": best.describe(run.best_metric),
         "input_shape": list(run.train_set.image_shape),
         "classes": getattr(run.train_set, "classes", None),
         "task": recipe.task,
