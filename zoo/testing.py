@@ -1,6 +1,6 @@
 """Helpers for plugin authors' tests: a tiny in-process run, an exact-resume assertion, an item checker.
 
-A stable, documented API (docs/plugins.md, "Testing a plugin"); ``zoo check`` is built on it::
+A stable, documented API (docs/plugin-reference.md, "zoo.testing"); ``zoo check`` is built on it::
 
     from zoo.testing import assert_exact_resume, check_items, tiny_run
 
