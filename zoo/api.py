@@ -201,12 +201,16 @@ class LoadedRun:
 
     @property
     def test_set(self) -> ZooDataset:
-        """The test split of the run's dataset, built with the run's input shape and options."""
+        """The test split of the run's dataset, built with the run's input shape and options (those it recorded,
+        defaults included, under its config's)."""
         if self._test_set is None:
             from zoo.build import build_dataset
+            from zoo.engine.record import under_recorded
             channels, size = self.input_shape[0], self.input_shape[1]
+            options = under_recorded(self.resolved, "dataset", self.plan.dataset.qualified_name,
+                                     self.config.dataset_opt)
             self._test_set = build_dataset(self.plan.dataset, "test", task=self.recipe.task,
-                                           data=self.config.data, options=self.config.dataset_opt,
+                                           data=self.config.data, options=options or self.config.dataset_opt,
                                            image_size=size, channels=channels)
         return self._test_set
 
@@ -254,7 +258,10 @@ class LoadedRun:
     def build_loss(self) -> nn.Module | None:
         """The run's loss module with its saved options, on the run's device (``None`` if it has none)."""
         from zoo.build import build_loss
-        loss = build_loss(self.plan.loss, self.config.loss_opt, self.resolved.get("loss_weights"))
+        from zoo.engine.record import under_recorded
+        loss = self.plan.loss.qualified_name if self.plan.loss else None
+        options = under_recorded(self.resolved, "loss", loss, self.config.loss_opt) or self.config.loss_opt
+        loss = build_loss(self.plan.loss, options, self.resolved.get("loss_weights"))
         return loss.to(self.device) if loss is not None else None
 
 
@@ -289,8 +296,10 @@ def choose_checkpoint(run_dir: Path, step: int | None = None, folder: str | Path
                      f"{_steps_text(steps)}.")
 
 
-def _load_weights(recipe: Any, folder: Path, model_name: str, run_dir: Path, weight_set: str | None) -> None:
-    """Load ``model.safetensors`` (or a weight set's file) into the recipe, refusing a checkpoint of another shape.
+def _load_weights(recipe: Any, folder: Path, model_name: str, run_dir: Path, weight_set: str | None,
+                  hint: str) -> None:
+    """Load ``model.safetensors`` (or a weight set's file) into the recipe, refusing a checkpoint of another shape
+    (``hint`` says why it may not fit).
 
     A damaged checkpoint's error names the run's other steps, one of which may be whole.
     """
@@ -308,7 +317,32 @@ def _load_weights(recipe: Any, folder: Path, model_name: str, run_dir: Path, wei
             raise
         raise ckpt.CheckpointError(exc.folder, exc.reason, exc.damaged,
                                    hint=f"pick another checkpoint with --step N (steps {_steps_text(others)})") from None
-    ckpt.load_into(recipe, weights, folder, model_name, "the run's config.json may have been changed")
+    ckpt.load_into(recipe, weights, folder, model_name, hint)
+
+
+def _rebuild(registry: Registry, plan: Plan, config: TrainConfig, resolved: dict[str, Any],
+             run_dir: Path) -> tuple[Any, Any, tuple[int, ...], Any, str]:
+    """A saved run's model, untrained, from the options it recorded (defaults included: a plugin's new defaults
+    do not change the run) under its config's; without them, from its data as training did (and its test split).
+
+    Returns the recipe, the test split (None unless built), the input shape, the classes and what to say if the
+    weights do not fit.
+    """
+    from zoo import build
+    from zoo.engine.record import under_recorded, unrecorded_defaults_hint
+
+    model_options = under_recorded(resolved, "model", plan.model.qualified_name, config.model_opt)
+    if model_options is not None and resolved.get("input_shape"):
+        recipe, _, _ = build.build_recipe(plan.model, model_options)
+        return (recipe, None, tuple(int(v) for v in resolved["input_shape"]), resolved.get("classes"),
+                "the run's config.json may have been changed")
+    parts = build.build_parts(registry, config, need_train=False, model_options=model_options,
+                              dataset_options=under_recorded(resolved, "dataset", config.dataset, config.dataset_opt))
+    hint = "the run's config.json may have been changed"
+    if "model_options" not in resolved:  # saved before defaults were recorded: the model's may have changed since
+        hint = unrecorded_defaults_hint(plan.model, parts.model_options, config.model_opt, run_dir)
+    return (parts.recipe, parts.test_set, tuple(int(v) for v in parts.test_set.image_shape),
+            getattr(parts.test_set, "classes", None), hint)
 
 
 def load_run(run_dir: str | Path, step: int | None = None, device: str | Any = "cpu", *,
@@ -325,8 +359,6 @@ def load_run(run_dir: str | Path, step: int | None = None, device: str | Any = "
     ``test_set`` (data that has moved). ``weights`` names a weight set a hook saved beside the
     weights (``"ema"``); the default is the raw weights.
     """
-    import torch
-
     from zoo import build
     from zoo.config import TrainConfig, pin_recorded_parts
     from zoo.engine.checkpoint import weight_set_names
@@ -350,17 +382,8 @@ def load_run(run_dir: str | Path, step: int | None = None, device: str | Any = "
     registry = registry or get_registry()
     resolved = dict(saved.get("resolved") or {})
     plan = build.plan_run(registry, parts_named.model or "", parts_named.loss, parts_named.dataset, [], [])
-    test_set = None
-    if "model_options" in resolved and resolved.get("input_shape"):
-        input_shape = tuple(int(v) for v in resolved["input_shape"])
-        recipe, _, _ = build.build_recipe(plan.model, dict(resolved["model_options"]))
-        classes = resolved.get("classes")
-    else:  # an older or hand-written config.json: rebuild from the data, as training did
-        parts = build.build_parts(registry, parts_named, need_train=False)
-        recipe, test_set = parts.recipe, parts.test_set
-        input_shape = tuple(int(v) for v in test_set.image_shape)
-        classes = getattr(test_set, "classes", None)
-    _load_weights(recipe, folder, plan.model.name, run_dir, weights)
+    recipe, test_set, input_shape, classes, hint = _rebuild(registry, plan, parts_named, resolved, run_dir)
+    _load_weights(recipe, folder, plan.model.name, run_dir, weights, hint)
     recipe.to(torch_device)
     recipe.eval()
     number = int(folder.name.split("-")[-1]) if folder.name.startswith("step-") and \

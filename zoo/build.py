@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 from zoo import memory
 from zoo.config import absolute_data, same_part_name
 from zoo.errors import AmbiguousNameError, PluginError, RunError, UsageError, ZooError, kind_of, name_part
-from zoo.options import default_problem, missing_required, option_specs, parse_options
+from zoo.options import default_problem, missing_required, option_specs, option_values, parse_options
 from zoo.registry import Entry, Registry
 
 DATASET_RESERVED = ("split", "task", "data", "image_size", "channels")
@@ -205,17 +205,16 @@ def build_recipe(entry: Entry, options: dict[str, Any], shape: tuple[int, int, i
         _check_class_count(cls, entry, full, parsed, num_classes, dataset)
         _check_filled_ranges(cls, entry, full, parsed, tuple(shape), dataset)
     missing_required(f"model '{entry.name}'", cls, full, "--model-opt ")
-    # every option, its default included, so config.json keeps what the run was built with: a plugin whose new
-    # version changes a default still rebuilds the saved run as it was
-    full = {**{spec.name: spec.default for spec in option_specs(cls, exclude=tuple(entry.bound_options))
-               if not spec.required and spec.name not in full}, **full}
     try:
         with memory.out_of_memory_said(f"building model '{entry.name}'", f"lower its options (zoo info {entry.name})"):
             recipe = cls(**full)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"model '{entry.name}' rejected its options: {exc}") from None
     name_part(recipe, entry.name)  # errors about what it returns name it
-    return recipe, {k: v for k, v in full.items() if k not in entry.bound_options}, wanted
+    # every option, its default included, so config.json keeps what the run was built with: a plugin whose new
+    # version changes a default still rebuilds the saved run as it was
+    own = {key: value for key, value in full.items() if key not in entry.bound_options}
+    return recipe, option_values(cls, own, entry.bound_options), wanted
 
 
 def _check_filled_ranges(cls: type, entry: Entry, options: dict[str, Any], user_options: dict[str, Any],
@@ -307,19 +306,41 @@ class ScalarLossCheck:
                               f"(reduce it in forward, e.g. with .mean()).")
 
 
-def build_hooks(entries: list[Entry], options: dict[str, dict[str, Any]] | None = None,
-                switched_off: Sequence[str] = ()) -> list[tuple[Entry, Any]]:
-    """Instantiate the selected training hooks with their ``--hook-opt`` options.
+def recorded_options(entry: Entry | None, options: dict[str, Any],
+                     exclude: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    """A part's options as config.json records them: ``options`` checked and converted, every other one's
+    default (``option_values``); None without a part."""
+    if entry is None:
+        return None
+    cls, skip = entry.load(), (*exclude, *entry.bound_options)
+    return option_values(cls, parse_options(f"{entry.kind} '{entry.name}'", cls, options, exclude=skip), skip)
 
-    Options of a hook in ``switched_off`` (``--no-hook``) are left unused, not refused: a run keeps
-    them for when the hook is switched on again.
+
+def hook_options(entries: list[Entry], options: dict[str, dict[str, Any]] | None = None,
+                 switched_off: Sequence[str] = (),
+                 recorded: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """The options of each hook on, by qualified name: those a saved run ``recorded`` under the ``--hook-opt`` ones.
+
+    Options of a hook in ``switched_off`` (``--no-hook``) are left unused, not refused: a run keeps them
+    for when the hook is switched on again; recorded options of a hook not on are dropped.
     """
     options = {name: opts for name, opts in (options or {}).items()
                if not any(same_part_name(name, off) for off in switched_off)}
-    built = []
+    merged = {entry.qualified_name: {**(recorded or {}).get(entry.qualified_name, {}), **options.pop(entry.name, {}),
+                                     **options.pop(entry.qualified_name, {})} for entry in entries}
+    if options:
+        name = next(iter(options))
+        raise UsageError(f"--hook-opt names hook '{name}', which is not on in this run; add --hook {name}.")
+    return merged
+
+
+def build_hooks(entries: list[Entry], options: dict[str, dict[str, Any]] | None = None,
+                switched_off: Sequence[str] = ()) -> list[tuple[Entry, Any]]:
+    """Instantiate the selected training hooks with their options (see ``hook_options``)."""
+    merged, built = hook_options(entries, options, switched_off), []
     for entry in entries:
         cls = entry.load()
-        raw = {**options.pop(entry.name, {}), **options.pop(entry.qualified_name, {})}
+        raw = merged[entry.qualified_name]
         check_defaults(entry, cls, raw)
         parsed = parse_options(f"hook '{entry.name}'", cls, raw)
         missing_required(f"hook '{entry.name}'", cls, parsed, f"--hook-opt {entry.name}.")
@@ -329,9 +350,6 @@ def build_hooks(entries: list[Entry], options: dict[str, dict[str, Any]] | None 
             raise UsageError(f"hook '{entry.name}' rejected its options: {exc}") from None
         except Exception as exc:
             raise PluginError(f"hook '{entry.qualified_name}' failed to start: {type(exc).__name__}: {exc}") from exc
-    if options:
-        name = next(iter(options))
-        raise UsageError(f"--hook-opt names hook '{name}', which is not on in this run; add --hook {name}.")
     return built
 
 
@@ -344,21 +362,27 @@ class RunParts:
     model_options: dict[str, Any]
     train_set: Any
     test_set: Any
+    dataset_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # defaults included
 
 
 def build_parts(registry: Registry, config: Any, need_train: bool = True, new_run: bool = False,
-                model_options: dict[str, Any] | None = None) -> RunParts:
+                model_options: dict[str, Any] | None = None,
+                dataset_options: dict[str, Any] | None = None) -> RunParts:
     """Build the recipe and datasets of a config; the model takes its input shape from the data.
 
-    ``model_options`` (a resumed run's recorded ones, defaults included) replace the config's ``model_opt``.
+    ``model_options`` and ``dataset_options`` (a saved run's recorded ones, defaults included, under those its
+    config names) replace the config's ``model_opt`` and ``dataset_opt``.
     """
     plan = plan_run(registry, config.model or "", config.loss, config.dataset, config.hooks, config.no_hooks)
     task = load_recipe_class(plan.model).task
-    for key in getattr(load_dataset_class(plan.dataset), "path_options", ()):  # kept absolute, like --data
-        if isinstance(config.dataset_opt.get(key), str):
-            config.dataset_opt[key] = absolute_data(config.dataset_opt[key])
+    paths = [key for key in getattr(load_dataset_class(plan.dataset), "path_options", ())
+             if isinstance(config.dataset_opt.get(key), str)]
+    for key in paths:  # kept absolute, like --data
+        config.dataset_opt[key] = absolute_data(config.dataset_opt[key])
+    options = config.dataset_opt if dataset_options is None else \
+        {**dataset_options, **{key: config.dataset_opt[key] for key in paths}}
     probe = build_dataset(plan.dataset, "train" if need_train else "test", task=task, data=config.data,
-                          options=config.dataset_opt, new_run=new_run)
+                          options=options, new_run=new_run)
     classes = getattr(probe, "classes", None)
     recipe, model_options, (channels, size) = build_recipe(
         plan.model, config.model_opt if model_options is None else model_options, tuple(probe.image_shape),
@@ -368,7 +392,8 @@ def build_parts(registry: Registry, config: Any, need_train: bool = True, new_ru
     def split(name: str) -> Any:
         if probe.split == name and (channels, size) == tuple(probe.image_shape[:2]):
             return probe
-        return build_dataset(plan.dataset, name, task=task, data=config.data, options=config.dataset_opt,
+        return build_dataset(plan.dataset, name, task=task, data=config.data, options=options,
                              image_size=size, channels=channels)
 
-    return RunParts(plan, recipe, model_options, split("train") if need_train else None, split("test"))
+    return RunParts(plan, recipe, model_options, split("train") if need_train else None, split("test"),
+                    recorded_options(plan.dataset, options, DATASET_RESERVED) or {})

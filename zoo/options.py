@@ -13,7 +13,7 @@ import inspect
 import math
 import types
 import typing
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from zoo.errors import UsageError
 
@@ -107,6 +107,27 @@ def option_specs(factory: Callable[..., Any], exclude: Iterable[str] = ()) -> li
         annotation = hints.get(param.name, _without_annotated(annotation))
         specs.append(OptionSpec(param.name, annotation, param.default, bounds))
     return specs
+
+
+def option_values(factory: Callable[..., Any], given: Mapping[str, Any], exclude: Iterable[str] = ()) -> dict[str, Any]:
+    """Every option of ``factory`` (minus ``exclude``): the value ``given``, else its default, as config.json keeps it.
+
+    Only values JSON holds as they are (None, bool, int, float, str and lists of those; a tuple becomes a list);
+    a required option without a value is left out. Given options the signature lacks (``**kwargs``) are kept.
+    """
+    exclude = set(exclude)
+    values = {spec.name: given.get(spec.name, spec.default) for spec in option_specs(factory, exclude)
+              if spec.name in given or not spec.required}
+    values.update({key: value for key, value in given.items() if key not in values and key not in exclude})
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in values.items()
+            if _json_safe(value)}
+
+
+def _json_safe(value: Any) -> bool:
+    """Whether config.json holds ``value`` as it is: None, bool, int, float, str, or a list or tuple of those."""
+    if isinstance(value, (list, tuple)):
+        return all(_json_safe(item) and not isinstance(item, (list, tuple)) for item in value)
+    return value is None or isinstance(value, (bool, int, float, str))
 
 
 def _range_of(annotation: Any) -> Range | None:
@@ -207,7 +228,11 @@ def missing_required(what: str, factory: Callable[..., Any], given: Iterable[str
 
 
 def _coerce_typed(value: Any, spec: OptionSpec) -> Any:
-    """Accept an already-typed value (from a TOML config) if it fits the option."""
+    """Accept an already-typed value (from a TOML config, or recorded in config.json) if it fits the option."""
+    if value is None and spec.default is None:  # a recorded "unset" default, whatever the hint (default_problem)
+        return None
+    if isinstance(value, list) and (isinstance(spec.default, tuple) or typing.get_origin(spec.annotation) is tuple):
+        value = tuple(value)  # config.json keeps a tuple as a list
     if isinstance(value, str):
         return _convert(value, spec.annotation, spec.default)
     return _typed_value(value, spec.annotation)

@@ -47,7 +47,11 @@ class Run:
     # the plugins' parts and the data (``_data_and_model``, ``_loaders``, ``_loss_and_weights``)
     plan: build.Plan
     recipe: Any
+    # every option of each part, defaults included, as config.json records them
     model_options: dict[str, Any]
+    dataset_options: dict[str, Any]
+    loss_options: dict[str, Any] | None
+    hook_options: dict[str, dict[str, Any]]
     train_set: Any
     test_set: Any
     decoding_on_device: bool
@@ -75,7 +79,7 @@ class Run:
         self.config, self.registry, self.run_dir = config, registry, Path(run_dir)
         self.resumed, self.dist = resumed, dist
         self.report = Report(dist.is_main)
-        # what config.json recorded of a resumed run (its model options, loss weights): read once
+        # what config.json recorded of a resumed run (its parts' options, loss weights): read once
         self.recorded: dict[str, Any] = (read_config(self.run_dir).get("resolved") or {}) if resumed else {}
 
 
@@ -124,10 +128,13 @@ def _data_and_model(run: Run) -> None:
     config = run.config
     # a resumed run is rebuilt with the options it recorded, defaults included (a plugin's new defaults do not
     # change it); those its config names win
-    recorded = run.recorded.get("model_options")
-    options = {**recorded, **config.model_opt} if recorded else None
-    parts = build.build_parts(run.registry, config, new_run=not run.resumed, model_options=options)
+    parts = build.build_parts(run.registry, config, new_run=not run.resumed,
+                              model_options=record.under_recorded(run.recorded, "model", config.model,
+                                                                  config.model_opt),
+                              dataset_options=record.under_recorded(run.recorded, "dataset", config.dataset,
+                                                                    config.dataset_opt))
     run.plan, run.recipe, run.model_options = parts.plan, parts.recipe, parts.model_options
+    run.dataset_options = parts.dataset_options
     run.train_set, run.test_set = parts.train_set, parts.test_set
     contracts.check_data_is_read(config.data, run.train_set, run.plan.dataset.name, run.resumed,
                                  run.report.notice if run.dist.is_main else lambda _line: None)
@@ -200,7 +207,9 @@ def _loaders(run: Run) -> None:
 def _loss_and_weights(run: Run) -> None:
     """The loss (a resumed run keeps its recorded weights), --init-from and --freeze, --sync-bn, speed."""
     config = run.config
-    run.loss_fn = build.build_loss(run.plan.loss, config.loss_opt, run.recorded.get("loss_weights"))
+    options = record.under_recorded(run.recorded, "loss", config.loss, config.loss_opt) or config.loss_opt
+    run.loss_fn = build.build_loss(run.plan.loss, options, run.recorded.get("loss_weights"))
+    run.loss_options = build.recorded_options(run.plan.loss, options)
     if run.loss_fn is not None:
         run.loss_fn.to(run.device)
     run.init_report = _fine_tune(run)
@@ -247,7 +256,13 @@ def _optimizers(run: Run) -> None:
 def _bookkeeping(run: Run) -> None:
     """Hooks, the metrics log, sample grids, what hooks see of the run, the window, stops and checkpoints."""
     config = run.config
-    run.hooks = HookCaller(build.build_hooks(run.plan.hooks, config.hook_opt, config.no_hooks))
+    recorded = run.recorded.get("hook_options") or {}
+    options = build.hook_options(run.plan.hooks, config.hook_opt, config.no_hooks, recorded)
+    run.hooks = HookCaller(build.build_hooks(run.plan.hooks, options))
+    # the hooks on, defaults included; a hook switched off keeps what it recorded, for when it is on again
+    run.hook_options = dict(recorded)
+    for entry in run.plan.hooks:
+        run.hook_options[entry.qualified_name] = build.recorded_options(entry, options[entry.qualified_name]) or {}
     run.metrics_log = MetricsLog(run.run_dir)
     run.pictures = pictures.Pictures(run.recipe, run.test_set, config.seed, run.device, run.precision.autocast,
                                      say=run.report.say)

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from zoo.config import same_part_name
 from zoo.engine import best
 from zoo.engine.rundir import read_config, versions, write_json
+from zoo.options import option_specs
 from zoo.registry import Registry, keep_first_made_with
+
+_DEFAULTS_LISTED = 6  # a hint names this many of a model's defaults
 
 
 def describe_entry(registry: Registry, entry: Any) -> dict[str, Any]:
@@ -36,6 +40,9 @@ def resolved(run: Any) -> dict[str, Any]:
         "dataset": describe_entry(registry, plan.dataset),
         "hooks": [describe_entry(registry, e) for e in plan.hooks],
         "model_options": run.model_options,
+        "loss_options": run.loss_options,
+        "dataset_options": run.dataset_options,
+        "hook_options": run.hook_options,
         "best_metric": best.describe(run.best_metric),
         "input_shape": list(run.train_set.image_shape),
         "classes": getattr(run.train_set, "classes", None),
@@ -73,3 +80,25 @@ def record_moved_data(run: Any) -> None:
     if document.get("config", {}).get("data") != run.config.data:
         document["config"]["data"] = run.config.data
         write_json(run.run_dir / "config.json", document)
+
+
+def under_recorded(resolved: dict[str, Any], kind: str, name: str | None,
+                   given: dict[str, Any]) -> dict[str, Any] | None:
+    """The options a saved run recorded for its ``kind`` part (defaults included) under ``given``, its config's,
+    which win; None when it recorded none (saved before they were: today's defaults apply), or when they are of
+    another part than ``name`` (a config.json changed by hand)."""
+    part, recorded = resolved.get(kind), resolved.get(f"{kind}_options")
+    same = name is not None and isinstance(part, dict) and same_part_name(part.get("name"), name)
+    return {**recorded, **given} if same and isinstance(recorded, dict) else None
+
+
+def unrecorded_defaults_hint(entry: Any, options: dict[str, Any], given: dict[str, Any], run_dir: Any) -> str:
+    """Why the weights of a run saved before option defaults were recorded may not fit its model: one of the
+    model's defaults now (listed briefly) may differ from its weights'; the fix is the old value in config.json."""
+    from zoo.build import load_recipe_class  # imports the plugin: only once a checkpoint has failed to fit
+    defaults = [f"{spec.name}={spec.default}" for spec in option_specs(load_recipe_class(entry), entry.bound_options)
+                if not spec.required and spec.name not in given and options.get(spec.name) == spec.default]
+    listed = ", ".join(defaults[:_DEFAULTS_LISTED]) + (", ..." if len(defaults) > _DEFAULTS_LISTED else "")
+    return (f"the run predates recorded option defaults, so one of the model's defaults now ({listed or 'none'}) may "
+            f"differ from what its weights were made with: add the old value to \"model_opt\" under \"config\" in "
+            f"{run_dir}/config.json")

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-from zoo.engine import checkpoint, distributed, report, rng
+from zoo.engine import checkpoint, distributed, record, report, rng
 from zoo.errors import RunError, UsageError, ZooError, first_line
 
 REQUIRED_KEYS = frozenset({"model", "step", "epoch", "position", "train_size", "optimizers", "schedulers", "rng"})
@@ -49,7 +49,11 @@ class Checkpoints:
         """Give each owner back its part of a checkpoint, after checking the run matches it."""
         run = self.run
         self._check_identity(state, folder)
-        checkpoint.load_into(run.recipe, model_state, folder, run.plan.model.name, "resume with the same model")
+        hint = "resume with the same model"
+        if "model_options" not in run.recorded:  # saved before defaults were recorded: the model's may have changed
+            hint = record.unrecorded_defaults_hint(run.plan.model, run.model_options, run.config.model_opt,
+                                                   self.run_dir)
+        checkpoint.load_into(run.recipe, model_state, folder, run.plan.model.name, hint)
         run.stepper.load_state_dict(state)
         run.state.load_state_dict(state)
         run.context.step, run.context.epoch = run.state.step, run.state.epoch
