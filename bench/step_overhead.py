@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import sys
 import tempfile
@@ -55,6 +56,7 @@ from zoo.engine.rundir import prepare_new  # noqa: E402
 from zoo.engine.trainer import Trainer  # noqa: E402
 from zoo.registry import get_registry  # noqa: E402
 
+CLOCK = time.perf_counter  # --clock cpu: time.process_time
 TRAIN_COUNT = 1500  # of load_digits' 1,797 images; the rest are the test split
 SIDES = {  # name: the hooks that zoo side turns off (None: the plain loop)
     "zoo (default hooks)": [],
@@ -95,19 +97,19 @@ def zoo_seconds(args: argparse.Namespace, data: Path, steps: int, folder: Path,
     call = trainer.run.hooks.call
 
     def timed(hook_name: str, **kwargs: Any) -> None:
-        began = time.perf_counter()
+        began = CLOCK()
         try:
             call(hook_name, **kwargs)
         finally:
-            in_hooks[0] += time.perf_counter() - began
+            in_hooks[0] += CLOCK() - began
 
     trainer.run.hooks.call = timed
     with open(os.devnull, "w") as quiet, contextlib.redirect_stderr(quiet), contextlib.redirect_stdout(quiet):
         _sync(torch.device(args.device))
-        started = time.perf_counter()
+        started = CLOCK()
         trainer.fit()
         _sync(torch.device(args.device))
-        return time.perf_counter() - started, in_hooks[0]
+        return CLOCK() - started, in_hooks[0]
 
 
 def plain_seconds(args: argparse.Namespace, data: Path, steps: int) -> float:
@@ -121,7 +123,7 @@ def plain_seconds(args: argparse.Namespace, data: Path, steps: int) -> float:
                                          pin_memory=device.type == "cuda")
     done = 0
     _sync(device)
-    started = time.perf_counter()
+    started = CLOCK()
     while done < steps:
         for batch in loader:
             batch = [part.to(device, non_blocking=True) for part in batch]
@@ -133,7 +135,7 @@ def plain_seconds(args: argparse.Namespace, data: Path, steps: int) -> float:
             if done == steps:
                 break
     _sync(device)
-    return time.perf_counter() - started
+    return CLOCK() - started
 
 
 def main() -> None:
@@ -145,7 +147,13 @@ def main() -> None:
     parser.add_argument("--long", type=int, default=400, help="steps of the long runs (default 400)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each length and side (default 3); "
                                                                 "the fastest counts")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall time (default), or this process's CPU time: steadier on a shared machine, "
+                             "where other work steals the cores; use it with OMP_NUM_THREADS=1, as idle torch "
+                             "threads spin and count")
     args = parser.parse_args()
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     if not 0 < args.short < args.long or args.repeats < 1:
         parser.error("need 0 < --short < --long and --repeats >= 1")
     # side: steps: [(wall seconds, seconds in hooks)] of each run
@@ -166,7 +174,7 @@ def main() -> None:
                 for side, runs in fastest.items()}
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
-    print(f"device {name}; mnist_net on {TRAIN_COUNT} digits (28x28 IDX), batch {args.batch_size} "
+    print(f"{args.clock} clock; device {name}; mnist_net on {TRAIN_COUNT} digits (28x28 IDX), batch {args.batch_size} "
           f"({TRAIN_COUNT // args.batch_size} steps/epoch), {args.workers} workers; slope between "
           f"{args.short} and {args.long} steps, fastest of {args.repeats} runs each")
     plain = per_step["plain loop"]
@@ -179,17 +187,28 @@ def main() -> None:
               f"{args.long} steps {long[0]:.3f} s{hooks})")
     for side in list(SIDES)[:2]:
         print(f"ratio {side} / plain loop: {per_step[side] / plain:.3f} (fastest runs); "
-              f"{paired_ratio(times[side], times['plain loop'], args):.3f} (median of the repeats' own slopes)")
+              f"{median_with_interval(paired_ratios(times[side], times['plain loop'], args))} (median of the repeats' own "
+              f"slopes)")
 
 
-def paired_ratio(side: dict[int, list[tuple[float, float]]], plain: dict[int, list[tuple[float, float]]],
-                 args: argparse.Namespace) -> float:
-    """The median over repeats of (the side's slope / the plain loop's slope), each from that repeat's runs:
-    the sides ran in turn, so a repeat slowed by other work slows both and the ratio holds."""
-    ratios = sorted((side[args.long][i][0] - side[args.short][i][0]) / (plain[args.long][i][0] - plain[args.short][i][0])
-                    for i in range(args.repeats))
-    middle = len(ratios) // 2
-    return ratios[middle] if len(ratios) % 2 else (ratios[middle - 1] + ratios[middle]) / 2
+def paired_ratios(side: dict[int, list[tuple[float, float]]], plain: dict[int, list[tuple[float, float]]],
+                  args: argparse.Namespace) -> list[float]:
+    """Each repeat's (side's slope / the plain loop's slope), sorted: the sides ran in turn, so a repeat slowed
+    by other work slows both and its ratio holds."""
+    return sorted((side[args.long][i][0] - side[args.short][i][0]) / (plain[args.long][i][0] - plain[args.short][i][0])
+                  for i in range(args.repeats))
+
+
+def median_with_interval(values: list[float]) -> str:
+    """``median (95% interval low-high)`` of sorted values: the interval from the order statistics around the
+    median (binomial, normal approximation), which assumes nothing of the noise's shape; none below 6 values."""
+    n = len(values)
+    middle = values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
+    if n < 6:
+        return f"{middle:.3f}"
+    half = 0.98 * n ** 0.5  # 1.96 * sqrt(n) / 2
+    low, high = values[max(0, int(n / 2 - half))], values[min(n - 1, int(math.ceil(n / 2 + half)) - 1)]
+    return f"{middle:.3f} (95% interval {low:.3f}-{high:.3f})"
 
 
 if __name__ == "__main__":
