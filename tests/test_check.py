@@ -209,3 +209,34 @@ def test_testing_helpers_train_resume_and_check_items(tmp_path):
     assert testing.check_items("shapes", task="classification", options={"train_count": 8}) == []
     assert testing.first_difference({"a": torch.ones(2)}, {"a": torch.tensor([1.0, 2.0])}, "s") == \
         "s['a'] differs (largest gap 1)"
+
+
+def test_first_difference_compares_numpy_arrays_and_nan_bitwise():
+    import numpy as np
+
+    assert testing.first_difference(np.arange(3), np.arange(3)) is None
+    assert "differs" in testing.first_difference({"a": np.zeros(2)}, {"a": np.ones(2)})
+    nan = torch.tensor([float("nan"), 1.0])
+    assert testing.first_difference(nan, nan.clone()) is None
+    assert testing.first_difference(nan, torch.tensor([float("nan"), 2.0])) is not None
+
+
+def test_tiny_run_gives_the_caller_its_random_generators_back(tmp_path):
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    testing.tiny_run("mnist_net", tmp_path / "run", steps=1)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_model_whose_check_fails_is_not_used_again_for_the_plugins_hooks(site):
+    install(site, "crashy", GOOD.replace('''            super().__init__(num_classes=num_classes)
+''', '''            super().__init__(num_classes=num_classes)
+        def training_step(self, batch, loss_fn):
+            raise RuntimeError("boom")
+            yield
+''', 1))
+    results = by_check(check_plugin("crashy", discover()))
+    assert results[("model 'crashy:small'", "trains and resumes exactly with loss 'cross_entropy'")].status == "failed"
+    hook_run = results[("hook 'crashy:counter'", "runs")]
+    assert hook_run.status == "ok" and "crashy:small" not in hook_run.detail

@@ -137,6 +137,7 @@ class _Runs:
         own = {e.name for e in self.by_kind["hook"]}
         self.no_hooks = [name for name in QUIET_HOOKS if name not in own]  # the plugin's own hooks stay on
         self.losses_used: set[str] = set()
+        self.failed_models: set[str] = set()  # models whose own check failed: not used for others' checks
         self.runs = 0
 
     def datasets(self) -> list[CheckResult]:
@@ -160,13 +161,14 @@ class _Runs:
         if cls.needs_data and not self.data:
             raise SkipCheck(f"needs --data: {cls.data_help}; run zoo check {entry.plugin} --data DIR")
 
-    def _dataset_for(self, task: str) -> str | None:
-        """The plugin's own dataset that feeds ``task`` and can be read here, else None (the embedded default)."""
+    def _dataset_for(self, task: str) -> tuple[str | None, str | None]:
+        """The plugin's own dataset that feeds ``task`` and can be read here, with the ``--data`` it reads (None
+        for one that reads none), else ``(None, None)``: the embedded default."""
         for entry in self.by_kind["dataset"]:
             cls = build.load_dataset_class(entry)
             if task in cls.tasks and (self.data or not cls.needs_data):
-                return entry.qualified_name
-        return None
+                return entry.qualified_name, self.data if getattr(cls, "reads_data", True) else None
+        return None, None
 
     def models(self) -> list[CheckResult]:
         """Each model with each loss that fits it: trains, resumes bitwise, evaluates a batch."""
@@ -176,7 +178,7 @@ class _Runs:
             for loss in self._losses_of(recipe_cls):
                 check = "trains and resumes exactly" + (f" with loss '{loss}'" if loss else "")
                 self._model_checks(results, entry.qualified_name, _subject(entry), check, loss,
-                                   self._dataset_for(recipe_cls.task))
+                                   *self._dataset_for(recipe_cls.task))
         return results
 
     def losses_alone(self) -> list[CheckResult]:
@@ -187,12 +189,11 @@ class _Runs:
                 continue
             model = next(self._models_that_run(entry.name), None)
             if model is None:
-                _record(results, "builds with its defaults", entry,
-                        lambda e=entry: "no installed model names it in its losses" if build.build_loss(e, {}) else "")
+                _record(results, "builds with its defaults", entry, lambda e=entry: _built_alone(e))
             else:
                 self._model_checks(results, model.qualified_name, _subject(entry),
                                    f"trains and resumes exactly with model '{model.qualified_name}'",
-                                   entry.qualified_name, None)
+                                   entry.qualified_name, None, None)
         return results
 
     def hooks(self) -> list[CheckResult]:
@@ -208,15 +209,18 @@ class _Runs:
 
     def _hook_run(self, entry: Entry, runs: dict[str, Any]) -> str:
         """A straight and a resumed run with the hook on, of the first model it does not refuse."""
-        refusal = "no installed model trains on data that needs no --data"
+        refusal, tried = "no installed model trains on data that needs no --data", 0
         for model in itertools.islice(self._models_that_run(), MODELS_PER_HOOK):
+            tried += 1
             try:
-                detail, runs["run"], runs["difference"] = self._runs(model.qualified_name, None, None,
+                detail, runs["run"], runs["difference"] = self._runs(model.qualified_name, None, None, None,
                                                                      [entry.qualified_name])
             except HookRefusedRun as exc:  # an option that cannot work with this model: the next one
                 refusal = str(exc)
                 continue
             return f"with model '{model.qualified_name}' {detail}"
+        if tried:
+            raise AssertionError(f"it refused every model tried ({tried}), the last with: {refusal}")
         raise SkipCheck(f"no model to run it with: {refusal}")
 
     def _losses_of(self, recipe_cls: Any) -> list[str | None]:
@@ -229,6 +233,8 @@ class _Runs:
         name it among their losses."""
         own = self.by_kind["model"]
         for entry in [*own, *(e for e in self.registry.entries("model") if e not in own)]:
+            if entry.qualified_name in self.failed_models:
+                continue
             try:
                 cls = build.load_recipe_class(entry)
             except ZooError:
@@ -239,17 +245,22 @@ class _Runs:
                 yield entry
 
     def _model_checks(self, results: list[CheckResult], model: str, subject: str, check: str,
-                      loss: str | None, dataset: str | None) -> None:
-        """A model's resume check, then its ``evaluation_step`` on a batch."""
+                      loss: str | None, dataset: str | None, data: str | None) -> None:
+        """A model's resume check, then its ``evaluation_step`` on a batch; a model that fails is not used again
+        for other entries' checks (its failure is said once, as its own)."""
         runs: dict[str, Any] = {}
 
         def train() -> str:
-            detail, runs["run"], difference = self._runs(model, loss, dataset, [])
+            if loss is not None:  # tried: not tried again with another model if this one fails
+                self.losses_used.add(self.registry.resolve("loss", loss).qualified_name)
+            detail, runs["run"], difference = self._runs(model, loss, dataset, data, [])
             return f"{_no_difference(difference)}; {detail}"
         if _record(results, check, subject, train):
             _record(results, "evaluation_step", subject, lambda: _evaluate_once(runs["run"]))
+        else:
+            self.failed_models.add(model)
 
-    def _runs(self, model: str, loss: str | None, dataset: str | None,
+    def _runs(self, model: str, loss: str | None, dataset: str | None, data: str | None,
               hooks: list[str]) -> tuple[str, Any, str | None]:
         """Train straight and interrupted-then-resumed: the detail, the straight run, where the two differ."""
         from zoo.testing import resume_difference
@@ -257,11 +268,9 @@ class _Runs:
         self.runs += 1
         straight, _, difference = resume_difference(
             model, self.tmp / f"run-{self.runs}", steps=STEPS, stop_at=STOP_AT, loss=loss, dataset=dataset,
-            data=self.data if dataset else None, hooks=hooks, no_hooks=self.no_hooks, batch_size=BATCH,
+            data=data, hooks=hooks, no_hooks=self.no_hooks, batch_size=BATCH,
             registry=self.registry)
         run = straight.trainer.run
-        if run.plan.loss is not None:
-            self.losses_used.add(run.plan.loss.qualified_name)
         return f"on '{run.plan.dataset.qualified_name}'", run, difference
 
 
@@ -271,6 +280,12 @@ def _no_difference(difference: str | None) -> str:
         f"{STOP_AT} steps resumed to {STEPS} differ from {STEPS} straight: {difference}; save all state that "
         f"changes training (state_dict/load_state_dict) and draw randomness from zoo's generators")
     return f"{STOP_AT} steps, resumed to {STEPS} = {STEPS} straight, bitwise"
+
+
+def _built_alone(entry: Entry) -> str:
+    """A loss no installed model names: built with its defaults only."""
+    build.build_loss(entry, {})
+    return "no installed model names it in its losses, so it was only built"
 
 
 def _evaluate_once(run: Any) -> str:

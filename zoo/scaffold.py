@@ -41,7 +41,8 @@ def write_plugin(name: str, folder: Path) -> list[Path]:
     folder = Path(folder)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise UsageError(f"{folder} already exists and is not an empty folder; pick another DIR.")
-    values = {"name": name, "dist": name.replace("_", "-"), "zoo_version": _minor(__version__)}
+    values = {"name": name, "dist": name.replace("_", "-"), "zoo_version": _minor(__version__),
+              "zoo_below": _next_major(__version__)}
     written = []
     for template, target in FILES.items():
         text = (TEMPLATES / template).read_text(encoding="utf-8")
@@ -52,6 +53,11 @@ def write_plugin(name: str, folder: Path) -> list[Path]:
         path.write_text(text, encoding="utf-8")
         written.append(path)
     return written
+
+
+def _next_major(version: str) -> str:
+    """``1`` for zoo 0.x, ``2`` for 1.x: the first zoo the skeleton does not claim to fit."""
+    return str(int(version.split(".")[0]) + 1)
 
 
 def _minor(version: str) -> str:

@@ -28,10 +28,11 @@ import math
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import numpy as np
 import torch
 
 from zoo.config import TrainConfig
-from zoo.engine import checkpoint
+from zoo.engine import checkpoint, rng
 from zoo.engine.rundir import prepare_new
 from zoo.registry import Registry, get_registry
 
@@ -77,10 +78,17 @@ def tiny_run(model: str, run_dir: str | Path, *, steps: int = 2, resume: bool = 
     config.check("zoo.testing.tiny_run")
     if not resume:
         prepare_new(run_dir, overwrite=True)
-    with _quiet(quiet):
-        trainer = Trainer(config, registry or get_registry(), run_dir, resume=resume)
-        result = trainer.fit()
-    folder = result.checkpoint or checkpoint.list_steps(run_dir)[-1][1]
+    caller_rng = rng.capture()  # a run seeds and restores every generator: the caller's are put back after
+    try:
+        with _quiet(quiet):
+            trainer = Trainer(config, registry or get_registry(), run_dir, resume=resume)
+            result = trainer.fit()
+    finally:
+        rng.restore(caller_rng)
+    saved = checkpoint.list_steps(run_dir)
+    if result.checkpoint is None and not saved:
+        raise AssertionError(f"the run in {run_dir} left no checkpoint")
+    folder = result.checkpoint or saved[-1][1]
     weights, state = checkpoint.load(folder)
     sets = {name: checkpoint.load_weights(folder, name) for name in checkpoint.weight_set_names(folder)}
     return TinyRun(run_dir, result.step, folder, weights, state, sets, trainer)
@@ -127,7 +135,9 @@ def first_difference(a: Any, b: Any, path: str = "value") -> str | None:
             return f"{path} is a tensor on one side only"
         if a.shape != b.shape or a.dtype != b.dtype:
             return f"{path}: {a.dtype} {tuple(a.shape)} against {b.dtype} {tuple(b.shape)}"
-        return None if torch.equal(a, b) else f"{path} differs (largest gap {_gap(a, b)})"
+        same = torch.equal(a, b) or (a.is_floating_point() and torch.equal(a.isnan(), b.isnan())
+                                     and torch.equal(a.nan_to_num(), b.nan_to_num()))  # NaN where the other has NaN
+        return None if same else f"{path} differs (largest gap {_gap(a, b)})"
     if isinstance(a, dict) and isinstance(b, dict):
         if set(a) != set(b):
             return f"{path} has keys {sorted(map(str, set(a) ^ set(b)))[:3]} on one side only"
@@ -136,7 +146,12 @@ def first_difference(a: Any, b: Any, path: str = "value") -> str | None:
         if len(a) != len(b):
             return f"{path} has {len(a)} items against {len(b)}"
         return next((d for i, (x, y) in enumerate(zip(a, b)) if (d := first_difference(x, y, f"{path}[{i}]"))), None)
-    same = a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return first_difference(torch.as_tensor(np.asarray(a)), torch.as_tensor(np.asarray(b)), path)
+    try:
+        same = bool(a == b) or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+    except Exception:  # a value that cannot say whether it equals another
+        return f"{path}: {type(a).__name__} values zoo cannot compare"
     return None if same else f"{path}: {a!r} against {b!r}"
 
 

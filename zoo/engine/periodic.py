@@ -36,7 +36,7 @@ def evaluate_unless_stopping(run: Any) -> None:
 
 def evaluate_now(run: Any) -> dict[str, float]:
     """Evaluate on the test split (and each weight set the hooks offer, as ``<set>/<metric>``); log the
-    metrics, move the best (by the raw weights), tell the hooks, say them."""
+    metrics, move the best (by ``--best-metric``, else the model's metric), tell the hooks, say them."""
     state = run.state
     state.last_eval_step = state.step
     state.eval_owed = True  # until it completes
@@ -47,6 +47,8 @@ def evaluate_now(run: Any) -> dict[str, float]:
         with _weights_in(run.recipe, weights):
             metrics.update({f"{name}/{key}": value for key, value in _evaluate(run, f"eval {name}").items()})
     state.note_evaluation(metrics, run.best_metric)
+    if run.best_metric and run.best_metric[0] not in metrics:
+        run.report.best_metric_missing(run.best_metric[0], metrics)
     if run.dist.is_main:
         run.metrics_log.write({"kind": "eval", "step": state.step, "epoch": run.schedule.epochs_done(state.step),
                                **metrics})

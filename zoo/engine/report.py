@@ -33,6 +33,7 @@ class Report:
 
     def __init__(self, is_main: bool = True) -> None:
         self.quiet = not is_main
+        self._said_best_missing = False
 
     def say(self, line: str) -> None:
         """One line on stderr (nothing on processes other than rank 0)."""
@@ -42,6 +43,14 @@ class Report:
     def notice(self, line: str) -> None:
         """A line prefixed ``zoo:``."""
         self.say(f"zoo: {line}")
+
+    def best_metric_missing(self, name: str, metrics: dict[str, float]) -> None:
+        """Once a run: the metric that picks the best checkpoint is not among an evaluation's."""
+        if self._said_best_missing:
+            return
+        self._said_best_missing = True
+        self.notice(f"warning: the evaluation reports no '{name}', so no checkpoint is marked best; it reports: "
+                    f"{', '.join(metrics) or 'nothing'} (pick one with --best-metric).")
 
     # ------------------------------------------------------------------ start
     def start(self, run: Any) -> None:
