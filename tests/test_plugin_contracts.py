@@ -95,6 +95,52 @@ def test_an_item_that_breaks_the_contract_is_described(classes_split, flaw, word
     assert words in item_problem(classes_split, flaw(*classes_split[0]))
 
 
+class _FlawAt:
+    """A dataset whose item ``at`` is passed through ``flaw``; it declares what the wrapped one declares."""
+
+    def __init__(self, dataset, at, flaw):
+        self.dataset, self.at, self.flaw = dataset, at, flaw
+        self.task, self.image_shape, self.classes = dataset.task, dataset.image_shape, dataset.classes
+
+    def __getitem__(self, index):
+        item = self.dataset[index]
+        return self.flaw(*item) if index == self.at else item
+
+    def __len__(self):
+        return len(self.dataset)
+
+
+@pytest.mark.parametrize("flaw, words", test_an_item_that_breaks_the_contract_is_described.pytestmark[0].args[1])
+def test_a_batch_names_its_one_wrong_item_and_keeps_the_others(classes_split, flaw, words):
+    """The loader checks a batch at once (zoo.data.items_fit); a batch with a wrong item never passes that check,
+    and each of its items is then checked alone, so the wrong one is named by its index."""
+    from zoo.data import items_fit
+    from zoo.engine.feed import BadItem, SeededItems
+
+    flawed = _FlawAt(classes_split, 2, flaw)
+    assert not items_fit(flawed, [flawed[index] for index in range(4)])
+    items = SeededItems(flawed).__getitems__([(index, 7) for index in range(4)])
+    assert [type(item) is BadItem for item in items] == [False, False, True, False]
+    assert items[2].index == 2 and items[2].dataset_bug and words in items[2].message
+    assert all(torch.equal(items[i][0], classes_split[i][0]) and items[i][1] == classes_split[i][1] for i in (0, 1, 3))
+
+
+@pytest.mark.parametrize("other_form", [
+    lambda image, label: (image, torch.tensor(label)),
+    lambda image, label: (image, np.int64(label)),
+    lambda image, label: [image, label],
+])
+def test_items_in_other_right_forms_pass_the_batch_check_item_by_item(classes_split, other_form):
+    from zoo.data import items_fit
+    from zoo.engine.feed import SeededItems
+
+    varied = _FlawAt(classes_split, 1, other_form)
+    assert items_fit(classes_split, [classes_split[0], classes_split[1]])
+    assert not items_fit(varied, [varied[0], varied[1]])  # not the common form: checked one by one
+    items = SeededItems(varied).__getitems__([(0, 1), (1, 1)])
+    assert items[1] is not None and type(items[1]) is type(varied[1]) and int(items[1][1]) == classes_split[1][1]
+
+
 def test_image_to_image_targets_are_float_images_of_any_shape():
     """A colouriser's or an upscaler's target differs from its input: only the input has image_shape."""
     pairs = ShapesDataset("train", task="image_to_image", train_count=2, test_count=2)
@@ -511,3 +557,23 @@ def test_items_of_a_batch_that_cannot_be_stacked_are_named_as_a_dataset_bug():
     with pytest.raises(WrongItemError, match=r"the dataset's items of one batch cannot be stacked \(RuntimeError: "
                                              r"stack expects each tensor to be equal size"):
         BadItems(skip=True).check(bad)
+
+
+def test_a_batch_loads_each_item_under_its_own_seed_and_puts_the_callers_seed_back():
+    from zoo.data import item_rng, seeded_item
+    from zoo.engine.feed import SeededItems
+
+    class Draws:
+        task, image_shape, classes = "classification", (1, 2, 2), ["a"]
+
+        def __getitem__(self, index):
+            return torch.rand(1, 2, 2, generator=item_rng()), 0
+
+    with seeded_item(5):
+        before = item_rng().get_state()
+        items = SeededItems(Draws()).__getitems__([(0, 11), (1, 12), (2, 11)])
+        assert torch.equal(item_rng().get_state(), before)
+    assert torch.equal(items[0][0], items[2][0]) and not torch.equal(items[0][0], items[1][0])
+    with seeded_item(12) as generator:
+        assert torch.equal(items[1][0], torch.rand(1, 2, 2, generator=generator))
+    assert item_rng() is None

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import numbers
 import threading
-from typing import ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 from torch.utils.data import Dataset
@@ -93,8 +93,7 @@ def seeded_item(seed: int) -> Iterator[torch.Generator]:
 
 
 def enter_item(seed: int) -> tuple[int | None, torch.Generator | None]:
-    """Start loading an item seeded with ``seed`` (what :func:`seeded_item` does, without a context manager,
-    for the loader's every item); returns what :func:`leave_item` puts back."""
+    """Start loading an item seeded with ``seed``; returns what :func:`leave_item` puts back."""
     previous = getattr(_ITEM, "seed", None), getattr(_ITEM, "generator", None)
     _ITEM.seed, _ITEM.generator = seed, None
     return previous
@@ -103,6 +102,47 @@ def enter_item(seed: int) -> tuple[int | None, torch.Generator | None]:
 def leave_item(previous: tuple[int | None, torch.Generator | None]) -> None:
     """Done loading the item: the item seed before :func:`enter_item` is back."""
     _ITEM.seed, _ITEM.generator = previous
+
+
+def load_items(dataset: Dataset, keys: list[tuple[int, int]], failed: Callable[[int, Exception], Any]) -> list[Any]:
+    """``dataset[index]`` for each ``(index, seed)`` key, each under its own item seed; an item that raises is
+    ``failed(index, exc)`` instead. (The loader's batches: :func:`enter_item`'s work once per batch, not per item.)"""
+    previous, items = enter_item(0), []
+    try:
+        for index, seed in keys:
+            _ITEM.seed, _ITEM.generator = seed, None
+            try:
+                items.append(dataset[index])
+            except Exception as exc:  # a dataset may fail in any way on a bad file
+                items.append(failed(index, exc))
+    finally:
+        leave_item(previous)
+    return items
+
+
+def items_fit(dataset: Dataset, items: list[Any]) -> bool:
+    """True when every item surely keeps the item contract below, in its common form (tuples, int labels); else
+    False, and each item goes to :func:`item_problem`, which also takes the other forms and names what breaks.
+
+    One pass with the dataset's facts read once: a batch's check costs a fraction of the items' own checks.
+    """
+    task, shape = getattr(dataset, "task", None), getattr(dataset, "image_shape", None)
+    shape = tuple(shape) if shape is not None else None
+    classes = getattr(dataset, "classes", None) if task == "classification" else None
+    count = len(classes) if classes else 0
+    tensor, float32 = torch.Tensor, torch.float32
+    for item in items:
+        if type(item) is not tuple or len(item) != 2:
+            return False
+        image, target = item
+        if type(image) is not tensor or image.dtype is not float32 or image.shape != shape:
+            return False
+        if task == "classification":
+            if type(target) is not int or not 0 <= target < count:
+                return False
+        elif task == "image_to_image" and (not isinstance(target, tensor) or not target.is_floating_point()):
+            return False
+    return True
 
 
 def item_problem(dataset: Dataset, item: object) -> str | None:

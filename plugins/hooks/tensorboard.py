@@ -12,7 +12,7 @@ class TensorboardHook:
 
     Sample grids are written at epochs' ends as the samples hook saves them, sharing its budget
     (``zoo.engine.pictures.GridBudget``): an epoch's end has one only while the time spent on grids so
-    far is at most ``GRID_SHARE`` (1%) of the time since training started, so the first epoch's end always
+    far is at most ``GRID_SHARE`` (0.5%) of the time since training started, so the first epoch's end always
     has one and tiny epochs have one every so many. The run's end always has one. Events reach the disk
     within ``flush_secs`` (30 s) and when the run ends; a grid forces no flush of its own.
     """

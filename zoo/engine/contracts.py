@@ -42,7 +42,7 @@ def checked_pair(pair: Any, optimizers: dict[str, Any], params: dict[str, list[t
         raise PluginError(f"{named} yielded a loss for optimizer '{name}' that does not depend on its "
                           f"parameters (no grad_fn): compute it from the networks' outputs, without "
                           f".detach(), .item() or torch.no_grad().")
-    return name, loss.reshape(())  # a one-element loss of shape (1,) is logged beside the scalars
+    return name, loss if loss.dim() == 0 else loss.reshape(())  # a loss of shape (1,) is logged beside scalars
 
 
 def check_optimizers(optimizers: dict[str, Any], model: str) -> None:

@@ -23,7 +23,7 @@ import torch
 from prefetch_generator import BackgroundGenerator
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from zoo.data import enter_item, item_problem, leave_item
+from zoo.data import item_problem, items_fit, load_items
 from zoo.engine.rng import derive_seed, derive_seeds
 from zoo.errors import PluginError, RunError, ZooError, first_line, part_name
 
@@ -90,14 +90,23 @@ class SeededItems(Dataset):
         self.dataset = dataset
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
-        index, seed = key
-        previous = enter_item(seed)
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> list[Any]:
+        """A batch's items (the DataLoader's batched fetch): loaded, then checked as a whole, each item on its
+        own only where the batch's check does not pass."""
+        items = load_items(self.dataset, keys, lambda index, exc: as_bad_item(index, exc, part_name(self.dataset)))
         try:
-            item = self.dataset[index]
-        except Exception as exc:  # a dataset may fail in any way on a bad file
-            return as_bad_item(index, exc, part_name(self.dataset))
-        finally:
-            leave_item(previous)
+            if items_fit(self.dataset, items):
+                return items
+        except Exception:  # image_shape or classes themselves are broken: item_problem names it
+            pass
+        return [self._checked(index, item) for (index, _seed), item in zip(keys, items)]
+
+    def _checked(self, index: int, item: Any) -> Any:
+        """The item, or a :class:`BadItem` naming how it breaks the item contract."""
+        if isinstance(item, BadItem):
+            return item
         try:
             problem = item_problem(self.dataset, item)
         except Exception as exc:  # image_shape or classes themselves are broken
@@ -114,8 +123,8 @@ class SeededItems(Dataset):
 
 def collate_items(items: list[Any]) -> tuple[Any, list[BadItem]]:
     """Collate the good samples of a batch; return them with the bad ones (``None`` if none was good)."""
-    good = [item for item in items if not isinstance(item, BadItem)]
-    bad = [item for item in items if isinstance(item, BadItem)]
+    bad = [item for item in items if type(item) is BadItem]
+    good = [item for item in items if type(item) is not BadItem] if bad else items
     if not good:
         return None, bad
     try:

@@ -35,7 +35,7 @@ CLASSIFIED_COUNT = 32  # test images in a classifier's grid (4 rows of 8)
 FRAME = 3  # pixels of a classified image's frame
 CLASSIFIED_SIDE = 96  # larger classified images are shown scaled down to this (an ImageNet model's grid stays small)
 RIGHT, WRONG = (0.1, 0.75, 0.2), (0.9, 0.1, 0.1)  # frame colours (RGB in [0, 1])
-GRID_SHARE = 0.01  # the most of a run's wall time its epoch-end grids may take (see GridBudget)
+GRID_SHARE = 0.005  # the most of a run's wall time its epoch-end grids may take (see GridBudget)
 
 
 def preview_indices(length: int, count: int = PREVIEW_COUNT, seed: int = 0) -> list[int]:
@@ -202,7 +202,7 @@ class GridBudget:
     The rule: an epoch-end grid is due when the time spent on grids so far (drawing them, encoding
     and writing PNGs and events, by every hook that charges this budget) is at most ``GRID_SHARE``
     of the time since training started in this process; otherwise that epoch goes without one.
-    So the first epoch's end always has a grid; epochs lasting over 1 / GRID_SHARE (100) times what a
+    So the first epoch's end always has a grid; epochs lasting over 1 / GRID_SHARE (200) times what a
     grid takes (tens of milliseconds on a CPU), evaluations included, have one each; shorter ones have
     one every so many. The run's end always has one: the hooks draw it without asking. ``due`` gives
     one answer per step, so every hook shows the same steps.
