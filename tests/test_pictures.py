@@ -284,3 +284,64 @@ def test_no_classifier_grid_for_items_that_are_not_labelled_images(item):
     said = []
     shown = pictures.Pictures(Scores(), [item] * 2, seed=0, device=torch.device("cpu"), say=said.append)
     assert shown.grid() is None and said == []
+
+
+# ------------------------------------------------------------------ BatchNorm statistics while drawing
+
+
+def _generator_with_batchnorm(tracked: int) -> nn.Module:
+    net = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Dropout(0.5))
+    with torch.no_grad():
+        net[1].running_mean.fill_(5.0)  # far from the data: eval mode with these gives near-identical outputs
+        net[1].running_var.fill_(100.0)
+        net[1].num_batches_tracked.fill_(tracked)
+    return net.eval()
+
+
+def test_unsettled_batchnorm_draws_with_the_batchs_statistics_and_keeps_its_buffers():
+    from zoo.engine.norm_stats import SETTLED_BATCHES, batch_statistics_until_settled
+
+    net, inputs = _generator_with_batchnorm(SETTLED_BATCHES - 1), torch.randn(16, 4, generator=torch.Generator().manual_seed(0))
+    before = {name: buffer.clone() for name, buffer in net.named_buffers()}
+    with torch.no_grad():
+        running = net(inputs)
+        with batch_statistics_until_settled(net) as layers:
+            drawn = net(inputs)
+    assert layers == 1
+    expected = F.batch_norm(net[0](inputs), None, None, net[1].weight, net[1].bias, training=True)
+    assert torch.allclose(drawn, expected, atol=1e-6)  # batch statistics; dropout stayed off (eval)
+    assert drawn.std(0).mean() > 5 * running.std(0).mean()  # the tiles differ, where running stats flatten them
+    assert all(torch.equal(before[name], buffer) for name, buffer in net.named_buffers())
+    assert not net.training and not net[1].training
+
+
+def test_settled_batchnorm_draws_with_its_running_statistics():
+    from zoo.engine.norm_stats import SETTLED_BATCHES, batch_statistics_until_settled
+
+    net, inputs = _generator_with_batchnorm(SETTLED_BATCHES), torch.randn(16, 4)
+    with torch.no_grad():
+        running = net(inputs)
+        with batch_statistics_until_settled(net) as layers:
+            assert layers == 0
+            assert torch.equal(net(inputs), running)
+
+
+def test_an_early_gan_grid_shows_different_samples_and_training_goes_on_unchanged(registry, tmp_path, monkeypatch):
+    """A DCGAN grid after 2 steps: its tiles differ far more than in eval mode, whose running statistics (still
+    near their start) make every tile alike; drawing it changed no buffer."""
+    from zoo.engine import norm_stats
+
+    trainer = train(registry, tmp_path / "gan", model="dcgan", loss=None, model_opt={"image_size": 32, "ngf": 4,
+                    "ndf": 4}, dataset="shapes", dataset_opt={"train_count": 16, "test_count": 4}, max_steps=2)
+    recipe = trainer.run.recipe
+    before = {name: buffer.clone() for name, buffer in recipe.named_buffers()}
+    drawn = pictures.sample_grid(recipe, seed=0, device=torch.device("cpu"))
+    monkeypatch.setattr(norm_stats, "SETTLED_BATCHES", 0)  # every layer settled: plain eval mode
+    evaluated = pictures.sample_grid(recipe, seed=0, device=torch.device("cpu"))
+
+    def spread(grid: torch.Tensor) -> float:  # how much the 64 tiles differ from one another
+        tiles = grid.unfold(1, 34, 34).unfold(2, 34, 34)  # (C, 8, 8, 34, 34)
+        return float(tiles.reshape(3, 64, -1).std(dim=1).mean())
+
+    assert spread(drawn) > 100 * spread(evaluated), (spread(drawn), spread(evaluated))
+    assert all(torch.equal(before[name], buffer) for name, buffer in recipe.named_buffers())

@@ -3,7 +3,8 @@ an image-to-image model's fixed test inputs beside its outputs and the targets, 
 fixed test images framed green where it is right and red where it is wrong.
 
 Every grid is drawn so that training never notices: eval mode (restored after), no gradients,
-generators of their own, the global RNG as it was. A test-image grid that cannot be drawn
+generators of their own, the global RNG as it was; BatchNorm layers that have not yet averaged
+100 batches use the drawn batch's statistics, their running ones restored after (``norm_stats.py``). A test-image grid that cannot be drawn
 (a plugin's model or data not shaped as zoo's builtins are) is given up in one line, never
 stopping the run. Nor does it slow the run much: the hooks that show grids at epochs' ends
 share a ``GridBudget`` that keeps them to ``GRID_SHARE`` of the run's wall time.
@@ -25,6 +26,7 @@ from torchvision.utils import make_grid
 
 from zoo.data import seeded_item
 from zoo.engine import rng
+from zoo.engine.norm_stats import batch_statistics_until_settled
 from zoo.engine.rng import derive_seed
 from zoo.errors import ZooError, first_line
 from zoo.recipe import Recipe, predictor
@@ -71,11 +73,12 @@ def preview_batch(test_set: Any, seed: int, count: int = PREVIEW_COUNT) -> Any |
 
 @contextlib.contextmanager
 def _drawing(recipe: Recipe) -> Any:
-    """Eval mode and no gradients while a grid is drawn; the recipe's mode restored after."""
+    """Eval mode (batch statistics where BatchNorm's have not settled) and no gradients while a grid is drawn;
+    the recipe's mode and buffers restored after."""
     was_training = recipe.training
     recipe.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), batch_statistics_until_settled(recipe):
             yield
     finally:
         recipe.train(was_training)
