@@ -43,6 +43,12 @@ HOOKS_MODULE = textwrap.dedent("""
         def on_train_step(self, run, step, losses):
             moved = any(not torch.equal(a, p) for a, p in zip(self.before, run.recipe.parameters()))
             STEPS.append((step, run.step, {k: (type(v), v.dim(), v.device.type) for k, v in losses.items()}, moved))
+
+    class SlowEpochEnd:
+        @hookimpl
+        def on_epoch_end(self, run, epoch):
+            import time
+            time.sleep(0.3)
 """)
 
 
@@ -53,7 +59,8 @@ def local(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     sys.modules.pop("ordered_hooks", None)
     registry = discover()
-    names = {"plain1": "Plain1", "first": "First", "plain2": "Plain2", "last": "Last", "watcher": "StepWatcher"}
+    names = {"plain1": "Plain1", "first": "First", "plain2": "Plain2", "last": "Last", "watcher": "StepWatcher",
+             "slow_epoch_end": "SlowEpochEnd"}
     registry.add_plugin(PluginInfo("testhooks", "testhooks", "1.0", "ordered_hooks"),
                         [Entry("hook", name, f"ordered_hooks:{cls}", "a test hook", "testhooks")
                          for name, cls in names.items()])
@@ -80,6 +87,34 @@ def test_on_train_step_follows_every_optimizer_step_with_device_tensors(local, t
     for _, _, losses, _ in steps:
         assert "loss" in losses or "model" in losses
         assert all(kind is torch.Tensor and dim == 0 and device == "cpu" for kind, dim, device in losses.values())
+
+
+def test_samples_per_sec_counts_the_wall_time_epoch_ends_take(local, tmp_path):
+    """4 steps an epoch of 8 samples, one log window of 8 steps holding an epoch end that sleeps 0.3 s: the
+    window's rate is at most 64 samples / 0.3 s, not the rate of the steps after the epoch end alone."""
+    import json
+
+    train(local, tmp_path / "run", ["slow_epoch_end"], max_steps=8, log_every=8)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in logged] == [8]
+    assert 0 < logged[0]["samples_per_sec"] <= 64 / 0.3, logged
+
+
+def test_the_run_eta_is_the_pace_so_far_times_the_steps_left(monkeypatch):
+    from zoo.engine import progress
+
+    now = [100.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
+    window = progress.Window()
+    assert window.run_eta(10, 50) is None  # not started
+    window.start_clock(10)  # resumed at step 10
+    now[0] = 104.0
+    window.start_clock(12)  # a later epoch's start does not restart the run's clock
+    assert window.run_eta(10, 50) is None  # no step done yet in this process
+    window.reset()
+    assert window.run_eta(14, 50) == 4.0 / 4 * 36  # 1 s a step, 36 steps left
+    assert window.run_eta(50, 50) == 0.0
 
 
 def test_hooks_are_called_in_the_order_selected_with_tryfirst_and_trylast(local, tmp_path):

@@ -25,6 +25,7 @@ class EpochFeed:
         self.loader, self.order, self.device_decoder = run.loader, run.order, run.device_decoder
         self.config, self.device, self.speed = run.config, run.device, run.speed
         self.steps_per_epoch, self.show = run.schedule.steps_per_epoch, run.dist.is_main
+        self.epochs = -(-run.schedule.total_steps // self.steps_per_epoch)  # the last may be partial
         self.state, self.window = state, window
         self.feed: DeviceFeed | None = None
         self.bar: tqdm | None = None
@@ -53,9 +54,9 @@ class EpochFeed:
         self.feed = DeviceFeed(prefetching(self.loader, config.workers, max(2, 2 * config.accumulate), self.device),
                                self.device, self.speed.channels_last, assemble=self.device_decoder)
         self.bar = tqdm(total=self.steps_per_epoch, initial=state.position // config.accumulate,
-                        desc=f"epoch {state.epoch + 1}", unit="step", dynamic_ncols=True, leave=True,
+                        desc=f"epoch {state.epoch + 1}/{self.epochs}", unit="step", dynamic_ncols=True, leave=True,
                         file=sys.stderr, mininterval=0.5, disable=not self.show)
-        self.window.restart_clock()
+        self.window.start_clock(state.step)
 
     def close(self) -> None:
         """End the epoch's loader and bar (at an epoch's end, and when the run stops)."""

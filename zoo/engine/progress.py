@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from zoo.engine import distributed, report
 
@@ -26,13 +27,30 @@ class Window:
         self.samples = 0
         self.waited = 0.0
         self.started = time.perf_counter()
+        self.since: tuple[float, int] | None = None  # (time, step) training began at in this process
 
     def reset(self) -> None:
+        """A log step read the window: the next one starts empty, from now (the run's clock goes on)."""
+        since = self.since
         self.__init__()
+        self.since = since
 
-    def restart_clock(self) -> None:
-        """Time counts from now (a new epoch's loader starts)."""
-        self.started = time.perf_counter()
+    def start_clock(self, step: int) -> None:
+        """Training begins in this process at ``step``: the window's and the run's clocks count from now.
+
+        Only once: epoch ends, evaluations and checkpoints count in the windows they fall in, so
+        ``samples_per_sec`` is samples over wall time and the run's ETA includes them.
+        """
+        if self.since is None:
+            self.started = time.perf_counter()
+            self.since = (self.started, step)
+
+    def run_eta(self, step: int, total_steps: int) -> float | None:
+        """Seconds to the run's last step at the pace of this process so far; ``None`` before a step is done."""
+        if self.since is None or step <= self.since[1]:
+            return None
+        began, first = self.since
+        return (time.perf_counter() - began) / (step - first) * max(0, total_steps - step)
 
     def add(self, values: dict[str, torch.Tensor]) -> None:
         """One step's losses and figures."""
@@ -80,5 +98,8 @@ def log_step(run: Any, bar: Any) -> None:
     if bar is not None:
         shown = {k: f"{v:.4g}" for k, v in losses.items()}
         shown["eff"] = f"{efficiency:.2f}"
+        eta = window.run_eta(state.step, run.schedule.total_steps)
+        if eta is not None:
+            shown["run_eta"] = tqdm.format_interval(eta)
         bar.set_postfix(shown, refresh=False)
     window.reset()
