@@ -129,14 +129,27 @@ def test_a_classifier_frames_its_test_images_green_where_right_and_red_where_wro
     assert 0 < int(right.sum()) < len(right)  # half-trained: both colours show
 
     grid = pil_to_tensor(Image.open(tmp_path / "run" / "samples" / "latest.png").convert("RGB"))
-    cell = size + 2 * pictures.FRAME + 2
-    assert grid.shape[1:] == (4 * cell + 2, 8 * cell + 2)  # 32 images, 8 a row
-    corners = [grid[:, 2 + (n // 8) * cell, 2 + (n % 8) * cell] for n in range(32)]  # each frame's top-left pixel
+    scale = pictures.LABELLED_SIDE // size  # small images are shown scaled up by a whole factor
+    shown = size * scale
+    cell_w, cell_h = shown + 2 * pictures.FRAME + 2, shown + 2 * pictures.FRAME + pictures.NAME_HEIGHT + 2
+    assert grid.shape[1:] == (4 * cell_h + 2, 8 * cell_w + 2)  # 32 images, 8 a row, a name under each
+    tops = [(2 + (n // 8) * cell_h, 2 + (n % 8) * cell_w) for n in range(32)]  # each frame's top-left pixel
+    corners = [grid[:, y, x] for y, x in tops]
     green, red = (torch.tensor(c).mul(255).round().to(torch.uint8) for c in (pictures.RIGHT, pictures.WRONG))
     assert [torch.equal(c, green) for c in corners] == right.tolist()
     assert all(torch.equal(c, green) or torch.equal(c, red) for c in corners)
-    inside = grid[:, 2 + pictures.FRAME:2 + pictures.FRAME + size, 2 + pictures.FRAME:2 + pictures.FRAME + size]
-    assert torch.equal(inside, as_png_bytes(images[0]).expand(3, -1, -1))  # the first test image, gray as RGB
+    inside = grid[:, 2 + pictures.FRAME:2 + pictures.FRAME + shown, 2 + pictures.FRAME:2 + pictures.FRAME + shown]
+    first = as_png_bytes(images[0]).expand(3, -1, -1)
+    assert torch.equal(inside, first.repeat_interleave(scale, 1).repeat_interleave(scale, 2))  # gray as RGB
+
+    # under each image its predicted class's name: alike where the predictions are alike, and never blank
+    below = shown + 2 * pictures.FRAME
+    strips = [grid[:, y + below:y + below + pictures.NAME_HEIGHT, x:x + cell_w - 2] for y, x in tops]
+    predicted = load_run(tmp_path / "run", device="cpu").predict(images).argmax(dim=1).tolist()
+    assert all(int(strip.max()) > 150 for strip in strips)  # light text on black
+    for a in range(32):
+        for b in range(a + 1, 32):
+            assert torch.equal(strips[a], strips[b]) == (predicted[a] == predicted[b])
 
 
 class _Items:
@@ -180,7 +193,8 @@ def test_a_classifier_s_large_images_are_shown_scaled_down():
     grid = pictures.classified_grid(Logits(), batch, torch.device("cpu"))
     frame = 2 * pictures.FRAME
     height, width = pictures.CLASSIFIED_SIDE + frame, 160 * pictures.CLASSIFIED_SIDE // 224 + frame
-    assert grid.shape == (3, height + 4, 2 * (width + 2) + 2)  # the longer side scaled to CLASSIFIED_SIDE
+    assert grid.shape == (3, height + pictures.NAME_HEIGHT + 4, 2 * (width + 2) + 2)  # the longer side scaled to
+    # CLASSIFIED_SIDE, the name of the predicted class below
     assert grid[:, 2, 2].tolist() == pytest.approx(pictures.RIGHT)  # predicted 1, labelled 1
     assert grid[:, 2, 4 + width].tolist() == pytest.approx(pictures.WRONG)  # predicted 0, labelled 1
 

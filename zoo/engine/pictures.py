@@ -1,6 +1,6 @@
 """Image grids of what a run makes, for people to look at: a generative model's samples,
 an image-to-image model's fixed test inputs beside its outputs and the targets, a classifier's
-fixed test images framed green where it is right and red where it is wrong.
+fixed test images framed green where it is right and red where it is wrong, over the class it predicted.
 
 Every grid is drawn so that training never notices: eval mode (restored after), no gradients,
 generators of their own, the global RNG as it was; BatchNorm layers that have not yet averaged
@@ -19,8 +19,10 @@ import time
 import weakref
 from typing import Any, Callable, ContextManager, Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont, features
 from torch.utils.data import default_collate
 from torchvision.utils import make_grid
 
@@ -36,7 +38,10 @@ PREVIEW_COUNT = 8  # test images in an image-to-image grid, one column each
 CLASSIFIED_COUNT = 32  # test images in a classifier's grid (4 rows of 8)
 FRAME = 3  # pixels of a classified image's frame
 CLASSIFIED_SIDE = 96  # larger classified images are shown scaled down to this (an ImageNet model's grid stays small)
+LABELLED_SIDE = 56  # smaller classified images are scaled up by a whole factor towards this, so names fit below
+NAME_HEIGHT = 12  # pixels of the strip under a classified image that names its predicted class
 RIGHT, WRONG = (0.1, 0.75, 0.2), (0.9, 0.1, 0.1)  # frame colours (RGB in [0, 1])
+_FREETYPE = features.check("freetype2")  # PIL's default font at a chosen size; else its fixed bitmap font
 GRID_SHARE = 0.005  # the most of a run's wall time its epoch-end grids may take (see GridBudget)
 
 
@@ -141,9 +146,11 @@ def _shown_as(images: torch.Tensor, channels: int, size: tuple[int, int]) -> tor
 
 
 def classified_grid(recipe: Recipe, batch: Any, device: torch.device,
-                    autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> torch.Tensor | None:
-    """Test images framed green where the classifier's top class is the label, red where not;
-    ``None`` if the model has no single prediction or its outputs are not one score per class."""
+                    autocast: Callable[[], ContextManager] = contextlib.nullcontext,
+                    classes: list[str] | None = None) -> torch.Tensor | None:
+    """Test images framed green where the classifier's top class is the label, red where not, each over its
+    predicted class's name (``classes``; the index without them); ``None`` if the model has no single
+    prediction or its outputs are not one score per class."""
     images, labels = batch
     labels = torch.as_tensor(labels)
     if not _images(images) or labels.shape != (len(images),):  # one class index per image
@@ -151,15 +158,33 @@ def classified_grid(recipe: Recipe, batch: Any, device: torch.device,
     scores = _predicted(recipe, images, device, autocast)
     if scores is None or scores.shape[:1] != labels.shape or scores.dim() != 2:
         return None
-    right = scores.argmax(dim=1) == labels
+    predicted = scores.argmax(dim=1)
+    right = predicted == labels
     colours = torch.tensor([RIGHT if ok else WRONG for ok in right.tolist()])
     images = ((images.float() + 1) / 2).clamp(0, 1).expand(-1, 3, -1, -1)  # gray to RGB: frames have colour
-    if max(images.shape[2:]) > CLASSIFIED_SIDE:
-        images = F.interpolate(images, scale_factor=CLASSIFIED_SIDE / max(images.shape[2:]), mode="bilinear",
-                               antialias=True).clamp(0, 1)
+    side = max(images.shape[2:])
+    scale = CLASSIFIED_SIDE / side if side > CLASSIFIED_SIDE else max(1, LABELLED_SIDE // side)
+    if scale != 1:  # large images down, small ones up (nearest: the pixels stay visible) so a name fits below
+        images = F.interpolate(images, scale_factor=scale, mode="bilinear" if scale < 1 else "nearest",
+                               **({"antialias": True} if scale < 1 else {})).clamp(0, 1)
     framed = colours[:, :, None, None].repeat(1, 1, images.shape[2] + 2 * FRAME, images.shape[3] + 2 * FRAME)
     framed[:, :, FRAME:-FRAME, FRAME:-FRAME] = images
-    return make_grid(framed, nrow=PREVIEW_COUNT, padding=2)
+    names = [classes[i] if classes and 0 <= i < len(classes) else str(i) for i in predicted.tolist()]
+    return make_grid(torch.cat([framed, _name_strips(names, framed.shape[3])], dim=2), nrow=PREVIEW_COUNT, padding=2)
+
+
+def _name_strips(names: list[str], width: int) -> torch.Tensor:
+    """``(N, 3, 12, width)`` strips with each name in white on black, cut to what fits (PIL's bitmap font)."""
+    font = ImageFont.load_default(size=10) if _FREETYPE else ImageFont.load_default()
+    strips = []
+    for name in names:
+        strip = Image.new("RGB", (width, NAME_HEIGHT))
+        draw = ImageDraw.Draw(strip)
+        while name and draw.textlength(name, font=font) > width - 2:
+            name = name[:-1]
+        draw.text((1, 0), name, fill=(255, 255, 255), font=font)
+        strips.append(torch.from_numpy(np.asarray(strip).copy()).permute(2, 0, 1).float() / 255)
+    return torch.stack(strips)
 
 
 class Pictures:
@@ -190,7 +215,12 @@ class Pictures:
             if not self._batch_read:
                 count = CLASSIFIED_COUNT if task == "classification" else PREVIEW_COUNT
                 self._batch, self._batch_read = preview_batch(self.test_set, self.seed, count), True
-            return None if self._batch is None else draw(self.recipe, self._batch, self.device, self.autocast)
+            if self._batch is None:
+                return None
+            if task == "classification":
+                return draw(self.recipe, self._batch, self.device, self.autocast,
+                            classes=getattr(self.test_set, "classes", None))
+            return draw(self.recipe, self._batch, self.device, self.autocast)
         except torch.OutOfMemoryError:
             raise  # the device is full: training would fail next, and should say so itself
         except Exception as exc:  # a picture is not worth a run: say why once, draw no more
