@@ -317,3 +317,32 @@ def test_records_zoo_reads_back_keep_infinities_and_reports_write_null(tmp_path)
     write_json(tmp_path / "report.json", {"loss": float("nan"), "parts": [float("-inf"), 1.5]}, report=True)
     assert json.loads((tmp_path / "report.json").read_text(), parse_constant=lambda name: pytest.fail(name)) == {
         "loss": None, "parts": [None, 1.5]}
+
+
+def test_zoo_test_of_a_classifier_writes_its_confusion_matrix_and_per_class_accuracy(zoo_cli, runs):
+    """The matrix agrees with the evaluation: its diagonal share is the accuracy, its rows the test split's labels."""
+    run = runs["classifier"]
+    code, out, err = zoo_cli("test", "--run", str(run), "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    record = json.loads((run / "confusion.json").read_text())
+    matrix = np.array(record["matrix"])
+    assert set(record["classes"]) == SHAPE_CLASSES and matrix.shape == (4, 4)
+    assert matrix.sum() == result["samples"] == 8
+    assert np.trace(matrix) / matrix.sum() == pytest.approx(result["metrics"]["accuracy"])
+    labels = [item[1] for item in api.load_run(run).test_set]
+    assert matrix.sum(axis=1).tolist() == [labels.count(i) for i in range(4)]
+    for index, name in enumerate(record["classes"]):
+        figures = result["per_class"][name]
+        assert figures["support"] == matrix[index].sum() and figures["predicted"] == matrix[:, index].sum()
+        assert figures["accuracy"] == (matrix[index, index] / matrix[index].sum() if matrix[index].sum() else None)
+    with Image.open(run / "confusion.png") as picture:
+        assert picture.width > 4 * 28 and picture.height > 4 * 28
+    code, out, err = zoo_cli("test", "--run", str(run))
+    assert "per class:" in out and f"confusion matrix: {run / 'confusion.png'}" in out
+
+
+def test_zoo_test_of_a_generative_run_has_no_confusion_matrix(zoo_cli, runs):
+    code, out, err = zoo_cli("test", "--run", str(runs["gan"]), "--json")
+    assert code == 0, err
+    assert "per_class" not in json.loads(out) and not (runs["gan"] / "confusion.json").exists()

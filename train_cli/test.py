@@ -58,6 +58,8 @@ def test_command(ctx: Context, run_dir: str, step: int | None, checkpoint: str |
             click.echo(f"  {key:<{width}}  {value:.4f}")
         if "sample_grid" in result:
             click.echo(f"  {'samples':<{width}}  {result['sample_grid']}")
+        if "per_class" in result:
+            _echo_per_class(result)
         if not unsaved:
             click.echo(f"saved {Path(run_dir) / ('test-metrics' + (f'-{weights}' if weights else '') + '.json')}")
         others = [f"--weights {name}" if name != "raw" else "the raw weights (without --weights)"
@@ -66,3 +68,21 @@ def test_command(ctx: Context, run_dir: str, step: int | None, checkpoint: str |
             click.echo(f"also in this checkpoint: {', '.join(others)}")
     if unsaved:
         raise RunError(unsaved)
+
+
+SHOWN_CLASSES = 20  # per-class lines zoo test prints; with more classes, the lowest accuracies
+
+
+def _echo_per_class(result: dict) -> None:
+    """Each class's accuracy (the least accurate first when there are many) and where the matrix went."""
+    per_class = [(name, figures) for name, figures in result["per_class"].items() if figures["support"]]
+    if len(per_class) > SHOWN_CLASSES:
+        per_class = sorted(per_class, key=lambda item: item[1]["accuracy"])[:SHOWN_CLASSES]
+        click.echo(f"per class (the {SHOWN_CLASSES} least accurate of {len(result['per_class'])}):")
+    else:
+        click.echo("per class:")
+    width = max(len(name) for name, _ in per_class) if per_class else 0
+    for name, figures in per_class:
+        right = round(figures["accuracy"] * figures["support"])
+        click.echo(f"  {name:<{width}}  {figures['accuracy']:.4f}  ({right} of {figures['support']})")
+    click.echo(f"confusion matrix: {result.get('confusion_image') or result['confusion']}")

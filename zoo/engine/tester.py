@@ -7,10 +7,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 from torchvision.utils import save_image
 
 from zoo.api import load_run
 from zoo.engine import speed
+from zoo.engine.confusion import MAX_DRAWN, confusion_image, confusion_matrix, confusion_record
 from zoo.engine.evaluate import evaluate
 from zoo.engine.feed import BadItems, make_loader
 from zoo.engine.pictures import Pictures
@@ -57,7 +59,10 @@ def evaluate_run(registry: Registry, run_dir: Path, *, step: int | None = None, 
               f"(saved as null in test-metrics{suffix}.json).", file=sys.stderr)
     grid = Pictures(recipe, run.test_set, config.seed, torch_device, precision.autocast,
                     say=lambda line: print(line, file=sys.stderr)).grid()
+    confusion = _confusion(run, loader, precision) if run.task == "classification" else None
     try:
+        if confusion is not None:
+            result.update(_write_confusion(confusion, run_dir, suffix))
         if grid is not None:
             (run_dir / "samples").mkdir(exist_ok=True)
             grid_path = run_dir / "samples" / f"test{suffix}-step-{step}.png"
@@ -69,3 +74,21 @@ def evaluate_run(registry: Registry, run_dir: Path, *, step: int | None = None, 
         result["not_saved"] = (f"could not save the results in {run_dir} ({where}{exc.strerror or exc}); the "
                                f"figures above are all there is.")
     return result
+
+
+def _confusion(run: Any, loader: Any, precision: Precision) -> dict[str, Any] | None:
+    """The classifier's confusion matrix and per-class figures (a second pass over the test split)."""
+    names = [str(name) for name in run.classes or []]
+    matrix = confusion_matrix(run.recipe, loader, run.device, precision.autocast, len(names))
+    return None if matrix is None else confusion_record(matrix, names)
+
+
+def _write_confusion(record: dict[str, Any], run_dir: Path, suffix: str) -> dict[str, Any]:
+    """``confusion.json`` and, up to ``MAX_DRAWN`` classes, ``confusion.png``; what the result says of them."""
+    written = {"per_class": record["per_class"], "confusion": str(run_dir / f"confusion{suffix}.json")}
+    write_json(run_dir / f"confusion{suffix}.json", record, report=True)
+    if len(record["classes"]) <= MAX_DRAWN:
+        picture = run_dir / f"confusion{suffix}.png"
+        confusion_image(torch.tensor(record["matrix"]), record["classes"]).save(picture)
+        written["confusion_image"] = str(picture)
+    return written
