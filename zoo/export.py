@@ -118,12 +118,12 @@ def _method_module(recipe: nn.Module, method: str) -> nn.Module:
 
 
 def _smallest_module(recipe: nn.Module, call: Callable[..., Any], example: torch.Tensor, model: str) -> nn.Module:
-    """The module to export for ``call``: itself if a module; else the one network it runs, when that network
-    alone gives the same output (a GAN's generator, without its discriminator); else the recipe's method."""
+    """The module to export for ``call``: the one network it runs, when that network alone gives the same output
+    (a GAN's generator, without its discriminator); else the recipe itself or a module calling its method."""
     import torch
     from torch import nn
-    if isinstance(call, nn.Module):
-        return call
+    if isinstance(call, nn.Module) and call is not recipe:
+        return call  # the recipe's only network
     ran: list[str] = []
     handles = [child.register_forward_hook(lambda *_, name=name: ran.append(name))
                for name, child in recipe.named_children()]
@@ -133,16 +133,23 @@ def _smallest_module(recipe: nn.Module, call: Callable[..., Any], example: torch
     finally:
         for handle in handles:
             handle.remove()
+    name = getattr(call, "__name__", "forward")
     if not isinstance(output, torch.Tensor):
-        raise RunError(f"model '{model}' cannot be exported: its {call.__name__} returns {kind_of(output)}, "
-                       f"not a tensor.")
-    if len(set(ran)) == 1:
-        network = dict(recipe.named_children())[ran[0]]
+        raise RunError(f"model '{model}' cannot be exported: its {name} returns {kind_of(output)}, not a tensor.")
+    if len(set(ran)) == 1 and _same_output(dict(recipe.named_children())[ran[0]], example, output):
+        return dict(recipe.named_children())[ran[0]]
+    return recipe if call is recipe else _method_module(recipe, name)
+
+
+def _same_output(network: nn.Module, example: torch.Tensor, output: torch.Tensor) -> bool:
+    """Whether ``network`` alone maps ``example`` to ``output`` exactly (it may not even take it)."""
+    import torch
+    try:
         with torch.no_grad():
             alone = network(example)
-        if isinstance(alone, torch.Tensor) and alone.shape == output.shape and torch.equal(alone, output):
-            return network
-    return _method_module(recipe, call.__name__)
+    except Exception:  # it takes something made from the input, not the input itself
+        return False
+    return isinstance(alone, torch.Tensor) and alone.shape == output.shape and torch.equal(alone, output)
 
 
 def module_to_export(run: LoadedRun) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor], tuple[int, ...]]:

@@ -89,11 +89,12 @@ def load_exported_program(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
 
 def write_torchscript(module: nn.Module, example: torch.Tensor, path: Path) -> None:
     """``torch.jit.trace`` saved with ``torch.jit.save``; a model whose own code would have the trace freeze a
-    value of the input (a branch on it) fails rather than record one path (torch's own shape checks may)."""
+    value of the input (a branch on it) fails rather than record one path (torch's and torchvision's own shape
+    checks may)."""
     import torch
     with warnings.catch_warnings():
         warnings.filterwarnings("error", category=torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"torch\.")
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"torch(vision)?\.")
         traced = torch.jit.trace(module, example, check_trace=False)
     torch.jit.save(traced, str(path))
 
