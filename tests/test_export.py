@@ -127,21 +127,33 @@ def test_a_gan_exports_its_generator_alone_as_an_exported_program_file(zoo_cli, 
 
 
 # ------------------------------------------------------------------ failures leave nothing
-def test_an_export_that_disagrees_with_pytorch_fails_in_one_line_and_leaves_nothing(zoo_cli, runs, tmp_path,
-                                                                                    monkeypatch):
+def _off_by_a_hundredth(module):
+    return lambda batch: module(batch) + 0.01
+
+
+def _fixed_at_two(module):
+    def run(batch):
+        if len(batch) != 2:
+            raise RuntimeError(f"Got invalid dimensions for input: index 0 got {len(batch)}, expected 2")
+        return module(batch)
+    return run
+
+
+@pytest.mark.parametrize("broken, message", [
+    (_off_by_a_hundredth, "the exported torchscript model differs from PyTorch by up to 0.01 on 3 test images, past "
+                          "the tolerance (1e-4 abs + 1e-4 rel); nothing was written."),
+    (_fixed_at_two, "the exported torchscript model does not run in torch.jit.load on a batch of 3: RuntimeError: Got "
+                    "invalid dimensions for input: index 0 got 3, expected 2; try another --format."),
+], ids=["difference", "fixed-batch"])
+def test_an_export_that_fails_its_check_says_why_in_one_line_and_leaves_nothing(zoo_cli, runs, tmp_path, monkeypatch,
+                                                                                broken, message):
     real = export_formats.FORMATS["torchscript"]
-
-    def loads_off(path):
-        module = real.load(path)
-        return lambda batch: module(batch) + 0.01
-
-    monkeypatch.setitem(export_formats.FORMATS, "torchscript", dataclasses.replace(real, load=loads_off))
+    monkeypatch.setitem(export_formats.FORMATS, "torchscript",
+                        dataclasses.replace(real, load=lambda path: broken(real.load(path))))
     out_dir = tmp_path / "new" / "export"
     code, out, err = zoo_cli("export", "--run", str(runs["i2i"]), "--format", "torchscript", "--out", str(out_dir))
     assert code == 1 and out == ""
-    assert error_lines(err) == [
-        "zoo: error: the exported torchscript model differs from PyTorch by up to 0.01 on 3 test images, past the "
-        "tolerance (1e-4 abs + 1e-4 rel); nothing was written."]
+    assert error_lines(err) == [f"zoo: error: {message}"]
     assert not (tmp_path / "new").exists()  # the folders it made are gone too
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -230,7 +229,7 @@ def _write_and_check(run: LoadedRun, fmt: ExportFormat, staging: Path, target: T
                        f"try {others}.") from exc
     batch, inputs = check_batch(run)
     with quiet_exporter():
-        parity = measure(fmt.name, fmt.load(model_file), reference, batch, inputs)
+        parity = measure(fmt, model_file, reference, batch, inputs)
         with torch.no_grad():
             output_shape = tuple(int(v) for v in reference(batch[:1]).shape[1:])
     record = preprocessing_record(run, fmt, model_file.name, shape, output_shape, parity)
@@ -250,15 +249,8 @@ def _place(staging: Path, target: Target, fmt: ExportFormat) -> list[Path]:
         return [target.folder() / name for name in names]
     if target.path.exists():
         shutil.rmtree(target.path)  # check_target let only an export (or nothing) be here
-    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp made it private
     os.replace(staging, target.path)
     return sorted(target.path.iterdir())
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _new_folders(folder: Path) -> list[Path]:
@@ -285,7 +277,9 @@ def export_run(run_dir: str | Path, format_name: str, out: str | Path | None = N
     parent = target.path.parent  # the staging folder's: a folder target is the staging folder renamed
     made = _new_folders(parent)
     parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=parent))
+    staging = parent / f".{target.path.name}.export-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)  # left by an export that was killed
+    staging.mkdir()
     try:
         parity, record = _write_and_check(run, fmt, staging, target)
         files = _place(staging, target, fmt)

@@ -7,9 +7,14 @@ import dataclasses
 from typing import TYPE_CHECKING, Any, Callable
 
 from zoo.errors import RunError, ZooError
+from zoo.export_formats import exporter_reason
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import torch
+
+    from zoo.export_formats import ExportFormat
 
 ABS_TOLERANCE = 1e-4
 REL_TOLERANCE = 1e-4  # of the PyTorch output's magnitude: |exported - pytorch| <= abs + rel * |pytorch|
@@ -58,13 +63,19 @@ def check_batch(run: Any) -> tuple[torch.Tensor, str]:
     return inputs, f"random images in [-1, 1] ({reason})"
 
 
-def measure(fmt_name: str, exported: Callable[[torch.Tensor], torch.Tensor],
-            reference: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, inputs: str) -> Parity:
-    """Run both on ``batch`` and compare; outputs of other shapes, or differences past the tolerance, fail."""
+def measure(fmt: ExportFormat, path: Path, reference: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor,
+            inputs: str) -> Parity:
+    """Load the file at ``path`` with its runtime, run it and PyTorch on ``batch`` and compare; a file that does
+    not load or run, outputs of other shapes, or differences past the tolerance fail."""
     import torch
+    fmt_name = fmt.name
     with torch.no_grad():
         expected = reference(batch).float().cpu()
-        got = torch.as_tensor(exported(batch)).float().cpu()
+        try:
+            got = torch.as_tensor(fmt.load(path)(batch)).float().cpu()
+        except Exception as exc:  # the runtime's own error, e.g. a batch axis fixed at the export's size
+            raise RunError(f"the exported {fmt_name} model does not run in {fmt.runtime} on a batch of {len(batch)}: "
+                           f"{exporter_reason(exc)}; try another --format.") from exc
     if got.shape != expected.shape:
         raise RunError(f"the exported {fmt_name} model gives outputs of shape {tuple(got.shape)} on a batch of "
                        f"{len(batch)}, PyTorch {tuple(expected.shape)}: its batch axis is not dynamic; try another "
