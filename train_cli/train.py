@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from train_cli import jobs, run_folder
+from train_cli import completion, jobs, run_folder
 from train_cli.paths import check_data_there, no_empty_paths
 from zoo.config import TrainConfig, absolute_data, load_toml, merge, pin_recorded_parts, resume_config
 from zoo.errors import UsageError
@@ -19,9 +19,9 @@ if TYPE_CHECKING:
     from train_cli.main import Context
 
 @click.command("train")
-@click.option("--model", help="Model name (see 'zoo list models'); NAME or plugin:NAME.")
-@click.option("--loss", help="Loss name; what it means depends on the model ('zoo info MODEL').")
-@click.option("--dataset", help="Dataset name; default: the embedded procedural dataset.")
+@click.option("--model", shell_complete=completion.names("model"), help="Model name (see 'zoo list models'); NAME or plugin:NAME.")
+@click.option("--loss", shell_complete=completion.names("loss"), help="Loss name; what it means depends on the model ('zoo info MODEL').")
+@click.option("--dataset", shell_complete=completion.names("dataset"), help="Dataset name; default: the embedded procedural dataset.")
 @click.option("--data", help="Where the dataset reads from: a folder, or a glob for glob_patches.")
 @click.option("--epochs", type=int, help="Passes over the training split (default 10 unless --max-steps).")
 @click.option("--max-steps", type=int, help="Stop after this many steps (with --epochs: whichever ends first).")
@@ -68,12 +68,17 @@ if TYPE_CHECKING:
 @click.option("--run-dir", type=click.Path(file_okay=False), help="Run folder (default runs/<model>-<loss>-<time>).")
 @click.option("--resume", type=click.Path(), help="Continue the run in this folder from its newest checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace the run already in --run-dir.")
-@click.option("--hook", "hooks", multiple=True, metavar="NAME", help="Turn a training hook on (repeatable).")
-@click.option("--no-hook", "no_hooks", multiple=True, metavar="NAME", help="Turn a default hook off (repeatable).")
-@click.option("--model-opt", multiple=True, metavar="KEY=VALUE", help="A model option (repeatable; see 'zoo info').")
-@click.option("--loss-opt", multiple=True, metavar="KEY=VALUE", help="A loss option (repeatable).")
-@click.option("--dataset-opt", multiple=True, metavar="KEY=VALUE", help="A dataset option (repeatable).")
-@click.option("--hook-opt", multiple=True, metavar="HOOK.KEY=VALUE",
+@click.option("--hook", "hooks", multiple=True, metavar="NAME", shell_complete=completion.names("hook"),
+              help="Turn a training hook on (repeatable).")
+@click.option("--no-hook", "no_hooks", multiple=True, metavar="NAME", shell_complete=completion.hooks_on,
+              help="Turn a default hook off (repeatable).")
+@click.option("--model-opt", multiple=True, metavar="KEY=VALUE", shell_complete=completion.option_keys("model"),
+              help="A model option (repeatable; see 'zoo info').")
+@click.option("--loss-opt", multiple=True, metavar="KEY=VALUE", shell_complete=completion.option_keys("loss"),
+              help="A loss option (repeatable).")
+@click.option("--dataset-opt", multiple=True, metavar="KEY=VALUE", shell_complete=completion.option_keys("dataset"),
+              help="A dataset option (repeatable).")
+@click.option("--hook-opt", multiple=True, metavar="HOOK.KEY=VALUE", shell_complete=completion.hook_option_keys,
               help="A hook option, e.g. early_stopping.patience=5 (repeatable).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="TOML file of options (keys like batch_size; tables [model_opt] ...); flags override it.")
