@@ -14,6 +14,7 @@ import importlib.metadata
 import json
 import os
 import re
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from zoo.plugin_sources import fingerprint
 from zoo.registry import Entry, Registry
 
 FORMAT = 1  # bump when the cached document changes shape
-_KEYS: dict[int, str] = {}  # per registry: computing the key stats every plugin file once per process
+_KEYS: weakref.WeakKeyDictionary[Registry, str] = weakref.WeakKeyDictionary()  # a registry's files are statted once
 
 
 def cache_root() -> Path:
@@ -43,10 +44,10 @@ def _torch_version() -> str:
 
 def cache_key(registry: Registry) -> str:
     """What every cached description of this registry's entries is valid for (see the module's docstring)."""
-    if id(registry) not in _KEYS:
+    if registry not in _KEYS:
         parts = (FORMAT, zoo.__version__, _torch_version(), fingerprint(registry))
-        _KEYS[id(registry)] = hashlib.sha256(repr(parts).encode()).hexdigest()
-    return _KEYS[id(registry)]
+        _KEYS[registry] = hashlib.sha256(repr(parts).encode()).hexdigest()
+    return _KEYS[registry]
 
 
 def _path(entry: Entry) -> Path:

@@ -82,19 +82,31 @@ if TYPE_CHECKING:
               help="A hook option, e.g. early_stopping.patience=5 (repeatable).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="TOML file of options (keys like batch_size; tables [model_opt] ...); flags override it.")
+@click.option("--print-config", is_flag=True,
+              help="Print the run's whole config as TOML, each value's origin in a comment, and exit without "
+                   "training; --config takes the file back as is.")
 @click.pass_obj
-def train_command(ctx: Context, resume: str | None, overwrite: bool, config_file: str | None, **options: Any) -> None:
+def train_command(ctx: Context, resume: str | None, overwrite: bool, config_file: str | None, print_config: bool,
+                  **options: Any) -> None:
     """Train a model; Ctrl-C or SIGTERM saves a checkpoint first (exit 130 / 143)."""
     no_empty_paths(resume=resume, config=config_file, run_dir=options.get("run_dir"))
     registry = ctx.registry()
     given = _given(options)
     nproc = given.pop("nproc_per_node")
     if resume:
+        if print_config:
+            raise UsageError(f"--print-config shows a new run's config; a resumed run keeps its own, in "
+                             f"{Path(resume) / 'config.json'}.")
         config, saved, moved_from = _resumed_config(resume, overwrite, config_file, given)
         run_dir = Path(resume)
     else:
-        config, run_dir = _new_config(registry, config_file, given)
+        config, run_dir, file_values = _new_config(registry, config_file, given)
     registry.check_known("hook", given["hook_opt"], "--hook-opt")  # a typo fails before any folder is made
+    if print_config:
+        from zoo.config_resolve import origins_of, resolved_toml
+
+        click.echo(resolved_toml(registry, config, origins_of(file_values, given), nproc or 1), nl=False)
+        return
     from zoo.engine.distributed import check_gpu_count, launched_by_torchrun
 
     if not launched_by_torchrun():  # said once: by the launcher or the lone process
@@ -146,8 +158,9 @@ def _resumed_config(resume: str, overwrite: bool, config_file: str | None,
     return config, saved, moved_from
 
 
-def _new_config(registry: Registry, config_file: str | None, given: dict[str, Any]) -> tuple[TrainConfig, Path]:
-    """A new run's config (the --config file, overridden by the options) and its run folder."""
+def _new_config(registry: Registry, config_file: str | None,
+                given: dict[str, Any]) -> tuple[TrainConfig, Path, dict[str, Any]]:
+    """A new run's config (the --config file, overridden by the options), its run folder and the file's values."""
     from zoo.engine.rundir import default_run_dir
 
     file_values = load_toml(config_file) if config_file else {}
@@ -161,7 +174,7 @@ def _new_config(registry: Registry, config_file: str | None, given: dict[str, An
     model_entry = registry.resolve("model", config.model)  # a typo fails before any folder is made
     run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(
         config.model, config.loss or _default_loss(model_entry))
-    return config, run_dir
+    return config, run_dir, file_values
 
 
 def _default_loss(entry: Entry) -> str | None:
