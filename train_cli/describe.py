@@ -92,6 +92,14 @@ def describe(registry: Registry, entry: Entry) -> str:
     return "\n".join(line for line in lines if line)
 
 
+def option_names(entry: Entry) -> list[str]:
+    """The keys ``--<kind>-opt`` takes for ``entry`` (shell completion reads them from the info cache)."""
+    loaders = {"model": build.load_recipe_class, "loss": build.load_loss_class, "dataset": build.load_dataset_class}
+    cls = loaders.get(entry.kind, Entry.load)(entry)
+    reserved = build.DATASET_RESERVED if entry.kind == "dataset" else ()
+    return [spec.name for spec in option_specs(cls, reserved + tuple(entry.bound_options))]
+
+
 def _data_line(cls: type) -> str:
     """What ``--data`` means to a dataset: required, optional (with its help) or not read."""
     if cls.needs_data:

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from train_cli.completion import any_name
 from zoo.errors import UsageError
 from zoo.registry import KINDS
 
@@ -14,12 +15,12 @@ if TYPE_CHECKING:
 
 
 @click.command("info")
-@click.argument("name")
+@click.argument("name", shell_complete=any_name)
 @click.option("--kind", type=click.Choice(KINDS), help="Which kind, when a name is both a model and a loss.")
 @click.pass_obj
 def info_command(ctx: Context, name: str, kind: str | None) -> None:
     """Show what a model, loss, dataset or hook is, its options and what it works with."""
-    from train_cli import describe
+    from train_cli import info_cache
     registry = ctx.registry()
     if kind:
         entries = [registry.resolve(kind, name)]
@@ -32,5 +33,5 @@ def info_command(ctx: Context, name: str, kind: str | None) -> None:
                              f"all{registry.skipped_note()}.")
         if len({e.kind for e in entries}) == 1 and len(entries) > 1:
             entries = [registry.resolve(entries[0].kind, name)]  # raises, listing plugin:name spellings
-    blocks = [describe.describe(registry, entry) for entry in entries]
+    blocks = [info_cache.described(registry, entry) for entry in entries]  # made once, then cached
     click.echo("\n\n".join(blocks))

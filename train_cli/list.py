@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from train_cli.completion import list_words
 from zoo.registry import KINDS, PLURALS, Entry, PluginInfo, Registry
 
 if TYPE_CHECKING:
@@ -53,7 +54,8 @@ def _plugin_record(plugin: PluginInfo) -> dict:
 
 
 @click.command("list")
-@click.argument("args", nargs=-1, metavar="[models|losses|datasets|hooks|plugins] [PATTERN]...")
+@click.argument("args", nargs=-1, metavar="[models|losses|datasets|hooks|plugins] [PATTERN]...",
+                shell_complete=list_words)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array instead of a table.")
 @click.pass_obj
 def list_command(ctx: Context, args: tuple[str, ...], as_json: bool) -> None:

@@ -14,6 +14,7 @@ import traceback
 import click
 
 import zoo
+from train_cli.completion import plugin_names
 from train_cli.jobs import said_here
 from zoo.errors import ZooError
 from zoo.registry import Registry, get_registry
@@ -54,7 +55,7 @@ class Context:
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(zoo.__version__, prog_name="zoo")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors (or set ZOO_DEBUG=1).")
-@click.option("--disable-plugin", "disabled", multiple=True, metavar="NAME",
+@click.option("--disable-plugin", "disabled", multiple=True, metavar="NAME", shell_complete=plugin_names,
               help="Skip an installed plugin (repeatable; also ZOO_DISABLE_PLUGINS=a,b).")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool, disabled: tuple[str, ...]) -> None:

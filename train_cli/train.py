@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from train_cli import jobs, run_folder
+from train_cli import completion, jobs, run_folder
 from train_cli.paths import check_data_there, no_empty_paths
 from zoo.config import TrainConfig, absolute_data, load_toml, merge, pin_recorded_parts, resume_config
 from zoo.errors import UsageError
@@ -19,9 +19,9 @@ if TYPE_CHECKING:
     from train_cli.main import Context
 
 @click.command("train")
-@click.option("--model", help="Model name (see 'zoo list models'); NAME or plugin:NAME.")
-@click.option("--loss", help="Loss name; what it means depends on the model ('zoo info MODEL').")
-@click.option("--dataset", help="Dataset name; default: the embedded procedural dataset.")
+@click.option("--model", shell_complete=completion.names("model"), help="Model name (see 'zoo list models'); NAME or plugin:NAME.")
+@click.option("--loss", shell_complete=completion.names("loss"), help="Loss name; what it means depends on the model ('zoo info MODEL').")
+@click.option("--dataset", shell_complete=completion.names("dataset"), help="Dataset name; default: the embedded procedural dataset.")
 @click.option("--data", help="Where the dataset reads from: a folder, or a glob for glob_patches.")
 @click.option("--epochs", type=int, help="Passes over the training split (default 10 unless --max-steps).")
 @click.option("--max-steps", type=int, help="Stop after this many steps (with --epochs: whichever ends first).")
@@ -68,28 +68,45 @@ if TYPE_CHECKING:
 @click.option("--run-dir", type=click.Path(file_okay=False), help="Run folder (default runs/<model>-<loss>-<time>).")
 @click.option("--resume", type=click.Path(), help="Continue the run in this folder from its newest checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace the run already in --run-dir.")
-@click.option("--hook", "hooks", multiple=True, metavar="NAME", help="Turn a training hook on (repeatable).")
-@click.option("--no-hook", "no_hooks", multiple=True, metavar="NAME", help="Turn a default hook off (repeatable).")
-@click.option("--model-opt", multiple=True, metavar="KEY=VALUE", help="A model option (repeatable; see 'zoo info').")
-@click.option("--loss-opt", multiple=True, metavar="KEY=VALUE", help="A loss option (repeatable).")
-@click.option("--dataset-opt", multiple=True, metavar="KEY=VALUE", help="A dataset option (repeatable).")
-@click.option("--hook-opt", multiple=True, metavar="HOOK.KEY=VALUE",
+@click.option("--hook", "hooks", multiple=True, metavar="NAME", shell_complete=completion.names("hook"),
+              help="Turn a training hook on (repeatable).")
+@click.option("--no-hook", "no_hooks", multiple=True, metavar="NAME", shell_complete=completion.hooks_on,
+              help="Turn a default hook off (repeatable).")
+@click.option("--model-opt", multiple=True, metavar="KEY=VALUE", shell_complete=completion.option_keys("model"),
+              help="A model option (repeatable; see 'zoo info').")
+@click.option("--loss-opt", multiple=True, metavar="KEY=VALUE", shell_complete=completion.option_keys("loss"),
+              help="A loss option (repeatable).")
+@click.option("--dataset-opt", multiple=True, metavar="KEY=VALUE", shell_complete=completion.option_keys("dataset"),
+              help="A dataset option (repeatable).")
+@click.option("--hook-opt", multiple=True, metavar="HOOK.KEY=VALUE", shell_complete=completion.hook_option_keys,
               help="A hook option, e.g. early_stopping.patience=5 (repeatable).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="TOML file of options (keys like batch_size; tables [model_opt] ...); flags override it.")
+@click.option("--print-config", is_flag=True,
+              help="Print the run's whole config as TOML, each value's origin in a comment, and exit without "
+                   "training; --config takes the file back as is.")
 @click.pass_obj
-def train_command(ctx: Context, resume: str | None, overwrite: bool, config_file: str | None, **options: Any) -> None:
+def train_command(ctx: Context, resume: str | None, overwrite: bool, config_file: str | None, print_config: bool,
+                  **options: Any) -> None:
     """Train a model; Ctrl-C or SIGTERM saves a checkpoint first (exit 130 / 143)."""
     no_empty_paths(resume=resume, config=config_file, run_dir=options.get("run_dir"))
     registry = ctx.registry()
     given = _given(options)
     nproc = given.pop("nproc_per_node")
     if resume:
+        if print_config:
+            raise UsageError(f"--print-config shows a new run's config; a resumed run keeps its own, in "
+                             f"{Path(resume) / 'config.json'}.")
         config, saved, moved_from = _resumed_config(resume, overwrite, config_file, given)
         run_dir = Path(resume)
     else:
-        config, run_dir = _new_config(registry, config_file, given)
+        config, run_dir, file_values = _new_config(registry, config_file, given)
     registry.check_known("hook", given["hook_opt"], "--hook-opt")  # a typo fails before any folder is made
+    if print_config:
+        from zoo.config_resolve import origins_of, resolved_toml
+
+        click.echo(resolved_toml(registry, config, origins_of(file_values, given), nproc or 1), nl=False)
+        return
     from zoo.engine.distributed import check_gpu_count, launched_by_torchrun
 
     if not launched_by_torchrun():  # said once: by the launcher or the lone process
@@ -141,8 +158,9 @@ def _resumed_config(resume: str, overwrite: bool, config_file: str | None,
     return config, saved, moved_from
 
 
-def _new_config(registry: Registry, config_file: str | None, given: dict[str, Any]) -> tuple[TrainConfig, Path]:
-    """A new run's config (the --config file, overridden by the options) and its run folder."""
+def _new_config(registry: Registry, config_file: str | None,
+                given: dict[str, Any]) -> tuple[TrainConfig, Path, dict[str, Any]]:
+    """A new run's config (the --config file, overridden by the options), its run folder and the file's values."""
     from zoo.engine.rundir import default_run_dir
 
     file_values = load_toml(config_file) if config_file else {}
@@ -156,7 +174,7 @@ def _new_config(registry: Registry, config_file: str | None, given: dict[str, An
     model_entry = registry.resolve("model", config.model)  # a typo fails before any folder is made
     run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(
         config.model, config.loss or _default_loss(model_entry))
-    return config, run_dir
+    return config, run_dir, file_values
 
 
 def _default_loss(entry: Entry) -> str | None:
