@@ -14,6 +14,18 @@ REPO = Path(__file__).resolve().parents[1]
 _ZOO_VARS = ("ZOO_DISABLE_PLUGINS", "ZOO_DISABLE_PLUGIN_AUTOLOAD", "ZOO_DEBUG", "PYTHONPATH")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_caches(tmp_path_factory):
+    """zoo's caches (info descriptions, decoded images) in a folder of the session's, never the user's."""
+    before = os.environ.get("ZOO_CACHE_DIR")
+    os.environ["ZOO_CACHE_DIR"] = str(tmp_path_factory.mktemp("zoo-cache"))
+    yield
+    if before is None:
+        os.environ.pop("ZOO_CACHE_DIR", None)
+    else:
+        os.environ["ZOO_CACHE_DIR"] = before
+
+
 def _install_plugin(site: Path, dist: str, source: str, plugin: str | None = None,
                     module: str | None = None, version: str = "1.0.0") -> Path:
     """Write ``<dist>-<version>.dist-info`` (METADATA, entry_points.txt ``[zoo] <plugin> = <module>``)

@@ -65,6 +65,7 @@ def resolve(registry: Registry, config: TrainConfig, world_size: int = 1) -> Res
     """Resolve and check a new run's config as the run would, in its order: device, data and model, loaders,
     loss, hooks, best metric. Raises the run's own errors; builds the parts but trains nothing."""
     from zoo.engine import best
+    from zoo.engine.assemble import check_split_fits_a_step
     from zoo.engine.precision import resolve_device
 
     config = copy.deepcopy(config)  # building makes path options absolute in place
@@ -72,10 +73,7 @@ def resolve(registry: Registry, config: TrainConfig, world_size: int = 1) -> Res
     parts = build.build_parts(registry, config, new_run=True)
     plan = parts.plan
     per_step = config.batch_size * config.accumulate * world_size
-    if len(parts.train_set) < per_step:  # the run's own check and words (zoo.engine.assemble)
-        raise UsageError(f"a step needs {per_step} samples (--batch-size {config.batch_size} x --accumulate "
-                         f"{config.accumulate} x {world_size} process(es)) but the training split of "
-                         f"'{plan.dataset.name}' has {len(parts.train_set)}; lower --batch-size.")
+    check_split_fits_a_step(len(parts.train_set), config, world_size, plan.dataset.name)  # the run's own check
     if plan.loss is None and config.loss_opt:
         raise UsageError("--loss-opt was given but the run has no --loss.")
     raw_hook_options = build.hook_options(plan.hooks, config.hook_opt, config.no_hooks)

@@ -179,17 +179,23 @@ def _cache_decoded(run: Run) -> None:
         run.report.cache_place(run.train_set.path, ready)
 
 
+def check_split_fits_a_step(count: int, config: TrainConfig, world_size: int, dataset: str) -> None:
+    """Refuse a training split of ``count`` samples that cannot fill one step of every process."""
+    per_step = config.batch_size * config.accumulate * world_size
+    if count == 0:
+        raise UsageError(f"the training split of '{dataset}' has no samples; check --data and the dataset's "
+                         f"options (zoo info {dataset}).")
+    if count < per_step:
+        raise UsageError(f"a step needs {per_step} samples (--batch-size {config.batch_size} x --accumulate "
+                         f"{config.accumulate} x {world_size} process(es)) but the training split of "
+                         f"'{dataset}' has {count}; lower --batch-size.")
+
+
 def _loaders(run: Run) -> None:
     """The epoch's length and the loaders of both splits (training sharded over processes)."""
     config, dist, dataset = run.config, run.dist, run.plan.dataset.name
     per_step = config.batch_size * config.accumulate * dist.world_size
-    if len(run.train_set) == 0:
-        raise UsageError(f"the training split of '{dataset}' has no samples; check --data and the dataset's "
-                         f"options (zoo info {dataset}).")
-    if len(run.train_set) < per_step:
-        raise UsageError(f"a step needs {per_step} samples (--batch-size {config.batch_size} x --accumulate "
-                         f"{config.accumulate} x {dist.world_size} process(es)) but the training split of "
-                         f"'{dataset}' has {len(run.train_set)}; lower --batch-size.")
+    check_split_fits_a_step(len(run.train_set), config, dist.world_size, dataset)
     run.schedule = Schedule(config, len(run.train_set) // per_step)
     pin = run.device.type == "cuda"
     # decoding on the device, the workers send bytes and uint8 images; the device decodes and finishes them
