@@ -36,6 +36,9 @@ def runs_command(folder: str, as_json: bool, sort_key: str) -> None:
         return
     for line in aligned([_HEADER, *(_cells(row) for row in rows)]):
         click.echo(line)
+    for row in rows:
+        if row.status == "unreadable":  # why, below the table (it names the file)
+            click.echo(f"zoo: {row.detail}", err=True)
 
 
 def _cells(row: RunSummary) -> list[str]:

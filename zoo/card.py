@@ -151,8 +151,8 @@ def _weights(run_dir: Path, recorded: dict[str, Any] | None) -> str:
     lines = ["## Weights", "", f"The newest checkpoint, `{where}/`, holds:", "",
              f"- the raw weights: `{where}/model.safetensors`"]
     for name in checkpoint.weight_set_names(folder):
-        lines.append(f"- weight set `{name}`: `{checkpoint.weight_set_file(folder, name).relative_to(run_dir).as_posix()}`"
-                     f" (`--weights {name}` in zoo test, zoo sample and zoo predict)")
+        file = checkpoint.weight_set_file(folder, name).relative_to(run_dir).as_posix()
+        lines.append(f"- weight set `{name}`: `{file}` (`--weights {name}` in zoo test, zoo sample and zoo predict)")
     best = (recorded or {}).get("best")
     kept = dict(steps)
     if best and best.get("step") != step and best.get("step") in kept:

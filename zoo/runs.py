@@ -57,7 +57,7 @@ def list_runs(folder: Path, sort: str = "name") -> list[RunSummary]:
         raise UsageError(f"--sort {sort}: sort by one of {', '.join(SORT_KEYS)}.")
     folder = Path(folder)
     now = datetime.datetime.now(datetime.timezone.utc)
-    found = [summarize(path, path.relative_to(folder).as_posix() if path != folder else path.name, now)
+    found = [summarize(path, path.relative_to(folder).as_posix() if path != folder else path.resolve().name, now)
              for path in find_runs(folder)]
     return sorted(found, key=_SORTS[sort])
 
@@ -105,7 +105,8 @@ def summarize(run_dir: Path, name: str, now: datetime.datetime) -> RunSummary:
             row.detail = "no status.json: made before zoo recorded a run's status"
         updated = datetime.datetime.fromtimestamp((run_dir / "config.json").stat().st_mtime, datetime.timezone.utc)
     else:
-        row.status, row.step, row.planned_steps = recorded["status"], recorded.get("step"), recorded.get("planned_steps")
+        row.status, row.step = recorded["status"], recorded.get("step")
+        row.planned_steps = recorded.get("planned_steps")
         row.best, row.updated = recorded.get("best"), recorded.get("updated")
         row.crashed = bool(recorded.get("crashed"))
         if row.crashed:

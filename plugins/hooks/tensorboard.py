@@ -8,8 +8,9 @@ from typing import Any
 from zoo import hookimpl
 
 HPARAMS_FOLDER = "hparams"  # under tensorboard/: the run's HParams session and final metrics
-# how TensorBoard's HParams dashboard shows a run's end, by the status on_train_end gives
-_SESSION_STATUS = {"done": "STATUS_SUCCESS", "interrupted": "STATUS_ABORTED", "failed": "STATUS_FAILURE"}
+# how TensorBoard's HParams dashboard shows a run's end, by the status on_train_end gives (it has no status for
+# a run stopped part way, which --resume goes on with: "unknown")
+_SESSION_STATUS = {"done": "STATUS_SUCCESS", "interrupted": "STATUS_UNKNOWN", "failed": "STATUS_FAILURE"}
 
 
 class TensorboardHook:

@@ -17,6 +17,7 @@ from typing import Any, Iterator
 
 from zoo.engine import lock
 from zoo.engine.rundir import write_json
+from zoo.errors import UsageError
 
 STATUS_NAME = "status.json"
 STATUSES = ("running", "done", "interrupted", "failed")
@@ -68,8 +69,9 @@ def _write(run: Any, status: str, started: str | None = None, ended: str | None 
     try:
         write_json(path, document, report=True)
         write_card(run.run_dir)
-    except OSError as exc:
-        run.report.status_not_written(run.run_dir, exc.strerror or str(exc))
+    except (OSError, UsageError) as exc:  # a full disk; a config.json gone bad (the card reads it)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        run.report.status_not_written(run.run_dir, reason)
 
 
 def _best(best: dict[str, Any] | None, metric: tuple[str, str] | None) -> dict[str, Any] | None:
