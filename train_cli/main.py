@@ -75,7 +75,8 @@ def cli(ctx: click.Context, debug: bool, disabled: tuple[str, ...]) -> None:
     ctx.obj = Context(debug, disabled)
 
 
-COMMANDS = ("list", "info", "train", "test", "sample", "predict", "runs", "diff", "check", "new-plugin")  # in train_cli/<name>.py
+COMMANDS = ("list", "info", "train", "test", "sample", "predict", "runs", "diff", "check",
+            "new-plugin")  # in train_cli/<name>.py
 
 
 def _register_commands() -> None:
