@@ -259,7 +259,8 @@ def _place(staging: Path, target: Target, fmt: ExportFormat) -> list[Path]:
     if target.path.exists():
         shutil.rmtree(target.path)  # check_target let only an export (or nothing) be here
     os.replace(staging, target.path)
-    return sorted(target.path.iterdir())
+    first = [target.path / name for name in target.names(fmt)[:3] if (target.path / name).exists()]
+    return first + sorted(path for path in target.path.rglob("*") if path.is_file() and path not in first)
 
 
 def _new_folders(folder: Path) -> list[Path]:
