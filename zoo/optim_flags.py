@@ -100,12 +100,11 @@ def _check_numbers(prefix: str, values: dict[str, Any]) -> None:
                              f"got {value!r}.")
 
 
-def settings_for(config: Any, name: str) -> dict[str, Any]:
-    """What the config sets for the model's optimizer ``name``: the bare flags, then its own table over them."""
+def shared_settings(config: Any) -> dict[str, Any]:
+    """What the bare flags set for every optimizer (an option goes to those whose class takes it)."""
     shared = {"optimizer": config.optimizer, "momentum": config.momentum,
               "nesterov": config.nesterov or None, "weight_decay": config.weight_decay}
-    own = config.optimizers.get(name, {})
-    return {key: value for key, value in {**shared, **own}.items() if value is not None}
+    return {key: value for key, value in shared.items() if value is not None}
 
 
 def check_optimizer_names(config: Any, names: list[str], model: str) -> None:

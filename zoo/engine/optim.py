@@ -45,24 +45,34 @@ def rebuild_optimizers(optimizers: dict[str, torch.optim.Optimizer], config: Any
     optim_flags.check_optimizer_names(config, list(optimizers), model)
     if not optim_flags.changes_optimizers(config):
         return optimizers
-    return {name: _rebuilt(name, optimizer, optim_flags.settings_for(config, name))
-            for name, optimizer in optimizers.items()}
+    shared, rebuilt, used = optim_flags.shared_settings(config), {}, set()
+    for name, optimizer in optimizers.items():
+        own = config.optimizers.get(name, {})
+        cls = optimizer_class(own.get("optimizer") or shared.get("optimizer") or type(optimizer).__name__)
+        taken = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "params")]
+        for key in own:
+            if key != "optimizer" and key not in taken:
+                raise UsageError(f"optimizer '{name}' ({cls.__name__}) takes no {key}; it takes {', '.join(taken)}.")
+        settings = {**{k: v for k, v in shared.items() if k in taken}, **own}
+        settings.pop("optimizer", None)
+        used.update(settings)
+        rebuilt[name] = _rebuilt(name, optimizer, cls, settings)
+    unused = [key for key in shared if key != "optimizer" and key not in used]
+    if unused:
+        raise UsageError(f"--{unused[0].replace('_', '-')}: no optimizer of model '{model}' takes it "
+                         f"({', '.join(f'{n}: {type(o).__name__}' for n, o in rebuilt.items())}).")
+    return rebuilt
 
 
-def _rebuilt(name: str, optimizer: torch.optim.Optimizer, settings: dict[str, Any]) -> torch.optim.Optimizer:
+def _rebuilt(name: str, optimizer: torch.optim.Optimizer, cls: type,
+             settings: dict[str, Any]) -> torch.optim.Optimizer:
     """One optimizer rebuilt: the same class keeps its groups' settings, another class only their learning rates."""
-    settings = dict(settings)
-    cls = optimizer_class(settings.pop("optimizer")) if "optimizer" in settings else type(optimizer)
     kept = None if cls is type(optimizer) else ("params", "lr")
     groups = [{key: value for key, value in group.items() if kept is None or key in kept}
               for group in optimizer.param_groups]
     for group in groups:
         group.pop("initial_lr", None)  # a scheduler's mark; the model's schedulers are made again over these
         group.update(settings)
-    taken = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "params")]
-    for key in settings:
-        if key not in taken:
-            raise UsageError(f"optimizer '{name}' ({cls.__name__}) takes no {key}; it takes {', '.join(taken)}.")
     try:
         return cls(groups)
     except (ValueError, TypeError) as exc:
