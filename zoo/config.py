@@ -2,7 +2,8 @@
 
 Every field has the name of its long option with underscores (``--batch-size``
 is ``batch_size``). A config file may also hold the tables ``[model_opt]``,
-``[loss_opt]`` and ``[dataset_opt]``. The command line overrides the file.
+``[loss_opt]``, ``[dataset_opt]``, ``[hook_opt]`` and ``[optimizers.NAME]``
+(``zoo.optim_flags``). The command line overrides the file.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from zoo.errors import UsageError
 PRECISIONS = ("32", "bf16", "16-mixed")
 # What torch's generators take (a negative seed is mapped past 2**63): every seed a run may have been given.
 SEED_RANGE = (-2**63, 2**64 - 1)
-OPTION_TABLES = ("model_opt", "loss_opt", "dataset_opt", "hook_opt")
+OPTION_TABLES = ("model_opt", "loss_opt", "dataset_opt", "hook_opt", "optimizers")
 NESTED_TABLES = ("hook_opt", "optimizers")  # tables of tables, merged table by table
 # Options that only extend or observe a run: allowed beside --resume.
 RESUME_OVERRIDABLE = ("max_steps", "epochs", "hooks", "no_hooks", "hook_opt", "device", "workers",
@@ -184,8 +185,6 @@ def load_toml(path: str) -> dict[str, Any]:
         if table in values and not isinstance(values[table], dict):
             raise UsageError(f"{path}: {table} must be a table like [{table}].")
     for table in NESTED_TABLES:
-        if table in values and not isinstance(values[table], dict):
-            raise UsageError(f"{path}: {table} must be a table like [{table}].")
         for name, options in values.get(table, {}).items():
             if not isinstance(options, dict):
                 raise UsageError(f"{path}: {table}.{name} must be a table like [{table}.{name}].")

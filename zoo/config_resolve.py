@@ -157,7 +157,7 @@ def top_level_lines(registry: Registry, config: TrainConfig, resolved: Resolved,
     lines = []
     for field in dataclasses.fields(TrainConfig):
         name, value = field.name, getattr(config, field.name)
-        if name in OPTION_TABLES or name in NESTED_TABLES:
+        if name in OPTION_TABLES:
             continue
         if value is not None:
             lines.append(Line(name, value, origins.get((name,), DEFAULT), note=notes.get(name, "")))
