@@ -30,9 +30,10 @@ if TYPE_CHECKING:
 FORMAT_NAMES = tuple(FORMATS)
 EXPORTS_FOLDER = "exports"  # the default --out: RUN/exports/<format>[-<weights>]/
 PREPROCESSING = "preprocessing.json"
-MODEL_CARD = "README.md"  # a run's model card, copied into an export folder
+MODEL_CARD = "README.md"  # a run's model card, made afresh into an export folder
+# what an export folder may hold (samples/: the grid the card shows), and so what --overwrite may replace
 EXPORT_FILES = {f.file_name for f in FORMATS.values()} | {f"{f.file_name}.data" for f in FORMATS.values()} | {
-    PREPROCESSING, MODEL_CARD, "samples"}  # what an export folder may hold (samples/: the card's grid), and so what --overwrite may replace
+    PREPROCESSING, MODEL_CARD, "samples"}
 
 
 @dataclasses.dataclass

@@ -14,7 +14,8 @@ import torch
 
 from zoo import build, memory
 from zoo.config import TrainConfig
-from zoo.engine import best, cache, checkpoint, contracts, device_decode, distributed, finetune, optim, pictures, record, rng, speed
+from zoo.engine import (best, cache, checkpoint, contracts, device_decode, distributed, finetune, optim, pictures,
+                        record, rng, speed)
 from zoo.engine.feed import BadItems, make_loader
 from zoo.engine.hooks import HookCaller, RunContext
 from zoo.engine.precision import Precision, resolve_device

@@ -1,13 +1,13 @@
-"""Image grids of what a run makes, for people to look at: a generative model's samples,
-an image-to-image model's fixed test inputs beside its outputs and the targets, a classifier's
-fixed test images framed green where it is right and red where it is wrong, over the class it predicted.
+"""Image grids of what a run makes, for people to look at: a generative model's samples, an image-to-image
+model's fixed test inputs beside its outputs and the targets, a classifier's fixed test images framed green
+where it is right and red where it is wrong, over the class it predicted.
 
-Every grid is drawn so that training never notices: eval mode (restored after), no gradients,
-generators of their own, the global RNG as it was; BatchNorm layers that have not yet averaged
-100 batches use the drawn batch's statistics, their running ones restored after (``norm_stats.py``). A test-image grid that cannot be drawn
-(a plugin's model or data not shaped as zoo's builtins are) is given up in one line, never
-stopping the run. Nor does it slow the run much: the hooks that show grids at epochs' ends
-share a ``GridBudget`` that keeps them to ``GRID_SHARE`` of the run's wall time.
+Every grid is drawn so that training never notices: eval mode (restored after), no gradients, generators of
+their own, the global RNG as it was; BatchNorm layers that have not yet averaged 100 batches use the drawn
+batch's statistics, their running ones restored after (``norm_stats.py``). A test-image grid that cannot be
+drawn (a plugin's model or data not shaped as zoo's builtins are) is given up in one line, never stopping the
+run. Nor does it slow the run much: the hooks that show grids at epochs' ends share a ``GridBudget`` that
+keeps them to ``GRID_SHARE`` of the run's wall time.
 """
 
 from __future__ import annotations
