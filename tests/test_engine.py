@@ -131,6 +131,15 @@ def test_run_folder_has_config_checkpoint_metrics_events_and_samples(registry, t
     assert final and final[-1] == pytest.approx(records[[r["step"] for r in records].index(10)]["generator"])
 
 
+def test_a_run_ending_with_an_epoch_writes_its_last_grid_to_tensorboard_once(registry, tmp_path):
+    trainer = train(registry, tiny_config(tmp_path / "run", max_steps=1, eval_every=0))
+    steps_per_epoch = trainer.run.schedule.steps_per_epoch
+    train(registry, tiny_config(tmp_path / "run", max_steps=steps_per_epoch, eval_every=0))
+    events = read_events(tmp_path / "run" / "tensorboard")
+    grids = [e.step for e in events for v in e.summary.value if v.tag == "samples"]
+    assert grids == [steps_per_epoch]  # the epoch's end drew it; the run's end did not write it again
+
+
 def test_resume_after_sigterm_at_a_random_step_is_bitwise_equal(registry, tmp_path):
     straight = train(registry, tiny_config(tmp_path / "straight", max_steps=13))
     stop_at = random.randint(1, 12)  # 8 steps per epoch: mostly mid-epoch

@@ -30,6 +30,7 @@ class TensorboardHook:
 
     def __init__(self) -> None:
         self.writer: Any = None
+        self.grid_step: int | None = None  # the step of the last grid written: the run's end writes it once
 
     @hookimpl
     def on_train_start(self, run):
@@ -90,6 +91,9 @@ class TensorboardHook:
         self.writer = None
 
     def _add_grid(self, run) -> None:
+        if self.grid_step == run.step:  # the last epoch's end drew it already
+            return
+        self.grid_step = run.step
         grid = run.sample_grid()
         if grid is not None:
             self.writer.add_image("samples", grid, run.step)  # the writer's thread writes it; no fsync here
