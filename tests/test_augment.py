@@ -14,7 +14,7 @@ from PIL import Image
 from plugins.datasets.imagefolder import ImageFolderDataset
 from plugins.datasets.shapes import ShapesDataset
 from zoo import augment, registry
-from zoo.data import seeded_item
+from zoo.data import item_generator, seeded_item
 from zoo.testing import assert_exact_resume
 
 SEEDS = range(24)
@@ -96,7 +96,7 @@ def test_the_same_item_seed_gives_the_same_tensor_and_leaves_the_global_rng(tmp_
     root = tmp_path / "photos"
     for label in ("a", "b"):
         (root / "train" / label).mkdir(parents=True)
-        pixels = np.random.default_rng(len(label)).integers(0, 256, (20, 24, 3), dtype=np.uint8)
+        pixels = np.random.default_rng(ord(label)).integers(0, 256, (20, 24, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(root / "train" / label / "x.png")
     datasets = [ShapesDataset("train", task="classification", augment="strong", **SMALL_SHAPES),
                 ImageFolderDataset("train", task="classification", data=str(root), augment="strong")]
@@ -216,3 +216,20 @@ def test_a_strong_run_records_its_preset_and_resumes_bitwise(tmp_path):
         document = json.loads((run.run_dir / "config.json").read_text())
         assert document["config"]["augment"] == "strong" and document["resolved"]["augment"] == "strong"
     assert resumed.trainer.run.train_set.augment == "strong"  # the resumed run rebuilt its preset
+
+
+@pytest.mark.parametrize("preset", augment.AUGMENT_PRESETS)
+def test_imagefolder_batch_finish_augments_as_each_item_does(tmp_path, preset):
+    root = tmp_path / "photos"
+    for split, label in (("train", "a"), ("train", "b"), ("test", "a")):  # with test/: both train files train
+        (root / split / label).mkdir(parents=True)
+        pixels = np.random.default_rng(ord(label)).integers(0, 256, (20, 20, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / split / label / "x.png")
+    dataset = ImageFolderDataset("train", task="classification", data=str(root), augment=preset)
+    indices, seeds = [0, 1, 0], [11, 12, 13]
+    decoded = torch.stack([dataset.decode(index) for index in indices])
+    images, labels = dataset.finish_batch(decoded, indices, [item_generator(seed) for seed in seeds])
+    for image, label, index, seed in zip(images, labels, indices, seeds):
+        with seeded_item(seed):
+            expected, expected_label = dataset.finish(dataset.decode(index), index)
+        assert torch.equal(image, expected) and int(label) == expected_label
