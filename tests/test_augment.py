@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 import sys
 import tomllib
 
@@ -12,6 +13,7 @@ import torch
 from PIL import Image
 
 from plugins.datasets.imagefolder import ImageFolderDataset
+from plugins.datasets.mnist import MnistDataset
 from plugins.datasets.shapes import ShapesDataset
 from zoo import augment, registry
 from zoo.data import item_generator, seeded_item
@@ -209,13 +211,15 @@ def test_print_config_shows_and_takes_back_the_preset(zoo_cli, tmp_path, monkeyp
     assert any(line.startswith('augment = "strong"') and line.endswith("# file") for line in again.splitlines())
 
 
-def test_a_strong_run_records_its_preset_and_resumes_bitwise(tmp_path):
+def test_a_strong_run_records_its_preset_and_resumes_bitwise(tmp_path, zoo_cli):
     straight, resumed = assert_exact_resume("mnist_net", tmp_path, dataset="shapes", augment="strong",
                                             dataset_opt=SMALL_SHAPES, steps=3, stop_at=2)
     for run in (straight, resumed):
         document = json.loads((run.run_dir / "config.json").read_text())
         assert document["config"]["augment"] == "strong" and document["resolved"]["augment"] == "strong"
     assert resumed.trainer.run.train_set.augment == "strong"  # the resumed run rebuilt its preset
+    code, _, err = zoo_cli("train", "--resume", str(resumed.run_dir), "--augment", "flip")
+    assert code == 2 and "--augment cannot change when resuming" in err
 
 
 @pytest.mark.parametrize("preset", augment.AUGMENT_PRESETS)
@@ -233,3 +237,28 @@ def test_imagefolder_batch_finish_augments_as_each_item_does(tmp_path, preset):
         with seeded_item(seed):
             expected, expected_label = dataset.finish(dataset.decode(index), index)
         assert torch.equal(image, expected) and int(label) == expected_label
+
+
+def test_mnist_takes_the_presets_on_its_train_split_only(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    images = np.random.default_rng(0).integers(0, 256, size=(4, 28, 28), dtype=np.uint8)
+    for prefix in ("train", "t10k"):
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, 4, 28, 28) + images.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, 4) + bytes(range(4)))
+    plain = torch.from_numpy(images[1]).float()[None] / 127.5 - 1
+    assert MnistDataset("train", task="classification", data=str(tmp_path)).augment == "none"  # as before
+    flipped = MnistDataset("train", task="classification", data=str(tmp_path), augment="flip")
+    cropped = MnistDataset("train", task="classification", data=str(tmp_path), augment="standard")
+    seen = set()
+    for seed in SEEDS:
+        with seeded_item(seed):
+            image, label = flipped[1]
+        assert label == 1 and (torch.allclose(image, plain) or torch.allclose(image, plain.flip(-1)))
+        seen.add(torch.allclose(image, plain))
+        with seeded_item(seed):
+            assert not torch.allclose(cropped[1][0], image)
+    assert seen == {True, False}
+    test = MnistDataset("test", task="classification", data=str(tmp_path), augment="strong")
+    with seeded_item(0):
+        assert torch.allclose(test[1][0], plain)
