@@ -53,10 +53,11 @@ def test_a_classifier_exports_to_onnx_that_onnxruntime_runs_at_any_batch_size(zo
     assert code == 0, err
     folder = run / "exports" / "onnx-ema"
     lines = out.splitlines()
-    assert lines[:2] == [f"wrote {folder / 'model.onnx'}", f"wrote {folder / 'preprocessing.json'}"]
-    assert lines[2].startswith("checked: onnxruntime against PyTorch on 3 test images: max abs difference ")
-    assert "(tolerance 1e-4 abs + 1e-4 rel); step 1, ema weights" in lines[2]
-    assert sorted(p.name for p in folder.iterdir()) == ["model.onnx", "preprocessing.json"]
+    assert lines[:3] == [f"wrote {folder / 'model.onnx'}", f"wrote {folder / 'preprocessing.json'}",
+                         f"wrote {folder / 'README.md'}"]  # the model first, the run's card made afresh last
+    assert lines[3].startswith("checked: onnxruntime against PyTorch on 3 test images: max abs difference ")
+    assert "(tolerance 1e-4 abs + 1e-4 rel); step 1, ema weights" in lines[3]
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "model.onnx", "preprocessing.json"]
 
     record = json.loads((folder / "preprocessing.json").read_text())
     loaded = api.load_run(run, weights="ema")
@@ -83,15 +84,15 @@ def test_a_classifier_exports_to_onnx_that_onnxruntime_runs_at_any_batch_size(zo
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_an_image_to_image_model_exports_to_torchscript_with_the_run_card(zoo_cli, runs):
     run = runs["i2i"]
-    (run / "README.md").write_text("# the i2i run's card\n")
-    try:
-        code, out, err = zoo_cli("export", "--run", str(run), "--format", "torchscript")
-    finally:
-        (run / "README.md").unlink()
+    (run / "samples").mkdir(exist_ok=True)
+    (run / "samples" / "latest.png").write_bytes(b"a grid")  # the card shows it: the export carries it
+    code, out, err = zoo_cli("export", "--run", str(run), "--format", "torchscript")
     assert code == 0, err
     folder = run / "exports" / "torchscript"
     assert "checked: torch.jit.load against PyTorch on 3 test images" in out
-    assert (folder / "README.md").read_text() == "# the i2i run's card\n"
+    card = (folder / "README.md").read_text()
+    assert card.startswith("# i2i\n") and "builtin:resnet_i2i" in card and "](samples/latest.png)" in card
+    assert (folder / "samples" / "latest.png").read_bytes() == b"a grid"
     record = json.loads((folder / "preprocessing.json").read_text())
     assert record["task"] == "image_to_image" and "classes" not in record
     assert record["input"]["shape"] == record["output"]["shape"] == ["batch", 3, 16, 16]

@@ -340,6 +340,7 @@ def test_zoo_test_of_a_classifier_writes_its_confusion_matrix_and_per_class_accu
         assert picture.width > 4 * 28 and picture.height > 4 * 28
     code, out, err = zoo_cli("test", "--run", str(run))
     assert "per class:" in out and f"confusion matrix: {run / 'confusion.png'}" in out
+    assert f"| test (step {result['step']}) |" in (run / "README.md").read_text()  # the card has the test too
 
 
 def test_zoo_test_of_a_generative_run_has_no_confusion_matrix(zoo_cli, runs):

@@ -69,13 +69,16 @@ def cli(ctx: click.Context, debug: bool, disabled: tuple[str, ...]) -> None:
       zoo sample --run runs/<run>                 a PNG grid from a generative run
       zoo predict --run runs/<run> IMAGE...       classes or restored images
       zoo export --run runs/<run> --format onnx   the predictor as a file, checked against PyTorch
+      zoo runs                                    the runs under runs/: status, steps, best metric
+      zoo diff runs/<a> runs/<b>                  two runs' config differences and metrics
       zoo new-plugin my_plugin                    a plugin package to start from
       zoo check my_plugin                         does an installed plugin keep zoo's contracts?
     """
     ctx.obj = Context(debug, disabled)
 
 
-COMMANDS = ("list", "info", "train", "test", "sample", "predict", "export", "check", "new-plugin")  # in train_cli/<name>.py
+COMMANDS = ("list", "info", "train", "test", "sample", "predict", "export", "runs", "diff", "check",
+            "new-plugin")  # in train_cli/<name>.py
 
 
 def _register_commands() -> None:

@@ -12,6 +12,7 @@ from train_cli import completion, jobs, run_folder
 from train_cli.paths import check_data_there, no_empty_paths
 from zoo.config import AUGMENT_PRESETS, TrainConfig, absolute_data, load_toml, merge, pin_recorded_parts, resume_config
 from zoo.errors import UsageError
+from zoo.optim_flags import command_line_values
 from zoo.options import split_assignments, split_hook_assignments
 from zoo.registry import Entry, Registry, changed_plugins
 
@@ -27,6 +28,16 @@ if TYPE_CHECKING:
 @click.option("--max-steps", type=int, help="Stop after this many steps (with --epochs: whichever ends first).")
 @click.option("--batch-size", type=int, help="Samples per batch (default 64).")
 @click.option("--lr", type=float, help="Learning rate (default: the model's own).")
+@click.option("--optimizer", multiple=True, metavar="[NAME=]CLASS",
+              help="adam, adamw, sgd or any torch.optim class; NAME=CLASS for the model's optimizer NAME only "
+                   "(repeatable; default: the model's own).")
+@click.option("--momentum", multiple=True, metavar="[NAME=]X", help="Momentum (sgd, rmsprop...); NAME=X for one optimizer.")
+@click.option("--nesterov", is_flag=True, default=None, help="Nesterov momentum (sgd).")
+@click.option("--weight-decay", multiple=True, metavar="[NAME=]X",
+              help="Weight decay (decoupled for adamw); NAME=X for one optimizer.")
+@click.option("--lr-schedule", type=click.Choice(["model", "constant", "step", "cosine", "one-cycle"]),
+              help="Learning-rate schedule: cosine and one-cycle over the run's steps (default: the model's own).")
+@click.option("--warmup", metavar="N|Ne", help="Linear learning-rate warm-up over N steps, or N epochs as Ne (e.g. 2e).")
 @click.option("--seed", type=int, help="Seed for every RNG, -2**63 to 2**64-1 (default 0).")
 @click.option("--device", help="auto, cpu, cuda, cuda:N or mps (default auto).")
 @click.option("--workers", type=int, help="DataLoader worker processes (default 0).")
@@ -132,6 +143,7 @@ def _given(options: dict[str, Any]) -> dict[str, Any]:
     for table in ("model_opt", "loss_opt", "dataset_opt"):
         given[table] = split_assignments(given[table], "--" + table.replace("_", "-"))
     given["hook_opt"] = split_hook_assignments(given["hook_opt"])
+    given.update(command_line_values(given["optimizer"], given["momentum"], given["weight_decay"]))
     both = next((name for name in given["hooks"] if name in given["no_hooks"]), None)
     if both is not None:
         raise UsageError(f"--hook {both} and --no-hook {both} contradict each other; keep the one you mean.")

@@ -2,7 +2,8 @@
 
 Every field has the name of its long option with underscores (``--batch-size``
 is ``batch_size``). A config file may also hold the tables ``[model_opt]``,
-``[loss_opt]`` and ``[dataset_opt]``. The command line overrides the file.
+``[loss_opt]``, ``[dataset_opt]``, ``[hook_opt]`` and ``[optimizers.NAME]``
+(``zoo.optim_flags``). The command line overrides the file.
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from zoo import optim_flags
 from zoo.errors import UsageError
 
 PRECISIONS = ("32", "bf16", "16-mixed")
 AUGMENT_PRESETS = ("none", "flip", "standard", "strong")  # zoo.augment's; None in a config: the dataset's default
 # What torch's generators take (a negative seed is mapped past 2**63): every seed a run may have been given.
 SEED_RANGE = (-2**63, 2**64 - 1)
-OPTION_TABLES = ("model_opt", "loss_opt", "dataset_opt", "hook_opt")
+OPTION_TABLES = ("model_opt", "loss_opt", "dataset_opt", "hook_opt", "optimizers")
+NESTED_TABLES = ("hook_opt", "optimizers")  # tables of tables, merged table by table
 # Options that only extend or observe a run: allowed beside --resume.
 RESUME_OVERRIDABLE = ("max_steps", "epochs", "hooks", "no_hooks", "hook_opt", "device", "workers",
                       "log_every", "eval_every", "eval_batches", "save_every", "keep", "skip_bad_files", "skip_nonfinite",
@@ -73,6 +76,14 @@ class TrainConfig:
     loss_opt: dict[str, Any] = dataclasses.field(default_factory=dict)
     dataset_opt: dict[str, Any] = dataclasses.field(default_factory=dict)
     hook_opt: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    # the training recipe (zoo.optim_flags): None keeps the model's own
+    optimizer: str | None = None
+    momentum: float | None = None
+    nesterov: bool = False
+    weight_decay: float | None = None
+    lr_schedule: str = "model"
+    warmup: str | int | None = None  # N steps, or "Ne" epochs
+    optimizers: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # per optimizer name
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy."""
@@ -112,6 +123,7 @@ class TrainConfig:
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise UsageError(f"{_flag(name)} must be a finite positive number, got {value}.")
         check_seed(self.seed)
+        optim_flags.check_settings(self)
         if self.precision not in PRECISIONS:
             raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
         if self.augment is not None and self.augment not in AUGMENT_PRESETS:
@@ -176,9 +188,10 @@ def load_toml(path: str) -> dict[str, Any]:
     for table in OPTION_TABLES:
         if table in values and not isinstance(values[table], dict):
             raise UsageError(f"{path}: {table} must be a table like [{table}].")
-    for hook, options in values.get("hook_opt", {}).items():
-        if not isinstance(options, dict):
-            raise UsageError(f"{path}: hook_opt.{hook} must be a table like [hook_opt.{hook}].")
+    for table in NESTED_TABLES:
+        for name, options in values.get(table, {}).items():
+            if not isinstance(options, dict):
+                raise UsageError(f"{path}: {table}.{name} must be a table like [{table}.{name}].")
     return values
 
 
@@ -188,7 +201,7 @@ def merge(file_values: dict[str, Any], cli_values: dict[str, Any]) -> dict[str, 
     for key, value in cli_values.items():
         if value is None or (isinstance(value, (list, dict)) and not value):
             continue
-        if key == "hook_opt":
+        if key in NESTED_TABLES:
             tables = {hook: dict(opts) for hook, opts in merged.get(key, {}).items()}
             for hook, opts in value.items():
                 tables[hook] = {**tables.get(hook, {}), **opts}

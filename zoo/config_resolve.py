@@ -14,7 +14,7 @@ import dataclasses
 from typing import Any
 
 from zoo import build
-from zoo.config import OPTION_TABLES, TrainConfig, same_part_name
+from zoo.config import NESTED_TABLES, OPTION_TABLES, TrainConfig, same_part_name
 from zoo.config_toml import UNSET, Line, Table, render
 from zoo.errors import UsageError, ZooError
 from zoo.options import option_specs
@@ -53,8 +53,8 @@ def origins_of(file_values: dict[str, Any], given: dict[str, Any]) -> Origins:
         for key, value in values.items():
             if value is None or (isinstance(value, (list, dict)) and not value):
                 continue
-            if key == "hook_opt":
-                origins.update({(key, hook, option): origin for hook, opts in value.items() for option in opts})
+            if key in NESTED_TABLES:
+                origins.update({(key, name, option): origin for name, opts in value.items() for option in opts})
             elif key in OPTION_TABLES:
                 origins.update({(key, option): origin for option in value})
             else:
@@ -65,7 +65,7 @@ def origins_of(file_values: dict[str, Any], given: dict[str, Any]) -> Origins:
 def resolve(registry: Registry, config: TrainConfig, world_size: int = 1) -> Resolved:
     """Resolve and check a new run's config as the run would, in its order: device, data and model, loaders,
     loss, hooks, best metric. Raises the run's own errors; builds the parts but trains nothing."""
-    from zoo.engine import best
+    from zoo.engine import best, optim
     from zoo.engine.assemble import check_split_fits_a_step
     from zoo.engine.precision import resolve_device
 
@@ -79,6 +79,7 @@ def resolve(registry: Registry, config: TrainConfig, world_size: int = 1) -> Res
         raise UsageError("--loss-opt was given but the run has no --loss.")
     raw_hook_options = build.hook_options(plan.hooks, config.hook_opt, config.no_hooks)
     hooks = build.build_hooks(plan.hooks, config.hook_opt, config.no_hooks)
+    optim.rebuild_optimizers(parts.recipe.configure_optimizers(config.lr), config, plan.model.name)  # run's errors
     return Resolved(
         plan=plan, recipe_class=build.load_recipe_class(plan.model), model_options=parts.model_options,
         loss_options=build.recorded_options(plan.loss, config.loss_opt), dataset_options=parts.dataset_options,
@@ -105,6 +106,9 @@ def resolved_toml(registry: Registry, config: TrainConfig, origins: Origins, wor
               f"dataset {plan.dataset.qualified_name}"),
         Table("hook_opt", _hook_lines(registry, config, resolved, origins),
               "keys are HOOK.KEY; the hooks on: " + (", ".join(e.name for e in plan.hooks) or "none")),
+        Table("optimizers", [Line((name, key), value, origins.get(("optimizers", name, key), DEFAULT))
+                             for name, table in config.optimizers.items() for key, value in table.items()],
+              "keys are NAME.KEY for the model's optimizer NAME: optimizer, lr, momentum, nesterov, weight_decay"),
     ]
     try:
         return render(tables, HEADER)
@@ -141,6 +145,7 @@ def _worked_out(registry: Registry, config: TrainConfig, resolved: Resolved) -> 
         "clip_grad": (UNSET, DEFAULT, "no clipping"),
         "augment": (resolved.augment, DATA, "the dataset's default") if resolved.augment
         else (UNSET, DATA, "the dataset takes no presets"),
+        "optimizer": (UNSET, MODEL, "the model's own"), "warmup": (UNSET, DEFAULT, "no warm-up"),
         "run_dir": (UNSET, DEFAULT, "runs/<model>-<loss>-<time>, named when the run starts"),
     }
 

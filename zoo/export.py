@@ -32,7 +32,7 @@ EXPORTS_FOLDER = "exports"  # the default --out: RUN/exports/<format>[-<weights>
 PREPROCESSING = "preprocessing.json"
 MODEL_CARD = "README.md"  # a run's model card, copied into an export folder
 EXPORT_FILES = {f.file_name for f in FORMATS.values()} | {f"{f.file_name}.data" for f in FORMATS.values()} | {
-    PREPROCESSING, MODEL_CARD}  # what an export folder may hold, and so what --overwrite may replace
+    PREPROCESSING, MODEL_CARD, "samples"}  # what an export folder may hold (samples/: the card's grid), and so what --overwrite may replace
 
 
 @dataclasses.dataclass
@@ -234,10 +234,19 @@ def _write_and_check(run: LoadedRun, fmt: ExportFormat, staging: Path, target: T
             output_shape = tuple(int(v) for v in reference(batch[:1]).shape[1:])
     record = preprocessing_record(run, fmt, model_file.name, shape, output_shape, parity)
     write_json(staging / target.record_name(), record, report=True)
-    card = Path(run.run_dir) / MODEL_CARD
-    if not target.is_file and card.is_file():
-        shutil.copyfile(card, staging / MODEL_CARD)
+    if not target.is_file:
+        _carry_card(Path(run.run_dir), staging)
     return parity, record
+
+
+def _carry_card(run_dir: Path, staging: Path) -> None:
+    """The run's model card, made afresh (``zoo test`` results included), with the sample grid it shows."""
+    from zoo.card import SAMPLE_GRID, card_text
+
+    (staging / MODEL_CARD).write_text(card_text(run_dir))
+    if (run_dir / SAMPLE_GRID).is_file():
+        (staging / SAMPLE_GRID).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(run_dir / SAMPLE_GRID, staging / SAMPLE_GRID)
 
 
 def _place(staging: Path, target: Target, fmt: ExportFormat) -> list[Path]:
@@ -250,7 +259,8 @@ def _place(staging: Path, target: Target, fmt: ExportFormat) -> list[Path]:
     if target.path.exists():
         shutil.rmtree(target.path)  # check_target let only an export (or nothing) be here
     os.replace(staging, target.path)
-    return sorted(target.path.iterdir())
+    first = [target.path / name for name in target.names(fmt)[:3] if (target.path / name).exists()]
+    return first + sorted(path for path in target.path.rglob("*") if path.is_file() and path not in first)
 
 
 def _new_folders(folder: Path) -> list[Path]:

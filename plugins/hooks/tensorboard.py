@@ -1,10 +1,16 @@
-"""Builtin hook: the run's scalars and sample grids as tensorboardX events."""
+"""Builtin hook: the run's scalars and sample grids as tensorboardX events, and its config and final
+metrics as HParams."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from zoo import hookimpl
+
+HPARAMS_FOLDER = "hparams"  # under tensorboard/: the run's HParams session and final metrics
+# how TensorBoard's HParams dashboard shows a run's end, by the status on_train_end gives (it has no status for
+# a run stopped part way, which --resume goes on with: "unknown")
+_SESSION_STATUS = {"done": "STATUS_SUCCESS", "interrupted": "STATUS_UNKNOWN", "failed": "STATUS_FAILURE"}
 
 
 class TensorboardHook:
@@ -15,6 +21,11 @@ class TensorboardHook:
     far is at most ``GRID_SHARE`` (0.5%) of the time since training started, so the first epoch's end always
     has one and tiny epochs have one every so many. The run's end always has one. Events reach the disk
     within ``flush_secs`` (30 s) and when the run ends; a grid forces no flush of its own.
+
+    When training ends (done, interrupted or failed) the run goes to TensorBoard's HParams dashboard, from
+    ``tensorboard/hparams/``: config.json's ``config``, ``resolved`` and ``versions`` sections flattened
+    (``config.lr``, ``resolved.model.version``; numbers, strings and booleans only), the last evaluation's
+    metrics and how the run ended, so that ``tensorboard --logdir runs`` compares runs side by side.
     """
 
     def __init__(self) -> None:
@@ -74,6 +85,7 @@ class TensorboardHook:
             return
         if status != "failed":
             self._add_grid(run)
+        self._add_hparams(run, status)
         self.writer.close()
         self.writer = None
 
@@ -81,3 +93,40 @@ class TensorboardHook:
         grid = run.sample_grid()
         if grid is not None:
             self.writer.add_image("samples", grid, run.step)  # the writer's thread writes it; no fsync here
+
+    def _add_hparams(self, run, status: str) -> None:
+        """The run as one HParams session, in ``tensorboard/hparams/``: its flattened config, its final metrics
+        (the last evaluation's, as ``eval/<metric>`` scalars) and how it ended. TensorBoard keeps the first
+        session info of a folder, so each end replaces the folder's events (a resumed run's earlier ones)."""
+        from tensorboardX import SummaryWriter
+        from tensorboardX.summary import hparams
+
+        from zoo.engine.rundir import read_config
+        from zoo.runs import comparable_config, last_evaluation
+
+        config = {key: value for key, value in comparable_config(read_config(run.run_dir)).items()
+                  if isinstance(value, (bool, int, float, str))}
+        evaluation = last_evaluation(run.run_dir) or {"step": run.step, "metrics": {}}
+        metrics = {f"eval/{name}": value for name, value in evaluation["metrics"].items() if value is not None}
+        # no experiment summary: TensorBoard gathers every run's hparams itself, marking those that differ
+        _, session_start, _ = hparams(config, metrics)
+        folder = run.run_dir / "tensorboard" / HPARAMS_FOLDER
+        for old in folder.glob("events.out.tfevents.*"):
+            old.unlink()
+        with SummaryWriter(logdir=str(folder)) as writer:
+            for summary in (session_start, _session_end(status)):
+                writer.file_writer.add_summary(summary, run.step)
+            for tag, value in metrics.items():
+                writer.add_scalar(tag, value, evaluation["step"])
+
+
+def _session_end(status: str) -> Any:
+    """The HParams summary saying how the run ended (tensorboardX's ``hparams`` says success, always)."""
+    from tensorboardX.proto.api_pb2 import Status
+    from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData, SessionEndInfo
+    from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
+
+    ending = HParamsPluginData(session_end_info=SessionEndInfo(status=Status.Value(_SESSION_STATUS[status])))
+    metadata = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="hparams",
+                                                                      content=ending.SerializeToString()))
+    return Summary(value=[Summary.Value(tag="_hparams_/session_end_info", metadata=metadata)])

@@ -14,7 +14,7 @@ import torch
 
 from zoo import build, memory
 from zoo.config import TrainConfig
-from zoo.engine import best, cache, checkpoint, contracts, device_decode, distributed, finetune, pictures, record, rng, speed
+from zoo.engine import best, cache, checkpoint, contracts, device_decode, distributed, finetune, optim, pictures, record, rng, speed
 from zoo.engine.feed import BadItems, make_loader
 from zoo.engine.hooks import HookCaller, RunContext
 from zoo.engine.precision import Precision, resolve_device
@@ -101,8 +101,8 @@ def assemble(config: TrainConfig, registry: Registry, run_dir: Path, *, resumed:
     run.best_metric = best.resolve(config.best_metric, run.recipe, run.hooks.objects)
     if resumed:
         run.checkpoints.resume()
-    run.stepper.use_graph(speed.graph_blocker(config, run.speed, run.recipe, run.stepper.optimizers,
-                                              dist.enabled) if run.speed.cuda_graph else None)
+    run.stepper.use_graph((speed.graph_blocker(config, run.speed, run.recipe, run.stepper.optimizers, dist.enabled)
+                           or optim.graph_blocker(config)) if run.speed.cuda_graph else None)
     if dist.is_main:
         if resumed and run.schedule.complete(run.state):  # nothing to do changes nothing but where data moved
             record.record_moved_data(run)
@@ -251,7 +251,9 @@ def _optimizers(run: Run) -> None:
     model = run.plan.model.qualified_name
     optimizers = run.recipe.configure_optimizers(run.config.lr)
     contracts.check_optimizers(optimizers, model)
-    schedulers = run.recipe.configure_schedulers(optimizers)
+    optimizers = optim.rebuild_optimizers(optimizers, run.config, run.plan.model.name)  # --optimizer and its options
+    schedulers = optim.wrap_schedulers(optimizers, run.recipe.configure_schedulers(optimizers), run.config,
+                                       run.schedule.steps_per_epoch, run.schedule.total_steps)
     run.state = TrainState(BadItems(run.config.skip_bad_files))
     run.stepper = StepRunner(run, optimizers, schedulers, run.precision, run.report, run.state)
     idle = contracts.idle_optimizers(run.stepper.params, run.config.freeze, model)

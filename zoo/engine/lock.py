@@ -51,6 +51,15 @@ def _owner_running(owner: dict[str, Any]) -> bool:
     return recorded is None or _start_time(pid) in (None, recorded)
 
 
+def held(run_dir: Path) -> bool:
+    """Whether a running process holds ``run_dir``'s lock (one a killed process left does not count)."""
+    try:
+        owner = json.loads((Path(run_dir) / LOCK_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(owner, dict) and _owner_running(owner)
+
+
 class RunLock:
     """Held while ``zoo train`` writes into a run folder."""
 

@@ -4,7 +4,7 @@
 
     fit(run)
     ├── complete already?  say how to extend it; return
-    ├── on_train_start; an evaluation the checkpoint owes
+    ├── status.json says running; on_train_start; an evaluation the checkpoint owes
     ├── while steps are left and no stop is asked (stopping.py):
     │   ├── batches = feed.next_step()           the step's micro-batches on the device (epochs.py)
     │   ├── train_step(run, batches)             forwards, backwards, optimizer steps (step.py)
@@ -13,7 +13,8 @@
     │   ├── evaluate due?   periodic.evaluate    before the save, so the best is marked (schedule.py)
     │   └── save due?       checkpoints.save     state from every owner, atomic (saving.py)
     ├── the last log, evaluation and checkpoint
-    └── on_train_end; what was skipped, why it stopped, where its checkpoint is (report.py)
+    ├── on_train_end; status.json and the card say how it ended (status.py, zoo/card.py)
+    └── what was skipped, why it stopped, where its checkpoint is (report.py)
 
 A failure in a sample or a dataset saves the steps done first and says how to go on; a
 signal saves and raises ``Interrupted``.
@@ -28,7 +29,7 @@ from typing import Any, Iterator
 
 import torch
 
-from zoo.engine import checkpoint, periodic, progress, report
+from zoo.engine import checkpoint, periodic, progress, report, status
 from zoo.engine.epochs import EpochFeed
 from zoo.engine.feed import BadSampleError, WrongItemError
 
@@ -105,9 +106,10 @@ class _Outcome:
 
 @contextmanager
 def _training(run: Any, feed: EpochFeed) -> Iterator[_Outcome]:
-    """Signals caught while training; failures said (steps saved first); ``on_train_end`` in any case."""
+    """Signals caught while training; failures said (steps saved first); ``on_train_end`` in any case; the
+    run's status recorded when it starts and after it ends (``status.json``, the card)."""
     outcome = _Outcome()
-    with run.stopper.catching_signals():
+    with run.stopper.catching_signals(), status.recorded(run, outcome):  # status.json and the card, around it
         try:
             with _failures_said(run):
                 yield outcome

@@ -10,7 +10,7 @@ from typing import Any, Iterator
 import torch
 from tqdm import tqdm
 
-from zoo.engine import cache
+from zoo.engine import cache, status
 from zoo.engine.evaluate import evaluate
 
 
@@ -36,7 +36,8 @@ def evaluate_unless_stopping(run: Any) -> None:
 
 def evaluate_now(run: Any) -> dict[str, float]:
     """Evaluate on the test split (and each weight set the hooks offer, as ``<set>/<metric>``); log the
-    metrics, move the best (by ``--best-metric``, else the model's metric), tell the hooks, say them."""
+    metrics, move the best (by ``--best-metric``, else the model's metric), tell the hooks, say them, record
+    them (status.json, the card)."""
     state = run.state
     state.last_eval_step = state.step
     state.eval_owed = True  # until it completes
@@ -54,6 +55,7 @@ def evaluate_now(run: Any) -> dict[str, float]:
                                **metrics})
     run.hooks.call("on_eval_end", run=run.context, step=state.step, metrics=metrics)
     run.report.evaluated(state.step, metrics)
+    status.evaluated(run)  # the best in status.json, the metrics in the card
     return metrics
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from zoo.config import same_part_name
-from zoo.engine import best
+from zoo.engine import best, optim
 from zoo.engine.rundir import read_config, versions, write_json
 from zoo.options import option_specs
 from zoo.registry import Registry, keep_first_made_with
@@ -55,6 +55,7 @@ def resolved(run: Any) -> dict[str, Any]:
         "steps_per_epoch": run.schedule.steps_per_epoch,
         "parameters": sum(p.numel() for p in recipe.parameters()),
         "trainable_parameters": sum(p.numel() for p in recipe.parameters() if p.requires_grad),
+        **optim.describe(run.stepper.optimizers, run.stepper.schedulers, run.config, run.schedule.steps_per_epoch),
     }
 
 

@@ -148,6 +148,10 @@ class Report:
         reached = f" (--{limit.option} {limit.value} reached)" if state.step >= schedule.total_steps else ""
         self.notice(f"done at step {state.step}{reached}; checkpoint {saved}")
 
+    def status_not_written(self, run_dir: Any, reason: str) -> None:
+        self.notice(f"warning: could not update status.json and README.md in {run_dir} ({reason}); the "
+                    f"checkpoints are unaffected.")
+
     def hook_state_warning(self, left_out: str) -> None:
         self.notice(f"warning: {left_out.removeprefix('zoo: ')}.")
 

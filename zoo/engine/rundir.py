@@ -17,7 +17,7 @@ from zoo.errors import UsageError
 
 # what a run folder holds besides its lock: what --overwrite replaces, and what marks a folder as used
 RUN_ENTRIES = ("config.json", "checkpoints", "tensorboard", "samples", "metrics.jsonl", "test-metrics.json",
-               "predictions", "exports")
+               "predictions", "exports", "status.json", "README.md")
 ASIDE_PREFIX = ".replaced-"  # the folder --overwrite keeps the old run in until the new one has saved
 
 

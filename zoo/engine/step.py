@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch.nn.utils import clip_grad_norm_
 
-from zoo.engine import contracts, distributed, graphed, report, speed
+from zoo.engine import contracts, distributed, graphed, optim, report, speed
 from zoo.engine.feed import to_device
 from zoo.engine.precision import Precision
 from zoo.engine.report import Report
@@ -68,6 +68,7 @@ class StepRunner:
 
     def step(self, batches: list[Any]) -> Losses | None:
         """One step over its micro-batches: the step's losses and logged figures, or None when skipped."""
+        optim.set_step_lrs(self.schedulers, self.state.step)  # a per-step schedule or warm-up: this step's rates
         if not batches:  # every sample of the step was unreadable (--skip-bad-files)
             if self.dist.enabled:
                 raise report.whole_step_unreadable(self.state.step + 1, self.dist.rank)

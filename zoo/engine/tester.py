@@ -11,6 +11,7 @@ import torch
 from torchvision.utils import save_image
 
 from zoo.api import load_run
+from zoo.card import write_card
 from zoo.engine import speed
 from zoo.engine.confusion import MAX_DRAWN, confusion_image, confusion_matrix, confusion_record
 from zoo.engine.evaluate import evaluate
@@ -69,6 +70,7 @@ def evaluate_run(registry: Registry, run_dir: Path, *, step: int | None = None, 
             save_image(grid, str(grid_path))
             result["sample_grid"] = str(grid_path)
         write_json(run_dir / f"test-metrics{suffix}.json", result, report=True)
+        write_card(run_dir)  # the model card shows the test metrics too
     except OSError as exc:  # the figures still reach the caller; only keeping them failed
         where = f"{exc.filename}: " if exc.filename else ""
         result["not_saved"] = (f"could not save the results in {run_dir} ({where}{exc.strerror or exc}); the "
