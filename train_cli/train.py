@@ -10,7 +10,7 @@ import click
 
 from train_cli import completion, jobs, run_folder
 from train_cli.paths import check_data_there, no_empty_paths
-from zoo.config import TrainConfig, absolute_data, load_toml, merge, pin_recorded_parts, resume_config
+from zoo.config import AUGMENT_PRESETS, TrainConfig, absolute_data, load_toml, merge, pin_recorded_parts, resume_config
 from zoo.errors import UsageError
 from zoo.optim_flags import command_line_values
 from zoo.options import split_assignments, split_hook_assignments
@@ -55,6 +55,8 @@ if TYPE_CHECKING:
               help="Decode images once into a memory-mapped uint8 cache ($ZOO_CACHE_DIR or ~/.cache/zoo/decoded).")
 @click.option("--decode-on-device", is_flag=True, default=None,
               help="Decode training JPEGs on the GPU a batch at a time; workers only read files (falls back if not possible).")
+@click.option("--augment", type=click.Choice(AUGMENT_PRESETS),
+              help="Train-split augmentation preset (default: the dataset's own; imagefolder flips; docs/datasets.md).")
 @click.option("--accumulate", type=int, help="Batches per optimizer step (virtual batch; default 1).")
 @click.option("--clip-grad", type=float, help="Clip each optimizer's gradient norm to this value.")
 @click.option("--eval-every", type=int, help="Evaluate every N steps; 0 = never (default: each epoch's end).")

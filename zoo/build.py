@@ -18,7 +18,7 @@ from zoo.errors import AmbiguousNameError, PluginError, RunError, UsageError, Zo
 from zoo.options import default_problem, missing_required, option_specs, option_values, parse_options
 from zoo.registry import Entry, Registry
 
-DATASET_RESERVED = ("split", "task", "data", "image_size", "channels")
+DATASET_RESERVED = ("split", "task", "data", "image_size", "channels", "augment")  # augment: --augment's
 
 
 @dataclasses.dataclass
@@ -144,7 +144,8 @@ def check_defaults(entry: Entry, cls: Any, given: Iterable[str], exclude: tuple[
 
 
 def build_dataset(entry: Entry, split: str, *, task: str, data: str | None, options: dict[str, Any],
-                  image_size: int | None = None, channels: int | None = None, new_run: bool = False) -> Any:
+                  image_size: int | None = None, channels: int | None = None, new_run: bool = False,
+                  augment: str | None = None) -> Any:
     """Build one split of a dataset, with the user's options checked against its signature (``new_run``: also
     refuse options meant for another task, which a saved run made before that check may hold)."""
     cls = load_dataset_class(entry)
@@ -162,7 +163,7 @@ def build_dataset(entry: Entry, split: str, *, task: str, data: str | None, opti
                              f"{task.replace('_', '-')} ones: drop --dataset-opt {key}.")
     try:
         dataset = cls(split, task=task, data=data, image_size=image_size, channels=channels,
-                      **entry.bound_options, **parsed)
+                      **entry.bound_options, **parsed, **({} if augment is None else {"augment": augment}))
     except (TypeError, ValueError) as exc:
         raise UsageError(f"dataset '{entry.name}' rejected its options: {exc}") from None
     name_part(dataset, entry.name)  # errors about its items name it
@@ -368,13 +369,12 @@ class RunParts:
 def build_parts(registry: Registry, config: Any, need_train: bool = True, new_run: bool = False,
                 model_options: dict[str, Any] | None = None,
                 dataset_options: dict[str, Any] | None = None) -> RunParts:
-    """Build the recipe and datasets of a config; the model takes its input shape from the data.
-
-    ``model_options`` and ``dataset_options`` (a saved run's recorded ones, defaults included, under those its
-    config names) replace the config's ``model_opt`` and ``dataset_opt``.
-    """
+    """Build the recipe and datasets of a config; the model takes its input shape from the data. ``model_options``
+    and ``dataset_options`` (a saved run's recorded ones, defaults included, under those its config names) replace
+    the config's ``model_opt`` and ``dataset_opt``."""
     plan = plan_run(registry, config.model or "", config.loss, config.dataset, config.hooks, config.no_hooks)
-    task = load_recipe_class(plan.model).task
+    from zoo.augment import dataset_preset
+    task, augment = load_recipe_class(plan.model).task, dataset_preset(registry, plan.dataset, config)
     paths = [key for key in getattr(load_dataset_class(plan.dataset), "path_options", ())
              if isinstance(config.dataset_opt.get(key), str)]
     for key in paths:  # kept absolute, like --data
@@ -382,7 +382,7 @@ def build_parts(registry: Registry, config: Any, need_train: bool = True, new_ru
     options = config.dataset_opt if dataset_options is None else \
         {**dataset_options, **{key: config.dataset_opt[key] for key in paths}}
     probe = build_dataset(plan.dataset, "train" if need_train else "test", task=task, data=config.data,
-                          options=options, new_run=new_run)
+                          options=options, new_run=new_run, augment=augment)
     classes = getattr(probe, "classes", None)
     recipe, model_options, (channels, size) = build_recipe(
         plan.model, config.model_opt if model_options is None else model_options, tuple(probe.image_shape),
@@ -393,7 +393,7 @@ def build_parts(registry: Registry, config: Any, need_train: bool = True, new_ru
         if probe.split == name and (channels, size) == tuple(probe.image_shape[:2]):
             return probe
         return build_dataset(plan.dataset, name, task=task, data=config.data, options=options,
-                             image_size=size, channels=channels)
+                             image_size=size, channels=channels, augment=augment)
 
     return RunParts(plan, recipe, model_options, split("train") if need_train else None, split("test"),
                     recorded_options(plan.dataset, options, DATASET_RESERVED) or {})

@@ -21,6 +21,7 @@ from zoo import optim_flags
 from zoo.errors import UsageError
 
 PRECISIONS = ("32", "bf16", "16-mixed")
+AUGMENT_PRESETS = ("none", "flip", "standard", "strong")  # zoo.augment's; None in a config: the dataset's default
 # What torch's generators take (a negative seed is mapped past 2**63): every seed a run may have been given.
 SEED_RANGE = (-2**63, 2**64 - 1)
 OPTION_TABLES = ("model_opt", "loss_opt", "dataset_opt", "hook_opt", "optimizers")
@@ -53,6 +54,7 @@ class TrainConfig:
     fast: bool = False
     sync_bn: bool = False
     cache_decoded: bool = False
+    augment: str | None = None  # an AUGMENT_PRESETS name; None: the dataset's own default (imagefolder flips)
     decode_on_device: bool = False
     accumulate: int = 1
     clip_grad: float | None = None
@@ -124,6 +126,8 @@ class TrainConfig:
         optim_flags.check_settings(self)
         if self.precision not in PRECISIONS:
             raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
+        if self.augment is not None and self.augment not in AUGMENT_PRESETS:
+            raise UsageError(f"--augment must be one of {', '.join(AUGMENT_PRESETS)}, got {self.augment!r}.")
 
 
 def _flag(name: str) -> str:

@@ -42,6 +42,7 @@ class Resolved:
     steps_per_epoch: int
     best_metric: tuple[str, str] | None
     device: str
+    augment: str | None = None  # the train split's preset (None: the dataset takes none)
 
 
 def origins_of(file_values: dict[str, Any], given: dict[str, Any]) -> Origins:
@@ -86,7 +87,7 @@ def resolve(registry: Registry, config: TrainConfig, world_size: int = 1) -> Res
                       or {} for entry in plan.hooks},
         steps_per_epoch=len(parts.train_set) // per_step,
         best_metric=best.resolve(config.best_metric, parts.recipe, {e.qualified_name: h for e, h in hooks}),
-        device=device)
+        device=device, augment=getattr(parts.train_set, "augment", None))
 
 
 def resolved_toml(registry: Registry, config: TrainConfig, origins: Origins, world_size: int = 1) -> str:
@@ -142,6 +143,8 @@ def _worked_out(registry: Registry, config: TrainConfig, resolved: Resolved) -> 
         "best_metric": (f"{metric[0]}:{metric[1]}", MODEL, "") if metric
         else (UNSET, MODEL, "no metric picks a best checkpoint"),
         "clip_grad": (UNSET, DEFAULT, "no clipping"),
+        "augment": (resolved.augment, DATA, "the dataset's default") if resolved.augment
+        else (UNSET, DATA, "the dataset takes no presets"),
         "optimizer": (UNSET, MODEL, "the model's own"), "warmup": (UNSET, DEFAULT, "no warm-up"),
         "run_dir": (UNSET, DEFAULT, "runs/<model>-<loss>-<time>, named when the run starts"),
     }

@@ -8,6 +8,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from plugins import ops
+from zoo.augment import AUGMENT_PRESETS, augment_image, train_preset
 from zoo.data import ZooDataset, item_generator, item_rng
 from zoo.errors import UsageError
 
@@ -61,13 +62,16 @@ class ImageFolderDataset(ZooDataset):
     tasks = ("generation", "classification", "image_to_image")
     task_options = {"degrade": ("image_to_image",)}
     needs_data = True
+    augments = AUGMENT_PRESETS  # --augment; flip when not given
     data_help = "a folder ROOT with ROOT/train/<class>/ image folders (ROOT/test/<class>/ optional)"
 
     def __init__(self, split: str, *, task: str, data: str | None = None,
                  image_size: int | None = None, channels: int | None = None,
-                 degrade: str = "noise") -> None:
-        """Index the files of one split (no decoding); ``degrade`` is used for image_to_image."""
+                 degrade: str = "noise", augment: str | None = None) -> None:
+        """Index the files of one split (no decoding); ``degrade`` is used for image_to_image, ``augment`` (a
+        ``zoo.augment`` preset, flip by default) on the train split."""
         super().__init__(split, task=task, data=data, image_size=image_size, channels=channels)
+        self.augment = train_preset(split, augment, "flip")
         ops.check_image_options("imagefolder", task, self.tasks, image_size, channels)
         ops.check_degrade_kind(degrade)
         if data is None:
@@ -155,9 +159,12 @@ class ImageFolderDataset(ZooDataset):
         Each item's flip (and noise) comes from its own generator, as in ``finish``, so the values are the same.
         """
         clean = ops.from_unit_range(decoded.to(torch.float32) / 255.0)
-        if self.split == "train":
+        if self.augment == "flip":
             flips = ops.host_values_to([torch.rand((), generator=g).item() < 0.5 for g in generators], clean.device)
             clean = torch.where(flips[:, None, None, None], clean.flip(-1), clean)
+        elif self.augment != "none":  # crops and colour: one item at a time, each from its own generator
+            clean = torch.stack([augment_image(one, self.augment, g, task=self.task)
+                                 for one, g in zip(clean, generators)])
         if self.task == "image_to_image":
             if self.split == "test":
                 generators = [item_generator(index) for index in indices]  # fixed per test image
@@ -165,11 +172,11 @@ class ImageFolderDataset(ZooDataset):
         return [clean, ops.host_values_to([self.files[index][1] for index in indices], clean.device)]
 
     def finish(self, decoded: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor | int]:
-        """The rest of an item from its decoded image: range, random flip, degradation, label."""
+        """The rest of an item from its decoded image: range, augmentation, degradation, label."""
         _, label = self.files[index]
         clean = ops.from_unit_range(decoded.to(torch.float32) / 255.0)
-        if self.split == "train" and torch.rand((), generator=item_rng()).item() < 0.5:
-            clean = TF.hflip(clean)
+        if self.augment != "none":
+            clean = augment_image(clean, self.augment, item_rng(), task=self.task)
         if self.task == "image_to_image":
             generator = item_generator(index) if self.split == "test" else item_rng()  # test: fixed per image
             return ops.degrade(clean, self.degrade, generator=generator), clean

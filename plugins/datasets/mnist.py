@@ -13,7 +13,8 @@ import torchvision.transforms.v2.functional as TF
 from torchvision.datasets import MNIST
 
 from plugins import ops
-from zoo.data import ZooDataset
+from zoo.augment import AUGMENT_PRESETS, augment_image, train_preset
+from zoo.data import ZooDataset, item_rng
 from zoo.errors import RunError, UsageError
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -90,13 +91,16 @@ class MnistDataset(ZooDataset):
 
     tasks = ("generation", "classification")
     needs_data = True
+    augments = AUGMENT_PRESETS  # --augment; none when not given (a flipped digit is another shape)
     data_help = "a folder ROOT holding the MNIST IDX files in ROOT/MNIST/raw/"
 
     def __init__(self, split: str, *, task: str, data: str | None = None,
                  image_size: int | None = None, channels: int | None = None,
-                 download: bool = False) -> None:
-        """Check the split's IDX files (headers only); ``download=True`` fetches missing files."""
+                 download: bool = False, augment: str | None = None) -> None:
+        """Check the split's IDX files (headers only); ``download=True`` fetches missing files; ``augment`` is a
+        ``zoo.augment`` preset for the train split (none by default)."""
         super().__init__(split, task=task, data=data, image_size=image_size, channels=channels)
+        self.augment = train_preset(split, augment, "none")
         ops.check_image_options("mnist", task, self.tasks, image_size, channels)
         if data is None:
             raise UsageError("mnist needs --data ROOT: a folder whose MNIST/raw/ holds the IDX files "
@@ -154,4 +158,7 @@ class MnistDataset(ZooDataset):
         image = ops.from_unit_range(mnist.data[index].to(torch.float32).unsqueeze(0) / 255.0)
         if tuple(image.shape[-2:]) != self.image_shape[1:]:
             image = TF.resize(image, list(self.image_shape[1:]), antialias=True).clamp(-1.0, 1.0)
-        return ops.convert_channels(image, self.image_shape[0]), int(mnist.targets[index])
+        image = ops.convert_channels(image, self.image_shape[0])
+        if self.augment != "none":
+            image = augment_image(image, self.augment, item_rng(), task=self.task)
+        return image, int(mnist.targets[index])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from plugins import ops
+from zoo.augment import AUGMENT_PRESETS, augment_image, train_preset
 from zoo.data import ZooDataset, item_rng
 from zoo.errors import UsageError
 
@@ -57,14 +58,17 @@ class ShapesDataset(ZooDataset):
     tasks = ("generation", "classification", "image_to_image")
     task_options = {"degrade": ("image_to_image",)}
     needs_data = reads_data = False
+    augments = AUGMENT_PRESETS  # --augment; none when not given
     data_help = "nothing (the shapes are drawn on the fly)"
 
     def __init__(self, split: str, *, task: str, data: str | None = None,
                  image_size: int | None = None, channels: int | None = None,
                  size: int = 32, train_count: int = 4096, test_count: int = 512,
-                 degrade: str = "noise") -> None:
-        """Build one split; ``size`` is the natural side, ``image_size`` overrides it."""
+                 degrade: str = "noise", augment: str | None = None) -> None:
+        """Build one split; ``size`` is the natural side, ``image_size`` overrides it; ``augment`` is a
+        ``zoo.augment`` preset for the train split (none by default)."""
         super().__init__(split, task=task, data=data, image_size=image_size, channels=channels)
+        self.augment = train_preset(split, augment, "none")
         ops.check_image_options("shapes", task, self.tasks, image_size, channels)
         ops.check_degrade_kind(degrade)
         if size < 8:
@@ -96,7 +100,10 @@ class ShapesDataset(ZooDataset):
         return draw_shape(index % len(SHAPE_CLASSES), self.size, params, grey=self.image_shape[0] == 1)
 
     def _finish_image(self, image: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor | int]:
-        """The item from its drawn image: a degraded copy for image_to_image, else the label."""
+        """The item from its drawn image, augmented: a degraded copy for image_to_image (the same crop, flip and
+        colours on input and target: the input is degraded from the augmented image), else the label."""
+        if self.augment != "none":
+            image = augment_image(image, self.augment, item_rng(), task=self.task)
         if self.task == "image_to_image":
             if self.split == "test":  # the same noise every time: the generator after the shape's draws
                 noise_source = self._generator(index)

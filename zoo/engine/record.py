@@ -42,6 +42,7 @@ def resolved(run: Any) -> dict[str, Any]:
         "model_options": run.model_options,
         "loss_options": run.loss_options,
         "dataset_options": run.dataset_options,
+        "augment": getattr(run.train_set, "augment", None),  # the train split's preset (--augment or its default)
         "hook_options": run.hook_options,
         "best_metric": best.describe(run.best_metric),
         "input_shape": list(run.train_set.image_shape),
