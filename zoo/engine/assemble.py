@@ -190,7 +190,7 @@ def _loaders(run: Run) -> None:
         raise UsageError(f"a step needs {per_step} samples (--batch-size {config.batch_size} x --accumulate "
                          f"{config.accumulate} x {dist.world_size} process(es)) but the training split of "
                          f"'{dataset}' has {len(run.train_set)}; lower --batch-size.")
-    run.schedule = Schedule(config, len(run.train_set) // per_step)
+    run.schedule = Schedule(config, len(run.train_set) // per_step, dist)
     pin = run.device.type == "cuda"
     # decoding on the device, the workers send bytes and uint8 images; the device decodes and finishes them
     run.device_decoder = device_decode.DeviceDecoder(run.train_set, run.device, say=run.report.say) \

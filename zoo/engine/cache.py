@@ -303,7 +303,8 @@ class DecodedCache(Dataset):
         elif self._check_published():  # another run sharing the cache published it: just checked
             self.complete = True
         if self.complete:
-            self._array = np.memmap(self.path, dtype=np.uint8, mode="r", shape=self.layout.array_shape)
+            self._array = np.memmap(self.path, dtype=np.uint8, mode=self.layout.published_mode,
+                                    shape=self.layout.array_shape)
         else:
             self._array = np.memmap(self.partial_path, dtype=np.uint8, mode="r+", shape=self.layout.array_shape)
             self._flags = np.memmap(self.flags_path, dtype=np.uint8, mode="r+", shape=(self.layout.count,))

@@ -4,7 +4,9 @@ Most datasets decode one image per item, all of the item's shape (``image_shape`
 ``(N, C, H, W)`` array. A dataset whose items are cut from larger images of differing sizes
 (``glob_patches``: many patches of each file) decodes each image once and says how: it offers
 ``decoded_shapes()`` (one ``(C, H, W)`` per decoded image) and ``decoded_index(index)`` (the image an
-item is cut from). Images of differing shapes lie back to back in a flat file.
+item is cut from). Images of differing shapes lie back to back in a flat file, and are read as views
+of the mapped file, not copied (an item takes a patch of a large image): ``finish`` must not write
+into them.
 """
 
 from __future__ import annotations
@@ -50,11 +52,18 @@ class Layout:
         return self.shape if self.uniform else tuple(int(side) for side in self.shapes[index])
 
     def read(self, array: np.ndarray, index: int) -> torch.Tensor:
-        """Decoded image ``index`` from the mapped file, copied out as a uint8 tensor."""
+        """Decoded image ``index`` from the mapped file as a uint8 tensor: copied out where all images share a
+        shape, a view of the (writable: copy-on-write, or the partial file) mapping where they differ."""
         if self.uniform:
             return torch.from_numpy(np.array(array[index]))
         start, end = int(self.offsets[index]), int(self.offsets[index + 1])
-        return torch.from_numpy(np.array(array[start:end])).view(self.shape_of(index))
+        return torch.from_numpy(array[start:end]).view(self.shape_of(index))
+
+    @property
+    def published_mode(self) -> str:
+        """How a published file is mapped: read-only, or copy-on-write where ``read`` gives views (so a view is
+        writable, as torch wants, and a write stays in the process)."""
+        return "r" if self.uniform else "c"
 
     def write(self, array: np.ndarray, indices: list[int], images: torch.Tensor | Sequence[torch.Tensor]) -> None:
         """Store decoded images (a stacked ``(N, C, H, W)`` batch or one tensor each) at ``indices``."""
