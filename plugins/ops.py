@@ -27,10 +27,10 @@ GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 JPEG_MAGIC = b"\xff\xd8\xff"
 RESIZE_CHUNK = 32  # images resized at once after a batch decode
 
-# Per-kind degradation at strength 1.0: noise std in [-1, 1] units, blur sigma in
-# pixels, downscale factor exponent (factor = 2 ** strength).
-_NOISE_STD = 0.2
-_BLUR_SIGMA = 1.2
+# Each kind's amount at strength 1.0: noise std in [-1, 1] units, blur sigma in pixels,
+# downscale factor (strength s downscales by 2 ** s).
+DEFAULT_AMOUNTS = {"noise": 0.2, "blur": 1.2, "downscale": 2.0}
+AMOUNT_NAMES = {"noise": "noise_sigma", "blur": "blur_sigma", "downscale": "scale"}  # as dataset options
 
 ImageLike = TypeVar("ImageLike", torch.Tensor, Image.Image)
 
@@ -75,19 +75,30 @@ def degrade(image: torch.Tensor, kind: str,
         raise ValueError(f"unknown degradation {kind!r}: use one of {', '.join(DEGRADE_KINDS)}")
     if strength < 0:
         raise ValueError(f"degradation strength must be >= 0, not {strength}")
-    if strength == 0:
+    if kind == "downscale":
+        return degrade_by(image, kind, DEFAULT_AMOUNTS[kind] ** strength, generator)
+    return degrade_by(image, kind, DEFAULT_AMOUNTS[kind] * strength, generator)
+
+
+def degrade_by(image: torch.Tensor, kind: str, amount: float,
+               generator: torch.Generator | Sequence[torch.Generator] | None = None) -> torch.Tensor:
+    """``degrade`` by the kind's own measure: the noise's standard deviation (``[-1, 1]`` units), the blur's
+    sigma (pixels) or the downscale factor (at least 1); 0 (1 for downscale) leaves the image unchanged."""
+    if kind not in DEGRADE_KINDS:
+        raise ValueError(f"unknown degradation {kind!r}: use one of {', '.join(DEGRADE_KINDS)}")
+    if amount < (1 if kind == "downscale" else 0):
+        raise ValueError(f"{kind} amount must be >= {1 if kind == 'downscale' else 0}, not {amount}")
+    if amount == (1 if kind == "downscale" else 0):
         return image.clone()
     height, width = image.shape[-2:]
     if kind == "noise":
-        out = image + _standard_noise(image, generator) * (_NOISE_STD * strength)
+        out = image + _standard_noise(image, generator) * amount
     elif kind == "blur":
-        sigma = _BLUR_SIGMA * strength
         # Odd kernel covering +-3 sigma; reflect padding needs it below twice the side.
-        kernel = min(2 * math.ceil(3 * sigma) + 1, 2 * min(height, width) - 1)
-        out = TF.gaussian_blur(image, [kernel, kernel], [sigma, sigma])
+        kernel = min(2 * math.ceil(3 * amount) + 1, 2 * min(height, width) - 1)
+        out = TF.gaussian_blur(image, [kernel, kernel], [amount, amount])
     else:
-        factor = 2.0 ** strength
-        small = [max(1, round(height / factor)), max(1, round(width / factor))]
+        small = [max(1, round(height / amount)), max(1, round(width / amount))]
         out = TF.resize(TF.resize(image, small, antialias=True), [height, width], antialias=True)
     return out.clamp(-1.0, 1.0)
 

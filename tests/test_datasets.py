@@ -555,7 +555,8 @@ def test_glob_patches_splits_hold_out_every_tenth(photos):
 @pytest.mark.parametrize("kind", ops.DEGRADE_KINDS)
 def test_glob_patches_items(photos, kind):
     pattern = str(photos / "*.png")
-    train = GlobPatchesDataset("train", task="image_to_image", data=pattern, patch_size=16, degrade=kind)
+    one_each = dict(patch_size=16, degrade=kind, patches_per_image=1)  # item i is file i
+    train = GlobPatchesDataset("train", task="image_to_image", data=pattern, **one_each)
     assert train.image_shape == (3, 16, 16)
     torch.manual_seed(0)
     degraded, clean = train[4]
@@ -568,9 +569,9 @@ def test_glob_patches_items(photos, kind):
     again_degraded, again_clean = train[4]
     assert torch.equal(again_clean, clean) and torch.equal(again_degraded, degraded)
 
-    test = GlobPatchesDataset("test", task="image_to_image", data=pattern, patch_size=16, degrade=kind)
+    test = GlobPatchesDataset("test", task="image_to_image", data=pattern, **one_each)
     first = test[1]
-    second = GlobPatchesDataset("test", task="image_to_image", data=pattern, patch_size=16, degrade=kind)[1]
+    second = GlobPatchesDataset("test", task="image_to_image", data=pattern, **one_each)[1]
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
     test_source = to_signed_tensor(np.asarray(Image.open(test.pairs[1][0])))
     assert torch.allclose(first[1], test_source[:, 10:26, 12:28])  # the centre crop
@@ -643,7 +644,7 @@ def test_glob_patches_paired_input_is_not_degraded(tmp_path, photos):
     test = GlobPatchesDataset("test", task="image_to_image", data=str(photos / "*.png"),
                               target=str(clean_dir / "*.png"), patch_size=8)
     inp, tgt = test[0]
-    assert torch.allclose(inp, -tgt)
+    assert torch.allclose(inp, -tgt, atol=1e-6)
 
 
 def test_glob_patches_channels_and_image_size(tmp_path):
@@ -666,7 +667,7 @@ def test_glob_patches_recursive_pattern_and_single_file(tmp_path):
     pattern = str(tmp_path / "deep" / "**" / "*.png")
     train = GlobPatchesDataset("train", task="image_to_image", data=pattern, patch_size=8)
     test = GlobPatchesDataset("test", task="image_to_image", data=pattern, patch_size=8)
-    assert len(train) == 1 and train.pairs == test.pairs
+    assert len(train) == train.patches_per_image == 4 and train.pairs == test.pairs  # 16x16 in 8px patches
     assert Path(train.pairs[0][0]).name == "one.png"
 
 
@@ -698,7 +699,7 @@ def test_glob_patches_image_smaller_than_patch(photos):
     data = GlobPatchesDataset("train", task="image_to_image", data=str(photos / "*.png"), patch_size=16)
     index = [Path(pair[0]).name for pair in data.pairs].index("p05.png")
     with pytest.raises(UsageError, match="p05.png is 10x10"):
-        data[index]
+        data[index * data.patches_per_image]
 
 
 def test_glob_patches_unreadable_image_is_run_error(photos):
@@ -706,7 +707,7 @@ def test_glob_patches_unreadable_image_is_run_error(photos):
     data = GlobPatchesDataset("train", task="image_to_image", data=str(photos / "*.png"), patch_size=16)
     index = [Path(pair[0]).name for pair in data.pairs].index("p03.png")
     with pytest.raises(RunError, match="p03.png"):
-        data[index]
+        data[index * data.patches_per_image + 1]
 
 
 def test_glob_patches_pickles(photos):

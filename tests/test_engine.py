@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from zoo.config import TrainConfig
-from zoo.engine import checkpoint
+from zoo.engine import checkpoint, schedule
 from zoo.engine.rundir import prepare_new
 from zoo.engine.tester import evaluate_run
 from zoo.engine.trainer import Interrupted, Trainer
@@ -250,9 +250,10 @@ def test_keep_prunes_old_checkpoints_but_keeps_the_best(registry, tmp_path):
     assert set(steps) == {best, 22, 24}
 
 
-def test_the_best_checkpoint_survives_when_an_evaluation_falls_on_an_epoch_end(registry, tmp_path):
+def test_the_best_checkpoint_survives_when_an_evaluation_falls_on_an_epoch_end(registry, tmp_path, monkeypatch):
     # 8 steps an epoch and --eval-every 8: each epoch's end is saved and evaluated at the same step; the
     # evaluation must come first, so the checkpoint knows it is the best and pruning keeps it
+    monkeypatch.setattr(schedule, "SAVE_SHARE", 1.0)  # no save budget: a checkpoint at every epoch's end
     config = tiny_config(tmp_path / "run", model="mnist_net", loss=None, model_opt={}, max_steps=None,
                          epochs=6, eval_every=8, keep=1, log_every=8)
     trainer = train(registry, config)

@@ -197,7 +197,7 @@ def _loaders(run: Run) -> None:
     config, dist, dataset = run.config, run.dist, run.plan.dataset.name
     per_step = config.batch_size * config.accumulate * dist.world_size
     check_split_fits_a_step(len(run.train_set), config, dist.world_size, dataset)
-    run.schedule = Schedule(config, len(run.train_set) // per_step)
+    run.schedule = Schedule(config, len(run.train_set) // per_step, dist)
     pin = run.device.type == "cuda"
     # decoding on the device, the workers send bytes and uint8 images; the device decodes and finishes them
     run.device_decoder = device_decode.DeviceDecoder(run.train_set, run.device, say=run.report.say) \

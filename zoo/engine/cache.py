@@ -5,7 +5,9 @@ an item, as a uint8 ``(C, H, W)`` tensor), ``finish(decoded, index)`` (the rest:
 random augmentation, range, label) and ``cache_key()`` (what the decoded images
 depend on: files, sizes, transforms). A change in any of those gives a new key, so
 the cache is rebuilt rather than served stale. The build decodes in ``workers``
-loader processes (0: in this process) and writes the file in this one.
+loader processes (0: in this process) and writes the file in this one. A dataset whose items
+are cut from fewer, larger images says so (``decoded_shapes``, ``decoded_index``: see
+``cache_layout.py``), and each of those images is decoded and stored once.
 
 With ``fill_on_read`` there is no separate build: the first pass over the data
 decodes each item where it is read (in the loader's workers) and stores it in a
@@ -25,7 +27,6 @@ import errno
 import fcntl
 import hashlib
 import json
-import math
 import os
 import signal
 import sys
@@ -37,6 +38,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from zoo.engine.cache_layout import Layout
 from zoo.engine.feed import as_bad_item
 from zoo.engine.rundir import write_text_atomic
 from zoo.errors import RunError, ZooError
@@ -76,8 +78,8 @@ class _Decoded(Dataset):
     for a failure to write the cache. Other exceptions are bugs: they stop the build, unrecorded.
     """
 
-    def __init__(self, dataset: Any) -> None:
-        self.dataset = dataset
+    def __init__(self, dataset: Any, count: int) -> None:
+        self.dataset, self.count = dataset, count
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | str]:
         try:
@@ -86,14 +88,17 @@ class _Decoded(Dataset):
             return index, as_bad_item(index, exc).message  # reported when used (or skipped: --skip-bad-files)
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return self.count
 
 
-def _collate(items: list[tuple[int, torch.Tensor | str]]) -> tuple[list[int], torch.Tensor | None, dict[int, str]]:
-    """Stack a batch's decoded images (one tensor to send, not many); set the bad ones apart."""
+def _collate(items: list[tuple[int, torch.Tensor | str]]) -> tuple[list[int], Any, dict[int, str]]:
+    """Stack a batch's decoded images where they share a shape (one tensor to send, not many); set bad ones apart."""
     good = [(index, image) for index, image in items if isinstance(image, torch.Tensor)]
     bad = {index: message for index, message in items if isinstance(message, str)}
-    return [index for index, _ in good], (torch.stack([image for _, image in good]) if good else None), bad
+    images = [image for _, image in good]
+    if images and len({tuple(image.shape) for image in images}) == 1:
+        images = torch.stack(images)
+    return [index for index, _ in good], images, bad
 
 
 def _ignore_sigint(_worker_id: int) -> None:
@@ -114,8 +119,8 @@ class DecodedCache(Dataset):
         extras = [extra for extra in (decoder, origin) if extra is not None]
         described = [dataset.cache_key(), *extras] if extras else dataset.cache_key()
         key = hashlib.sha256(json.dumps(described, default=str).encode()).hexdigest()[:24]
-        self.shape = (len(dataset), *dataset.image_shape)
-        self.path = Path(root) / f"{key}-{'x'.join(map(str, self.shape))}.u8"
+        self.layout = Layout.of(dataset)  # one decoded image per item, or the fewer images items are cut from
+        self.path = Path(root) / f"{key}-{self.layout.name}.u8"
         self.bad_path = self.path.with_name(self.path.name + ".bad.json")
         self.partial_path = self.path.with_name(f".{self.path.name}.partial")
         self.flags_path = self.path.with_name(f".{self.path.name}.filled")
@@ -128,14 +133,14 @@ class DecodedCache(Dataset):
         if fill_on_read:
             self._prepare_partial()
         else:
-            self._build(range(self.shape[0]), self._create(self.path.with_name(f".{self.path.name}.{os.getpid()}")))
+            self._build(range(self.layout.count), self._create(self.path.with_name(f".{self.path.name}.{os.getpid()}")))
 
     def _read_published(self) -> str | None:
         """Load the published file's record of unreadable items; why the two cannot be served, else ``None``.
 
         The file holds raw images only, so its size and the record are all there is to check.
         """
-        size_problem = _size_problem(self.path, math.prod(self.shape))
+        size_problem = _size_problem(self.path, self.layout.nbytes)
         if size_problem:
             return size_problem
         if not self.bad_path.exists():  # every build writes one, {} when all files were read
@@ -145,8 +150,8 @@ class DecodedCache(Dataset):
             bad = {int(k): v for k, v in record.items()}
         except (ValueError, AttributeError):  # not JSON, not an object, a key not a number
             return f"its record of unreadable files {self.bad_path.name} does not parse"
-        if not all(0 <= k < self.shape[0] and isinstance(v, str) for k, v in bad.items()):
-            return f"its record of unreadable files {self.bad_path.name} does not fit its {self.shape[0]} images"
+        if not all(0 <= k < self.layout.count and isinstance(v, str) for k, v in bad.items()):
+            return f"its record of unreadable files {self.bad_path.name} does not fit its {self.layout.count} images"
         self.bad = bad
         return None
 
@@ -198,7 +203,7 @@ class DecodedCache(Dataset):
         """A new zero-filled image file of the cache's shape at ``tmp``."""
         self._make_folder()
         try:
-            return np.memmap(tmp, dtype=np.uint8, mode="w+", shape=self.shape)
+            return np.memmap(tmp, dtype=np.uint8, mode="w+", shape=self.layout.array_shape)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise self._write_error(exc) from None
@@ -225,15 +230,15 @@ class DecodedCache(Dataset):
                 self.complete = True
                 return
             if self.partial_path.exists() and self.flags_path.exists():
-                problem = _size_problem(self.partial_path, math.prod(self.shape)) or \
-                    _size_problem(self.flags_path, self.shape[0])
+                problem = _size_problem(self.partial_path, self.layout.nbytes) or \
+                    _size_problem(self.flags_path, self.layout.count)
                 if problem is None:
                     return
                 _say(f"zoo: partly filled decoded cache {self.partial_path} is damaged ({problem}); "
                      f"starting it again.")
             try:
                 self._create(self.partial_path).flush()
-                np.memmap(self.flags_path, dtype=np.uint8, mode="w+", shape=(self.shape[0],)).flush()
+                np.memmap(self.flags_path, dtype=np.uint8, mode="w+", shape=(self.layout.count,)).flush()
             except OSError as exc:
                 self.partial_path.unlink(missing_ok=True)
                 raise self._write_error(exc) from None
@@ -244,7 +249,8 @@ class DecodedCache(Dataset):
         bad: dict[int, str] = {}
         # a first pass leaves a few items at most: starting worker processes for them costs more than it saves
         workers = self.workers if len(indices) > self.workers * BUILD_BATCH else 0
-        loader = DataLoader(Subset(_Decoded(self.dataset), [int(i) for i in indices]), batch_size=BUILD_BATCH,
+        loader = DataLoader(Subset(_Decoded(self.dataset, self.layout.count), [int(i) for i in indices]),
+                            batch_size=BUILD_BATCH,
                             num_workers=workers, collate_fn=_collate,
                             worker_init_fn=_ignore_sigint if workers else None,
                             generator=torch.Generator())  # leaves the global RNG (model init) untouched
@@ -252,8 +258,8 @@ class DecodedCache(Dataset):
             with tqdm(total=len(indices), desc=f"decoding {self.dataset.split} once", unit="img",
                       file=sys.stderr, mininterval=0.5, leave=False, disable=not len(indices)) as progress:
                 for done, images, failed in loader:
-                    if images is not None:
-                        array[done] = images.numpy()
+                    if done:
+                        self.layout.write(array, done, images)
                     bad.update(failed)
                     progress.update(len(done) + len(failed))
             array.flush()
@@ -283,60 +289,63 @@ class DecodedCache(Dataset):
             if self._check_published(locked=True):  # another run sharing the cache published it first
                 self.complete = True
                 return
-            array = np.memmap(self.partial_path, dtype=np.uint8, mode="r+", shape=self.shape)
+            array = np.memmap(self.partial_path, dtype=np.uint8, mode="r+", shape=self.layout.array_shape)
             self._build(self.missing(), array, keep_on_failure=True)
             self.flags_path.unlink(missing_ok=True)
 
     def _open(self) -> None:
         """Map the files in this process (each loader worker maps them itself)."""
         if self.complete:  # sound when this run opened it: cut short since?
-            problem = _size_problem(self.path, math.prod(self.shape))
+            problem = _size_problem(self.path, self.layout.nbytes)
             if problem:
                 raise RunError(f"decoded cache {self.path} changed during this run ({problem}); "
                                f"run again to rebuild it.")
         elif self._check_published():  # another run sharing the cache published it: just checked
             self.complete = True
         if self.complete:
-            self._array = np.memmap(self.path, dtype=np.uint8, mode="r", shape=self.shape)
+            self._array = np.memmap(self.path, dtype=np.uint8, mode=self.layout.published_mode,
+                                    shape=self.layout.array_shape)
         else:
-            self._array = np.memmap(self.partial_path, dtype=np.uint8, mode="r+", shape=self.shape)
-            self._flags = np.memmap(self.flags_path, dtype=np.uint8, mode="r+", shape=(self.shape[0],))
+            self._array = np.memmap(self.partial_path, dtype=np.uint8, mode="r+", shape=self.layout.array_shape)
+            self._flags = np.memmap(self.flags_path, dtype=np.uint8, mode="r+", shape=(self.layout.count,))
 
     def stored(self, index: int) -> torch.Tensor | None:
-        """The decoded image of ``index`` if the cache has it, else ``None``; RunError for a known bad file."""
+        """Decoded image ``index`` if the cache has it, else ``None``; RunError for a known bad file."""
         if self._array is None:
             self._open()  # first: switching to a file another run published loads its record of bad files
         if index in self.bad:
             raise RunError(self.bad[index])
         if self._flags is not None and self._flags[index] != FILLED:
             return None
-        return torch.from_numpy(np.array(self._array[index]))
+        return self.layout.read(self._array, index)
 
-    def store(self, indices: list[int], decoded: torch.Tensor) -> None:
-        """Keep decoded uint8 images ``(N, C, H, W)`` of ``indices`` in the partial file (a no-op once complete)."""
+    def store(self, indices: list[int], decoded: torch.Tensor | list[torch.Tensor]) -> None:
+        """Keep decoded uint8 images (``(N, C, H, W)``, or a list) of ``indices`` in the partial file (a no-op once
+        complete)."""
         if self._array is None:
             self._open()
         if self._flags is None:
             return
-        self._array[indices] = decoded.numpy()
+        self.layout.write(self._array, indices, decoded)
         self._flags[indices] = FILLED  # after the images: a torn write leaves them to decode again
 
     def missing(self) -> list[int]:
         """Indices the partial file does not hold yet (none once complete)."""
         if self.complete:
             return []
-        flags = np.memmap(self.flags_path, dtype=np.uint8, mode="r", shape=(self.shape[0],))
+        flags = np.memmap(self.flags_path, dtype=np.uint8, mode="r", shape=(self.layout.count,))
         return np.flatnonzero(flags != FILLED).tolist()
 
     def __getitem__(self, index: int) -> Any:
-        decoded = self.stored(index)
+        source = self.dataset.decoded_index(index) if hasattr(self.dataset, "decoded_index") else index
+        decoded = self.stored(source)
         if decoded is None:
-            decoded = self.dataset.decode(index)  # a bad file raises here, as without the cache
-            self.store([index], decoded[None])
+            decoded = self.dataset.decode(source)  # a bad file raises here, as without the cache
+            self.store([source], [decoded])
         return self.dataset.finish(decoded, index)
 
     def __len__(self) -> int:
-        return self.shape[0]
+        return len(self.dataset)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -344,6 +353,6 @@ class DecodedCache(Dataset):
         return state
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name in ("dataset", "_array", "_flags", "shape", "path", "complete"):
+        if name.startswith("__") or name in ("dataset", "_array", "_flags", "layout", "path", "complete"):
             raise AttributeError(name)
         return getattr(self.dataset, name)  # image_shape, classes, split, task...

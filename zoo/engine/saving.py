@@ -77,16 +77,17 @@ class Checkpoints:
     def save(self) -> Path:
         """Write the checkpoint of the current step atomically (rank 0), prune old ones, tell the hooks."""
         run, state = self.run, self.run.state
-        self._check_finite()
-        state.mark_best_saved()
-        contents = self.state_dict()
-        folder = checkpoint.checkpoint_dir(self.run_dir, state.step)
-        if self.dist.is_main:
-            self._write(contents)
-        state.mark_saved()
-        if self.dist.is_main:
-            checkpoint.prune(self.run_dir, run.config.keep, state.protected_steps())
-        distributed.barrier(self.dist)  # rank 0 has written it when this returns
+        self._check_finite()  # waits for the steps queued on the device: training's time, not the save's
+        with run.schedule.save_budget.charged():  # what it takes spaces out the epoch-end checkpoints that follow
+            state.mark_best_saved()
+            contents = self.state_dict()
+            folder = checkpoint.checkpoint_dir(self.run_dir, state.step)
+            if self.dist.is_main:
+                self._write(contents)
+            state.mark_saved()
+            if self.dist.is_main:
+                checkpoint.prune(self.run_dir, run.config.keep, state.protected_steps())
+            distributed.barrier(self.dist)  # rank 0 has written it when this returns
         while self.dist.is_main and self.after_first_save:
             self.after_first_save.pop()()
         run.hooks.call("on_checkpoint_saved", run=run.context, step=state.step, path=folder)

@@ -1,17 +1,24 @@
 """The run's schedule: its length, and at each step what is due (log, epoch end, evaluate, save).
 
 At a step that ends an epoch and is also an ``--eval-every`` step, the evaluation comes before
-the save, so the checkpoint written there knows whether it is the best one.
+the save, so the checkpoint written there knows whether it is the best one. Epoch-end
+checkpoints are kept to a share of the run's time (``SaveBudget``), so tiny epochs do not
+write one at every step.
 """
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Callable, Iterator
 
 from zoo.config import TrainConfig
+from zoo.engine import distributed
 from zoo.engine.state import TrainState
 
 DEFAULT_EPOCHS = 10
+SAVE_SHARE = 0.02  # the most of a run's wall time its epoch-end checkpoints may take (see SaveBudget)
 
 
 @dataclass
@@ -23,14 +30,49 @@ class Limit:
     ends_at: int
 
 
+class SaveBudget:
+    """Keeps a run's epoch-end checkpoints to about ``SAVE_SHARE`` of its wall time, however short its epochs.
+
+    The rule: an epoch's end gets a checkpoint when the time since the last checkpoint was written is at least
+    ``1 / SAVE_SHARE - 1`` (49) times what writing it took; otherwise that epoch goes without one. So the first
+    epoch's end in a process always has one; epochs longer than 49 checkpoints' time each have one; shorter ones
+    have one every so many. Every checkpoint counts (``--save-every``, the run's end, a stop), but only epoch-end
+    ones are ever left out.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
+        self.last_end: float | None = None  # when the last checkpoint of this process was written
+        self.last_cost = 0.0  # the seconds it took
+
+    def allows(self) -> bool:
+        """Whether an epoch-end checkpoint is due now."""
+        if self.last_end is None:
+            return True
+        return self.clock() - self.last_end >= self.last_cost * (1 / SAVE_SHARE - 1)
+
+    @contextmanager
+    def charged(self) -> Iterator[None]:
+        """Times the block as the newest checkpoint's writing."""
+        began = self.clock()
+        try:
+            yield
+        finally:
+            self.last_end = self.clock()
+            self.last_cost = self.last_end - began
+
+
 class Schedule:
     """When to log, evaluate and save, and when the run ends, from the config and the epoch's length."""
 
-    def __init__(self, config: TrainConfig, steps_per_epoch: int) -> None:
+    def __init__(self, config: TrainConfig, steps_per_epoch: int, dist: distributed.DistContext | None = None) -> None:
+        """``dist``: the run's processes, which agree on each epoch-end checkpoint (each times its own)."""
         self.config = config
         self.steps_per_epoch = steps_per_epoch
         self.batches_per_epoch = steps_per_epoch * config.accumulate
         self._ending = min(self.limits(), key=lambda limit: limit.ends_at)  # the config is fixed for the run
+        self.dist = dist
+        self.save_budget = SaveBudget()
 
     def limits(self) -> list[Limit]:
         """The options that end the run (``--max-steps``, ``--epochs``: 10 when neither is given)."""
@@ -79,10 +121,19 @@ class Schedule:
         return due and state.last_eval_step != state.step and state.step < self.total_steps
 
     def save_due(self, state: TrainState, epoch_ended: bool) -> bool:
-        """At each epoch's end by default, else every ``--save-every`` steps; the run's last step has its own."""
+        """Every ``--save-every`` steps; without it, at epochs' ends as the ``SaveBudget`` allows. The run's last step
+        has its own."""
         every = self.config.save_every
         due = epoch_ended if every is None else bool(every) and state.step % every == 0
-        return due and state.last_save_step != state.step and state.step < self.total_steps
+        due = due and state.last_save_step != state.step and state.step < self.total_steps
+        return due and (every is not None or self._budget_allows())
+
+    def _budget_allows(self) -> bool:
+        """The save budget's answer; in a run of several processes, a save anywhere is a save everywhere."""
+        allowed = self.save_budget.allows()
+        if self.dist is not None and self.dist.enabled:
+            allowed = bool(distributed.max_flag(int(allowed), self.dist))
+        return allowed
 
     def epochs_done(self, step: int) -> float:
         """Epochs completed at ``step``, as a fraction (e.g. 1.5 halfway through the second)."""
