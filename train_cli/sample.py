@@ -72,12 +72,10 @@ def _generate(run: Any, count: int, seed: int, interpolate: bool) -> Any:
     """``count`` images from the run's recipe (on the CPU, as floats): samples, or a walk between two."""
     import torch
 
-    from zoo.engine.norm_stats import batch_statistics_until_settled
-
     model = run.plan.model.name
     generator = torch.Generator(device=run.device)
     generator.manual_seed(seed)
-    with torch.no_grad(), batch_statistics_until_settled(run.recipe):  # as the run's own grids are drawn
+    with torch.no_grad():
         if interpolate:
             ends = run.recipe.sample_inputs(2, generator)
             generate = getattr(run.recipe, "generate", None)
