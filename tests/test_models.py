@@ -287,6 +287,72 @@ def test_mnist_net_evaluation_step():
     assert out["accuracy"] == BATCH
 
 
+ARCH_PARAMETERS = {"official": 1_199_882, "small": 21_840}  # today's pytorch/examples mnist Net; the pre-2019 one
+EXAMPLE_KEYS = {f"net.{layer}.{kind}" for layer in ("conv1", "conv2", "fc1", "fc2") for kind in ("weight", "bias")}
+
+
+@pytest.mark.parametrize("arch, parameters", ARCH_PARAMETERS.items())
+def test_mnist_net_arch_builds_its_network(arch, parameters):
+    model = MnistNet(arch=arch)
+    assert sum(p.numel() for p in model.parameters()) == parameters
+    assert set(model.state_dict()) == EXAMPLE_KEYS  # both keep their source's layer names
+    assert model.net(images(1, 28)).shape == (BATCH, 10)
+
+
+def test_mnist_net_defaults_to_the_official_network_and_its_dropouts():
+    official = MnistNet().net
+    assert official.conv1.weight.shape == (32, 1, 3, 3) and official.fc1.in_features == 9216
+    assert (official.dropout1.p, official.dropout2.p) == (0.25, 0.5)  # the example's
+    small = MnistNet(arch="small", dropout=0.3).net
+    assert small.conv1.weight.shape == (10, 1, 5, 5)
+    assert (small.conv2_drop.p, small.fc1_drop.p) == (0.3, 0.3)  # one dropout, as before there were two networks
+    assert MnistNet(conv_dropout=0.1, dropout=0.2).net.dropout1.p == 0.1
+    assert MnistNet(arch="small", conv_dropout=0.1).net.conv2_drop.p == 0.1
+
+
+def test_official_network_sees_the_examples_normalised_input():
+    # zoo's datasets give [-1, 1]; the example feeds (pixel - 0.1307) / 0.3081: the network maps one to the other
+    torch.manual_seed(0)
+    net = MnistNet().net.eval()
+    x = images(1, 28)
+    normalised = ((x + 1) / 2 - 0.1307) / 0.3081
+    features = torch.nn.functional.relu(net.conv2(torch.nn.functional.relu(net.conv1(normalised))))
+    hidden = torch.nn.functional.relu(net.fc1(torch.nn.functional.max_pool2d(features, 2).flatten(1)))
+    with torch.no_grad():
+        assert torch.allclose(net(x), net.fc2(hidden), atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["official", "small"])
+def test_mnist_net_arch_trains_and_resumes_with_its_network(tmp_path, arch):
+    from zoo.engine.record import read_config
+    from zoo.testing import tiny_run
+
+    run = tiny_run("mnist_net", tmp_path / "run", steps=1, model_opt={"arch": arch, "num_classes": 10})
+    assert run.step == 1 and set(run.weights) == EXAMPLE_KEYS
+    assert sum(t.numel() for t in run.weights.values()) == ARCH_PARAMETERS[arch]
+    assert read_config(run.run_dir)["resolved"]["model_options"]["arch"] == arch
+    assert run.state["optimizers"]["model"]["state"]  # Adadelta took a step
+    resumed = tiny_run("mnist_net", tmp_path / "run", steps=2, resume=True)  # no --model-opt: the recorded arch
+    assert resumed.step == 2
+    assert {k: tuple(t.shape) for k, t in resumed.weights.items()} == {k: tuple(t.shape) for k, t in run.weights.items()}
+    assert any(not torch.equal(resumed.weights[k], run.weights[k]) for k in EXAMPLE_KEYS)
+
+
+def test_mnist_net_bad_arch_is_a_one_line_usage_error_and_info_names_both(zoo_cli, tmp_path):
+    code, _, err = zoo_cli("train", "--model", "mnist_net", "--model-opt", "arch=large", "--device", "cpu",
+                           "--max-steps", "2", "--run-dir", str(tmp_path / "run"))
+    assert code == 2
+    assert err.strip() == "zoo: error: model 'mnist_net' option arch expects one of official, small, got 'large'."
+    assert not (tmp_path / "run").exists()
+    code, out, _ = zoo_cli("info", "mnist_net")
+    assert code == 0
+    assert "arch=official (the example's today, default) or small (its pre-2019 one, the Grokking PyTorch " \
+           "guide's)" in out
+    assert "parameters: 1,199,882 at default options" in out
+    assert any(line.split()[:2] == ["arch", "Literal['official',"] and line.split()[-2:] == ["default", "'official'"]
+               for line in out.splitlines()), out
+
+
 # --- ResnetI2I --------------------------------------------------------------------------
 
 
@@ -367,6 +433,7 @@ RANGE_CASES = [
     ("resnet_i2i", "image_size=3", "model 'resnet_i2i' option image_size must be at least 4, got 3."),
     ("mnist_net", "num_classes=0", "model 'mnist_net' option num_classes must be at least 1, got 0."),
     ("mnist_net", "dropout=1.5", "model 'mnist_net' option dropout must be between 0 and 1, got 1.5."),
+    ("mnist_net", "conv_dropout=-0.5", "model 'mnist_net' option conv_dropout must be between 0 and 1, got -0.5."),
     ("tv_resnet18", "num_classes=0", "model 'tv_resnet18' option num_classes must be at least 1, got 0."),
 ]
 
