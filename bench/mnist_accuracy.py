@@ -5,9 +5,9 @@ MNIST IDX files into a temporary folder by ``bench/step_overhead.py``'s ``write_
 1,500 training and 297 test images. ``--split`` says which:
 
 * ``shuffled`` (default): the digits in a fixed random order (numpy seed 0) before the cut, the
-  usual train/test split, on which the reference figures of issue 19 were measured;
-* ``writers``: ``write_digits``' own order, the last 297 digits as the test split; ``load_digits``
-  keeps its writers together, so these are mostly people the training split never saw: harder.
+  usual train/test split; the reference figures of issue 19 match it;
+* ``writers``: ``write_digits``' own order, the last 297 digits as the test split: a much harder
+  test (load_digits keeps its file's order; those digits are written unlike the first 1,500).
 
 Each seed of each ``--runs`` entry trains for ``--epochs`` epochs and is scored on the test split:
 
