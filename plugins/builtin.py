@@ -12,7 +12,8 @@ def zoo_register(registry):
     registry.model("dcgan", "plugins.models.dcgan:DCGAN",
                    "DCGAN generator + discriminator (Radford et al.), 64x64 or 32x32 images")
     registry.model("mnist_net", "plugins.models.mnist_net:MnistNet",
-                   "Small convolutional digit classifier (1x28x28 input, Adadelta + StepLR)")
+                   "PyTorch mnist example's digit classifier, Adadelta + StepLR: arch=official (the example's "
+                   "today, default) or small (its pre-2019 one, the Grokking PyTorch guide's)")
     registry.model("resnet_i2i", "plugins.models.resnet_i2i:ResnetI2I",
                    "Image-to-image ResNet of ConvBlocks and ResnetBlocks for patch restoration")
 

@@ -367,6 +367,7 @@ RANGE_CASES = [
     ("resnet_i2i", "image_size=3", "model 'resnet_i2i' option image_size must be at least 4, got 3."),
     ("mnist_net", "num_classes=0", "model 'mnist_net' option num_classes must be at least 1, got 0."),
     ("mnist_net", "dropout=1.5", "model 'mnist_net' option dropout must be between 0 and 1, got 1.5."),
+    ("mnist_net", "conv_dropout=-0.5", "model 'mnist_net' option conv_dropout must be between 0 and 1, got -0.5."),
     ("tv_resnet18", "num_classes=0", "model 'tv_resnet18' option num_classes must be at least 1, got 0."),
 ]
 
