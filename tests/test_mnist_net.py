@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from plugins.models.mnist_net import MnistNet
 from zoo.engine.record import read_config
+from zoo.errors import UsageError
 from zoo.testing import tiny_run
 
 ARCH_PARAMETERS = {"official": 1_199_882, "small": 21_840}  # pytorch/examples mnist's Net today; before 2019
@@ -70,6 +71,8 @@ def test_a_bad_arch_is_a_one_line_usage_error_and_info_names_both_sources(zoo_cl
     assert code == 2
     assert err.strip() == "zoo: error: model 'mnist_net' option arch expects one of official, small, got 'large'."
     assert not (tmp_path / "run").exists()
+    with pytest.raises(UsageError, match="mnist_net has no arch 'large': pass official or small"):
+        MnistNet(arch="large")  # a Python caller, past the option checks
     code, out, _ = zoo_cli("info", "mnist_net")
     assert code == 0
     assert ("arch=official (the example's today, default) or small (its pre-2019 one, the Grokking PyTorch "

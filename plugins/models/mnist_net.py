@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.errors import UsageError
 from zoo.options import Range
 from zoo.recipe import Recipe
 
@@ -97,6 +98,8 @@ class MnistNet(Recipe):
                  arch: Literal["official", "small"] = "official",
                  conv_dropout: Annotated[float, Range(0, 1)] | None = None) -> None:
         super().__init__()
+        if arch not in NETWORKS:  # zoo's option checks catch it first; this is for Python callers
+            raise UsageError(f"mnist_net has no arch {arch!r}: pass official or small.")
         if arch == "official" and conv_dropout is None:
             conv_dropout = OFFICIAL_CONV_DROPOUT
         self.net = NETWORKS[arch](num_classes, dropout, conv_dropout)
