@@ -233,7 +233,8 @@ class GridBudget:
     """Keeps a run's epoch-end grids to about ``GRID_SHARE`` of its wall time, however short its epochs.
 
     The rule: an epoch-end grid is due when the time spent on grids so far (drawing them, encoding
-    and writing PNGs and events, by every hook that charges this budget) is at most ``GRID_SHARE``
+    and writing PNGs and events, by every hook that charges this budget, and what their writer threads
+    will spend on them) is at most ``GRID_SHARE``
     of the time since training started in this process; otherwise that epoch goes without one.
     So the first epoch's end always has a grid; epochs lasting over 1 / GRID_SHARE (200) times what a
     grid takes (tens of milliseconds on a CPU), evaluations included, have one each; shorter ones have
@@ -256,6 +257,10 @@ class GridBudget:
         if self._answer is None or self._answer[0] != step:
             self._answer = (step, self.spent <= GRID_SHARE * (self.clock() - self.started))
         return self._answer[1]
+
+    def charge(self, seconds: float) -> None:
+        """Adds time grids cost outside a ``charged`` block (an event writer's thread checksumming an image)."""
+        self.spent += seconds
 
     @contextlib.contextmanager
     def charged(self) -> Iterator[None]:
