@@ -10,7 +10,7 @@ import click
 
 from train_cli import completion, jobs, run_folder
 from train_cli.paths import check_data_there, no_empty_paths
-from zoo.config import AUGMENT_PRESETS, TrainConfig, absolute_data, load_toml, merge, pin_recorded_parts, resume_config
+from zoo.config import AUGMENT_PRESETS, DDP_COMM_HOOKS, TrainConfig, absolute_data, load_toml, merge, pin_recorded_parts, resume_config
 from zoo.errors import UsageError
 from zoo.optim_flags import command_line_values
 from zoo.options import split_assignments, split_hook_assignments
@@ -49,8 +49,13 @@ if TYPE_CHECKING:
 @click.option("--fast", is_flag=True, default=None,
               help="On CUDA: bf16, channels-last and CUDA graphs together (on the CPU: no change).")
 @click.option("--nproc-per-node", type=int,
-              help="Train in N processes through torchrun (DDP-style data parallel; NCCL on GPUs, gloo on CPU).")
-@click.option("--sync-bn", is_flag=True, default=None, help="With several processes: synchronise BatchNorm statistics.")
+              help="Train in N processes through torchrun (DistributedDataParallel; NCCL on GPUs, gloo on CPU).")
+@click.option("--sync-bn", is_flag=True, default=None,
+              help="With several processes on GPUs: SyncBatchNorm (BatchNorm statistics over the global batch).")
+@click.option("--ddp-comm-hook", type=click.Choice(DDP_COMM_HOOKS),
+              help="With several processes: send gradients in bf16 or fp16, or compressed by PowerSGD (default off).")
+@click.option("--find-unused-parameters", is_flag=True, default=None,
+              help="With several processes: for models whose steps leave some parameters without gradients.")
 @click.option("--cache-decoded", is_flag=True, default=None,
               help="Decode images once into a memory-mapped uint8 cache ($ZOO_CACHE_DIR or ~/.cache/zoo/decoded).")
 @click.option("--decode-on-device", is_flag=True, default=None,
@@ -120,7 +125,7 @@ def train_command(ctx: Context, resume: str | None, overwrite: bool, config_file
 
         click.echo(resolved_toml(registry, config, origins_of(file_values, given), nproc or 1), nl=False)
         return
-    from zoo.engine.distributed import check_gpu_count, launched_by_torchrun
+    from zoo.engine.distributed import check_gpu_count, check_sync_bn, launched_by_torchrun
 
     if not launched_by_torchrun():  # said once: by the launcher or the lone process
         if resume:
@@ -130,6 +135,10 @@ def train_command(ctx: Context, resume: str | None, overwrite: bool, config_file
                 click.echo(f"zoo: the run's data {moved_from} is gone; reading {config.data} instead.", err=True)
         if nproc is not None:
             check_gpu_count(config.device, nproc)
+            if config.sync_bn and nproc > 1:
+                import torch
+                auto = "cuda" if torch.cuda.is_available() else "cpu"
+                check_sync_bn(auto if config.device == "auto" else config.device.split(":")[0])
             jobs.launch(nproc, run_dir, given_run_dir=bool(resume or config.run_dir))
             return
     _train(registry, config, run_dir, bool(resume), overwrite)

@@ -21,6 +21,7 @@ from zoo import optim_flags
 from zoo.errors import UsageError
 
 PRECISIONS = ("32", "bf16", "16-mixed")
+DDP_COMM_HOOKS = ("bf16", "fp16", "powersgd")  # --ddp-comm-hook: DistributedDataParallel's own hooks
 AUGMENT_PRESETS = ("none", "flip", "standard", "strong")  # zoo.augment's; None in a config: the dataset's default
 # What torch's generators take (a negative seed is mapped past 2**63): every seed a run may have been given.
 SEED_RANGE = (-2**63, 2**64 - 1)
@@ -29,7 +30,7 @@ NESTED_TABLES = ("hook_opt", "optimizers")  # tables of tables, merged table by 
 # Options that only extend or observe a run: allowed beside --resume.
 RESUME_OVERRIDABLE = ("max_steps", "epochs", "hooks", "no_hooks", "hook_opt", "device", "workers",
                       "log_every", "eval_every", "eval_batches", "save_every", "keep", "skip_bad_files", "skip_nonfinite",
-                      "channels_last", "compile", "cuda_graph")
+                      "channels_last", "compile", "cuda_graph", "ddp_comm_hook", "find_unused_parameters")
 
 
 @dataclasses.dataclass
@@ -53,6 +54,8 @@ class TrainConfig:
     cuda_graph: bool = False
     fast: bool = False
     sync_bn: bool = False
+    ddp_comm_hook: str | None = None  # a DDP_COMM_HOOKS name; None: DDP's own all-reduce
+    find_unused_parameters: bool = False
     cache_decoded: bool = False
     augment: str | None = None  # an AUGMENT_PRESETS name; None: the dataset's own default (imagefolder flips)
     decode_on_device: bool = False
@@ -126,6 +129,8 @@ class TrainConfig:
         optim_flags.check_settings(self)
         if self.precision not in PRECISIONS:
             raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
+        if self.ddp_comm_hook is not None and self.ddp_comm_hook not in DDP_COMM_HOOKS:
+            raise UsageError(f"--ddp-comm-hook must be one of {', '.join(DDP_COMM_HOOKS)}, got {self.ddp_comm_hook!r}.")
         if self.augment is not None and self.augment not in AUGMENT_PRESETS:
             raise UsageError(f"--augment must be one of {', '.join(AUGMENT_PRESETS)}, got {self.augment!r}.")
 

@@ -143,6 +143,7 @@ def _worked_out(registry: Registry, config: TrainConfig, resolved: Resolved) -> 
         "best_metric": (f"{metric[0]}:{metric[1]}", MODEL, "") if metric
         else (UNSET, MODEL, "no metric picks a best checkpoint"),
         "clip_grad": (UNSET, DEFAULT, "no clipping"),
+        "ddp_comm_hook": (UNSET, DEFAULT, "DDP's own all-reduce, with several processes"),
         "augment": (resolved.augment, DATA, "the dataset's default") if resolved.augment
         else (UNSET, DATA, "the dataset takes no presets"),
         "optimizer": (UNSET, MODEL, "the model's own"), "warmup": (UNSET, DEFAULT, "no warm-up"),

@@ -45,6 +45,9 @@ class Recipe(nn.Module):
     # True once training_step is known to run the same device work every step: no host syncs,
     # no Python-side state a CUDA graph would freeze (--cuda-graph and --fast capture only then)
     capturable: ClassVar[bool] = False
+    # True when every step runs the same networks over the same parameters (several processes: DDP's
+    # static_graph, which skips its per-step search; only for one network, one optimizer)
+    ddp_static_graph: ClassVar[bool] = False
     # True for a fully convolutional image-to-image model: zoo predict restores whole images at their own size
     any_image_size: ClassVar[bool] = False
     min_image_size: ClassVar[int] = 1  # with any_image_size: the shortest side a whole image may have

@@ -16,6 +16,7 @@ from zoo import build, memory
 from zoo.config import TrainConfig
 from zoo.engine import (best, cache, checkpoint, contracts, device_decode, distributed, finetune, optim, pictures,
                         record, rng, speed)
+from zoo.engine.data_parallel import DataParallel, DDPOptions
 from zoo.engine.feed import BadItems, make_loader
 from zoo.engine.hooks import HookCaller, RunContext
 from zoo.engine.precision import Precision, resolve_device
@@ -223,10 +224,8 @@ def _loss_and_weights(run: Run) -> None:
     if config.sync_bn and not run.dist.enabled:
         run.report.sync_bn_alone()
     if run.dist.enabled and config.sync_bn:
-        if run.device.type == "cuda":
-            run.recipe = torch.nn.SyncBatchNorm.convert_sync_batchnorm(run.recipe)
-        else:
-            run.report.sync_bn_without_cuda(run.device.type)
+        distributed.check_sync_bn(run.device.type)
+        run.recipe = torch.nn.SyncBatchNorm.convert_sync_batchnorm(run.recipe)
     speed.apply(run.recipe, run.speed, run.report.say)
 
 
@@ -260,6 +259,11 @@ def _optimizers(run: Run) -> None:
     idle = contracts.idle_optimizers(run.stepper.params, run.config.freeze, model)
     if idle:
         run.report.idle_optimizers(idle)
+    if run.dist.enabled:  # each network in DistributedDataParallel (after --freeze and --sync-bn)
+        options = DDPOptions(run.config.ddp_comm_hook, run.config.find_unused_parameters,
+                             static_graph=bool(getattr(run.recipe, "ddp_static_graph", False)))
+        run.stepper.parallel = DataParallel(run.recipe, run.stepper.params, run.device, options,
+                                            run.plan.model.name)
 
 
 def _bookkeeping(run: Run) -> None:

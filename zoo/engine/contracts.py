@@ -62,6 +62,40 @@ def idle_optimizers(params: dict[str, list[torch.Tensor]], freeze: list[str], mo
     return idle
 
 
+def data_parallel_networks(recipe: torch.nn.Module, params: dict[str, list[torch.Tensor]],
+                           model: str) -> dict[str, str]:
+    """The recipe's networks for DistributedDataParallel: ``{submodule path: optimizer}``, the highest
+    submodules whose trainable parameters all belong to one optimizer. A trained parameter held by the recipe
+    itself, or by a module whose submodules other optimizers train, is refused in one line."""
+    owner = {id(p): name for name, group in params.items() for p in group}
+    found: dict[str, str] = {}
+
+    def visit(module: torch.nn.Module, path: str) -> None:
+        direct = {owner[id(p)] for p in module.parameters(recurse=False) if id(p) in owner}
+        if direct:  # trained here, beside submodules of other optimizers: no one wrapper fits them
+            where = f"'{path}'" if path else "the model itself"
+            raise PluginError(f"model '{model}' trains parameters of {where} outside the submodules around them; "
+                              f"several processes need each trained parameter inside a network (a submodule) "
+                              f"trained by one optimizer alone.")
+        for name, child in module.named_children():
+            child_path = f"{path}.{name}" if path else name
+            owners = {owner[id(p)] for p in child.parameters() if id(p) in owner}
+            if len(owners) == 1:
+                found[child_path] = owners.pop()
+            elif owners:
+                visit(child, child_path)
+
+    visit(recipe, "")
+    return found
+
+
+def not_called_as_network(model: str, path: str) -> PluginError:
+    """A network got gradients in a step without its own forward being called, so DDP could not average them."""
+    return PluginError(f"model '{model}': network '{path}' got gradients in a step without being called itself "
+                       f"(e.g. self.{path}.some_method(x)), so the processes could not average them; "
+                       f"call the network (self.{path}(x)) in training_step.")
+
+
 class HookRefusedRun(UsageError):
     """A hook's ``check_run`` refused the run: an option that cannot work with this model or config."""
 

@@ -1,10 +1,8 @@
-"""Data-parallel training on torch.distributed: process groups, gradient averaging, agreement.
+"""Data-parallel training on torch.distributed: process groups and agreement between processes.
 
 Launched by torchrun (or ``zoo train --nproc-per-node N``, which runs torchrun),
-every process trains on its own shard of each epoch's order; gradients are
-averaged with ``all_reduce`` after each optimizer's backward, exactly what
-DistributedDataParallel's reducer does, but per optimizer, so a recipe may
-yield several losses (a GAN's) in one step. NCCL on GPUs, gloo on the CPU; a
+every process trains on its own shard of each epoch's order; DistributedDataParallel
+averages the gradients (``data_parallel.py``). NCCL on GPUs, gloo on the CPU; a
 separate gloo group carries the small control messages (stop requests) so
 they never force a GPU sync.
 """
@@ -18,7 +16,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from zoo.errors import UsageError
 
@@ -58,6 +55,13 @@ def check_gpu_count(device_name: str, processes: int) -> None:
                      f"or train on --device cpu.")
 
 
+def check_sync_bn(device_type: str) -> None:
+    """A UsageError for --sync-bn on processes that do not train on CUDA (torch's SyncBatchNorm is GPU only)."""
+    if device_type != "cuda":
+        raise UsageError(f"--sync-bn needs CUDA devices (torch's SyncBatchNorm runs on GPUs only), not "
+                         f"{device_type}; drop --sync-bn to keep BatchNorm statistics per process.")
+
+
 def setup(device_name: str) -> DistContext:
     """Join the process group torchrun describes; NCCL for CUDA devices, gloo otherwise."""
     if not launched_by_torchrun():
@@ -77,18 +81,6 @@ def teardown(context: DistContext) -> None:
     """Leave the process group."""
     if context.enabled and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def average_gradients(params: list[torch.Tensor], context: DistContext) -> None:
-    """Average the gradients of ``params`` over all processes, in one flat all-reduce."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    flat = _flatten_dense_tensors(grads)
-    dist.all_reduce(flat)
-    flat /= context.world_size
-    for grad, reduced in zip(grads, _unflatten_dense_tensors(flat, grads)):
-        grad.copy_(reduced)
 
 
 def average_tensor(value: torch.Tensor, context: DistContext) -> torch.Tensor:

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from zoo.config import TrainConfig
 from zoo.engine.schedule import Schedule
 from zoo.engine.state import TrainState
-from zoo.errors import PluginError, RunError, ZooError
+from zoo.errors import PluginError, RunError, UsageError, ZooError
 
 
 class Interrupted(ZooError):
@@ -79,9 +79,6 @@ class Report:
     def sync_bn_alone(self) -> None:
         self.notice("--sync-bn acts across several processes (--nproc-per-node N); with one process BatchNorm "
                     "is unchanged.")
-
-    def sync_bn_without_cuda(self, device_type: str) -> None:
-        self.notice(f"--sync-bn needs CUDA devices; on {device_type} BatchNorm statistics stay per process.")
 
     def froze(self, count: int, patterns: list[str]) -> None:
         self.notice(f"froze {count} parameter tensor(s) matching {', '.join(patterns)}")
@@ -180,6 +177,12 @@ def whole_step_unreadable(step: int, rank: int) -> RunError:
     return RunError(f"every sample of step {step} on process {rank} was unreadable; remove the bad files "
                     f"(--skip-bad-files cannot skip a whole step when several processes train together).",
                     one_process=True)
+
+
+def unused_parameters(model: str, step: int) -> UsageError:
+    """DDP met a step that gave some of a network's parameters no gradient."""
+    return UsageError(f"model '{model}' left some parameters without gradients by step {step}, which several "
+                      f"processes must be told of: add --find-unused-parameters (or --freeze them).")
 
 
 def nonfinite_fixes(config: TrainConfig, precision: str) -> str:

@@ -1,9 +1,10 @@
 """One training step: the recipe's forwards, a backward and an optimizer step per yielded loss.
 
 For each micro-batch (``--accumulate``), ``training_step`` yields ``(optimizer name, loss)``
-pairs; each loss is scaled (mixed precision), back-propagated into its optimizer's
-parameters only, and on the last micro-batch the gradients are averaged across processes,
-clipped (``--clip-grad``) and the optimizer steps. A later yield sees the networks an earlier
+pairs; each loss is scaled (mixed precision) and back-propagated into its optimizer's
+parameters only; on the last micro-batch that backward also averages the gradients across
+processes (DistributedDataParallel, ``data_parallel.py``), they are clipped (``--clip-grad``)
+and the optimizer steps. A later yield sees the networks an earlier
 one just updated (a GAN's discriminator, then its generator). The step runs eagerly, as a
 replayed CUDA graph (``--cuda-graph``), or compiled (``--compile``, eager where the compiler
 fails on the first step). The optimizers, schedulers and grad scaler are this module's state.
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 from torch.nn.utils import clip_grad_norm_
 
-from zoo.engine import contracts, distributed, graphed, optim, report, speed
+from zoo.engine import contracts, data_parallel, distributed, graphed, optim, report, speed
 from zoo.engine.feed import to_device
 from zoo.engine.precision import Precision
 from zoo.engine.report import Report
@@ -43,7 +44,8 @@ class StepRunner:
     """Runs training steps; owns the optimizers, their schedulers and the grad scaler."""
 
     def __init__(self, run: Any, optimizers: dict[str, torch.optim.Optimizer], schedulers: dict[str, Any],
-                 precision: Precision, reporter: Report, state: TrainState) -> None:
+                 precision: Precision, reporter: Report, state: TrainState,
+                 parallel: Any = None) -> None:
         self.recipe, self.loss_fn, self.device = run.recipe, run.loss_fn, run.device
         self.config, self.speed, self.dist = run.config, run.speed, run.dist
         self.model = run.plan.model.name
@@ -51,6 +53,8 @@ class StepRunner:
         self.report, self.state = reporter, state
         self.params = {name: [p for group in opt.param_groups for p in group["params"] if p.requires_grad]
                        for name, opt in optimizers.items()}
+        # the networks in DDP with several processes (set by ``data_parallel.wrap``); nothing to do with one
+        self.parallel: Any = parallel or data_parallel.SingleProcess()
         self.graph: graphed.StepGraph | None = None
         self._compiled_step_ran = False
         self._said_no_loss = False  # a step that yielded no loss was said (once a run)
@@ -116,47 +120,65 @@ class StepRunner:
         (updates yielded before it have already happened) and returns None.
         """
         values: Losses = {}
-        parts = len(batches)  # each micro-batch's loss is its part of the step's
         self._zero_grad()
-        stepped = yielded = False
-        for index, batch in enumerate(batches):
-            batch = to_device(batch, self.device, True, self.speed.channels_last)  # no-op once fed
-            pairs = contracts.training_steps(self.recipe, batch, self.loss_fn, self.model)
-            while (pair := self._next_pair(pairs)) is not _DONE:
-                name, loss = contracts.checked_pair(pair, self.optimizers, self.params, self.model)
-                yielded = True
-                if self.config.skip_nonfinite and self._nonfinite_anywhere(loss):  # one sync
-                    self._skip(pairs, stepped)
+        with self.parallel.in_step():
+            stepped = yielded = False
+            for index, batch in enumerate(batches):
+                last = index == len(batches) - 1
+                with self.parallel.micro_batch(last):
+                    outcome = self._micro_batch(batch, len(batches), last, values, stepped)
+                if outcome is None:  # a non-finite loss: the rest of the step is skipped
                     return None
-                loss = loss / parts if parts > 1 else loss
-                _add(values, name, loss)
-                if self.params[name]:  # all frozen: logged, not stepped
-                    self._backward(name, loss)
-                    if index == len(batches) - 1:
-                        self._optimizer_step(name)
-                        stepped = True
-            for key, value in self.recipe.pop_logs().items():
-                _add(values, key, value / parts if parts > 1 else value)
+                stepped, yielded = stepped or outcome[0], yielded or outcome[1]
         if batches and not yielded and not self._said_no_loss:  # fine once in a while; always is a bug
             self._said_no_loss = True
             self.report.no_loss_yielded(self.model, self.state.step + 1)
         self.precision.scaler.update()
         return values
 
+    def _micro_batch(self, batch: Any, parts: int, last: bool, values: Losses,
+                     stepped: bool) -> tuple[bool, bool] | None:
+        """One micro-batch's yields: backwards, and on the last micro-batch the optimizer steps; its figures
+        summed into ``values``. Whether an optimizer stepped and whether a loss was yielded; None if skipped."""
+        batch = to_device(batch, self.device, True, self.speed.channels_last)  # no-op once fed
+        pairs = contracts.training_steps(self.recipe, batch, self.loss_fn, self.model)
+        yielded = False
+        while (pair := self._next_pair(pairs)) is not _DONE:
+            name, loss = contracts.checked_pair(pair, self.optimizers, self.params, self.model)
+            yielded = True
+            if self.config.skip_nonfinite and self._nonfinite_anywhere(loss):  # one sync
+                self._skip(pairs, stepped)
+                return None
+            loss = loss / parts if parts > 1 else loss
+            _add(values, name, loss)
+            if self.params[name]:  # all frozen: logged, not stepped
+                self._backward(name, loss)
+                if last:
+                    self._optimizer_step(name)
+                    stepped = True
+        for key, value in self.recipe.pop_logs().items():
+            _add(values, key, value / parts if parts > 1 else value)
+        return stepped, yielded
+
     def _next_pair(self, pairs: Any) -> Any:
         """The recipe's next yield, run under autocast; ``_DONE`` once it is done."""
         with self.precision.autocast():
-            return next(pairs, _DONE)
+            try:
+                return next(pairs, _DONE)
+            except RuntimeError as exc:
+                if data_parallel.unused_parameters_error(exc):  # DDP met a step that left parameters unused
+                    raise report.unused_parameters(self.model, self.state.step + 1) from None
+                raise
 
     def _backward(self, name: str, loss: torch.Tensor) -> None:
         """Gradients of this loss into its own optimizer's parameters only."""
         self.precision.scaler.scale(loss).backward(inputs=self.params[name])
 
     def _optimizer_step(self, name: str) -> None:
-        """Average the gradients across processes, clip them, and step the optimizer (through the scaler)."""
+        """Clip the gradients (averaged across processes by the backward) and step the optimizer (through the
+        scaler)."""
         scaler, optimizer = self.precision.scaler, self.optimizers[name]
-        if self.dist.enabled:
-            distributed.average_gradients(self.params[name], self.dist)
+        self.parallel.check_reduced(name)
         if self.config.clip_grad is not None:
             scaler.unscale_(optimizer)
             clip_grad_norm_(self.params[name], self.config.clip_grad)
