@@ -4,7 +4,8 @@
 does each entry of RUNS.json in turn: ``{"config": {TrainConfig fields, run_dir included}, "resume": bool,
 "count": bool}``. A counted run has every network's gradient reductions counted by a DDP communication hook
 (one count per backward that reduces the network: its first bucket's), in place of the hook its config
-names; rank 0 writes ``[{network path: count}, ...]`` (empty for runs not counted) to OUT.json.
+names; rank 0 writes, for each run, ``{"counts": {network path: count} (empty when not counted),
+"static_graph": {network path: whether DDP runs it as a static graph}}`` to OUT.json.
 """
 
 import json
@@ -52,8 +53,9 @@ def train(entry, registry, context):
     trainer = Trainer(config, registry, run_dir, resume=bool(entry.get("resume")), dist_context=context)
     trainer.fit()
     networks = trainer.run.stepper.parallel.networks
-    return {path: next(c["count"] for c in counters if c["network"] is network)
-            for path, network in networks.items()} if counted else {}
+    counts = {path: next(c["count"] for c in counters if c["network"] is network)
+              for path, network in networks.items()} if counted else {}
+    return {"counts": counts, "static_graph": {path: network.static_graph for path, network in networks.items()}}
 
 
 def main():

@@ -12,7 +12,11 @@ import pytest
 import torch
 from torch import nn
 
+import torch.distributed as dist
+import torch.nn.functional as F
+
 from zoo.engine import checkpoint, contracts
+from zoo.engine.data_parallel import DataParallel, DDPOptions, Network
 from zoo.errors import PluginError
 
 HERE = Path(__file__).resolve().parent
@@ -23,7 +27,7 @@ COMMON = {"dataset_opt": {"train_count": 64, "test_count": 8}, "device": "cpu", 
 
 
 def job(tmp_path: Path, entries: list[dict]) -> list[dict]:
-    """Run ``entries`` (tests/ddp_job.py) in one 2-process job; each run's reduction counts."""
+    """Run ``entries`` (tests/ddp_job.py) in one 2-process job; each run's reduction counts and static graphs."""
     (tmp_path / "runs.json").write_text(json.dumps(entries))
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                            str(HERE / "ddp_job.py"), str(tmp_path / "out.json"), str(tmp_path / "runs.json")],
@@ -49,13 +53,17 @@ def test_reductions_per_step_and_exact_resumes_of_a_gan_and_of_accumulation(tmp_
         resumed += [run(tmp_path, f"{name}-straight", model, max_steps=6, **extra),
                     run(tmp_path, f"{name}-half", model, max_steps=3, **extra),
                     dict(run(tmp_path, f"{name}-half", model, max_steps=6, **extra), resume=True)]
-    counts = job(tmp_path, counted + resumed)[:3]
+    results = job(tmp_path, counted + resumed)
+    counts = [result["counts"] for result in results[:3]]
     # one reduction a step for each optimizer's network; none on the micro-batches that only accumulate
     assert counts[0] == {"net": 3}
     assert counts[1] == {"generator": 3, "discriminator": 3}
     # accumulating, a GAN's discriminator is also reduced on each later step's first micro-batch: the
     # generator's loss called it after it stepped, which armed its reducer (docs/distributed.md says so)
     assert counts[2] == {"generator": 3, "discriminator": 5}
+    # no static graph for a GAN (two optimizers), nor with --accumulate (a static graph cannot skip syncs)
+    gan = {"generator": False, "discriminator": False}
+    assert [result["static_graph"] for result in results[:3]] == [{"net": False}, gan, gan]
     for name in ("gan", "i2i-acc"):
         straight, half = newest(tmp_path / f"{name}-straight"), newest(tmp_path / f"{name}-half")
         assert straight.keys() == half.keys()
@@ -64,9 +72,11 @@ def test_reductions_per_step_and_exact_resumes_of_a_gan_and_of_accumulation(tmp_
 
 
 def test_a_comm_hook_sends_the_gradients_compressed(tmp_path):
-    job(tmp_path, [run(tmp_path, "plain", TINY_I2I, max_steps=4),
+    results = job(tmp_path, [run(tmp_path, "plain", TINY_I2I, max_steps=4),
                    run(tmp_path, "fp16", TINY_I2I, max_steps=4, ddp_comm_hook="fp16"),
                    run(tmp_path, "powersgd", TINY_I2I, max_steps=4, ddp_comm_hook="powersgd")])
+    # resnet_i2i declares itself static (one network, every parameter every step): DDP's static graph
+    assert [result["static_graph"] for result in results] == [{"net": True}] * 3
     plain, fp16, powersgd = (newest(tmp_path / name) for name in ("plain", "fp16", "powersgd"))
     assert any(not torch.equal(plain[key], fp16[key]) for key in plain)  # fp16 rounding reached the weights
     for key in plain:
@@ -155,3 +165,64 @@ def test_parameters_no_one_wrapper_can_hold_are_refused_in_one_line():
     params["g"].append(direct.scale)
     with pytest.raises(PluginError, match="model 'm' trains parameters of the model itself outside the submodules"):
         contracts.data_parallel_networks(direct, params, "m")
+
+
+def test_a_network_computed_without_its_own_forward_is_named_not_trained_on(tmp_path):
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'group'}", rank=0, world_size=1)
+    try:
+        gan = TwoNetworks()
+        parallel = DataParallel(gan, owners(gan, generator="g", discriminator="d"), torch.device("cpu"),
+                                DDPOptions(), "m")
+        with parallel.in_step():
+            assert isinstance(gan.generator, Network) and gan.generator.out_features == 2  # the module answers
+            gan.generator(torch.ones(1, 2)).sum().backward()
+            parallel.check_reduced("g")  # called through its wrapper: DDP averaged it
+            x = torch.ones(1, 2)
+            F.linear(x, gan.discriminator.weight, gan.discriminator.bias).sum().backward()  # around its forward
+            with pytest.raises(PluginError, match="network 'discriminator' got gradients in a step without being "
+                                                  "called itself"):
+                parallel.check_reduced("d")
+        assert type(gan.generator) is nn.Linear and type(gan.discriminator) is nn.Linear  # plain after the step
+        assert set(gan.state_dict()) == {"generator.weight", "generator.bias", "discriminator.weight",
+                                         "discriminator.bias"}
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_launchers_on_one_host_train_as_two_nodes_like_one_process_with_their_global_batch(tmp_path):
+    from zoo.config import TrainConfig
+    from zoo.engine.rundir import prepare_new
+    from zoo.engine.trainer import Trainer
+    from zoo.registry import discover
+
+    endpoint = f"127.0.0.1:{free_port()}"
+    zoo_script = Path(sys.executable).with_name("zoo")
+    program = [str(zoo_script)] if zoo_script.exists() else ["-m", "train_cli"]
+    args = ["train", "--model", "resnet_i2i", "--loss", "l1", "--model-opt", "ngf=8", "--model-opt", "blocks=1",
+            "--dataset-opt", "train_count=64", "--dataset-opt", "test_count=8", "--device", "cpu",
+            "--batch-size", "4", "--max-steps", "4", "--eval-every", "0", "--run-dir", str(tmp_path / "nodes")]
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+                               "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "zoo-test",
+                               "--rdzv-conf", f"is_host={int(node == 0)}",
+                               *(program if node == 0 else ["-m", "train_cli"]), *args],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for node in (0, 1)]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    assert "2 processes; global batch 4 x 2 x accumulate 1 = 8" in outputs[0][1] + outputs[1][1]
+
+    single = tmp_path / "single"
+    prepare_new(single, overwrite=False)
+    config = TrainConfig(model="resnet_i2i", loss="l1", model_opt={"ngf": "8", "blocks": "1"},
+                         dataset_opt={"train_count": "64", "test_count": "8"}, device="cpu", batch_size=8,
+                         max_steps=4, eval_every=0, run_dir=str(single))
+    Trainer(config, discover(), single).fit()
+    one, two = newest(single), newest(tmp_path / "nodes")
+    for key in one:
+        assert torch.allclose(one[key], two[key], atol=1e-5, rtol=1e-4), key

@@ -59,6 +59,7 @@ class ResnetI2I(Recipe):
     eval_metrics = ("loss", "psnr")  # what evaluation_step reports (hooks check names against it)
     default_lr = 2e-4
     capturable = True  # the same device work every step: CUDA graphs may hold it
+    ddp_static_graph = True  # one network, every parameter used every step: DDP's static graph
     any_image_size = True  # fully convolutional: zoo predict restores whole images
     min_image_size = MIN_IMAGE_SIZE
 

@@ -108,6 +108,7 @@ class TorchvisionClassifier(Recipe):
     eval_metrics: ClassVar[tuple[str, ...]] = ("loss", "accuracy")  # what evaluation_step reports
     default_lr: ClassVar[float] = 1e-3
     capturable: ClassVar[bool] = True  # the same device work every step: CUDA graphs may hold it
+    ddp_static_graph: ClassVar[bool] = True  # one network, every parameter used every step: DDP's static graph
 
     def __init__(self, arch: str, num_classes: Annotated[int, Range(1)] = 1000, channels: int = 3,
                  image_size: int = 224, weights: str = "none") -> None:

@@ -260,8 +260,9 @@ def _optimizers(run: Run) -> None:
     if idle:
         run.report.idle_optimizers(idle)
     if run.dist.enabled:  # each network in DistributedDataParallel (after --freeze and --sync-bn)
-        options = DDPOptions(run.config.ddp_comm_hook, run.config.find_unused_parameters,
-                             static_graph=bool(getattr(run.recipe, "ddp_static_graph", False)))
+        # DDP's static graph cannot skip the syncs of accumulating micro-batches (no_sync): only without them
+        static = bool(getattr(run.recipe, "ddp_static_graph", False)) and run.config.accumulate == 1
+        options = DDPOptions(run.config.ddp_comm_hook, run.config.find_unused_parameters, static_graph=static)
         run.stepper.parallel = DataParallel(run.recipe, run.stepper.params, run.device, options,
                                             run.plan.model.name)
 
