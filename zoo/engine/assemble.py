@@ -255,7 +255,8 @@ def _optimizers(run: Run) -> None:
     optimizers = optim.rebuild_optimizers(optimizers, run.config, run.plan.model.name)  # --optimizer and its options
     schedulers = optim.wrap_schedulers(optimizers, run.recipe.configure_schedulers(optimizers), run.config,
                                        run.schedule.steps_per_epoch, run.schedule.total_steps)
-    run.state = TrainState(BadItems(run.config.skip_bad_files))
+    run.state = TrainState(BadItems(run.config.skip_bad_files),
+                           samples_per_batch=run.config.batch_size * run.dist.world_size)
     run.stepper = StepRunner(run, optimizers, schedulers, run.precision, run.report, run.state)
     idle = contracts.idle_optimizers(run.stepper.params, run.config.freeze, model)
     if idle:

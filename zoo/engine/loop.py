@@ -31,7 +31,7 @@ import torch
 
 from zoo.engine import checkpoint, periodic, progress, report, status
 from zoo.engine.epochs import EpochFeed
-from zoo.engine.feed import BadSampleError, WrongItemError
+from zoo.engine.bad_items import BadSampleError, WrongItemError
 
 
 @dataclass
