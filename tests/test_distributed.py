@@ -264,3 +264,47 @@ def test_more_processes_than_gpus_is_refused_in_one_line(monkeypatch, device, gp
             check_gpu_count(device, 2)
     else:
         check_gpu_count(device, 2)
+
+
+def _checkpoints(world: int, rank: int = 0, batch_size: int = 4):
+    """A run's Checkpoints as one process of ``world`` sees them (only what identity and generators need)."""
+    from types import SimpleNamespace
+
+    from zoo.engine.distributed import DistContext
+    from zoo.engine.saving import Checkpoints
+    run = SimpleNamespace(run_dir=Path("run"), dist=DistContext(rank, world), report=None, train_set=[0] * 64,
+                          plan=SimpleNamespace(model=SimpleNamespace(qualified_name="builtin:resnet_i2i")),
+                          config=TrainConfig(batch_size=batch_size, seed=3))
+    return Checkpoints(run)
+
+
+def test_older_checkpoints_and_another_global_batch_are_checked_and_generators_chosen_per_rank():
+    from zoo.engine import rng
+    from zoo.engine.bad_items import BadItems
+    from zoo.engine.state import TrainState
+    from zoo.errors import UsageError
+    old = {"model": "builtin:resnet_i2i", "train_size": 64, "world_size": 2, "step": 5, "epoch": 0, "position": 3}
+    _checkpoints(world=2)._check_identity(old, Path("step-5"))  # an older checkpoint, as many processes: read
+    state = TrainState(BadItems(False), samples_per_batch=8)
+    state.load_state_dict(old)
+    assert (state.position, state.samples, state.state_dict()["samples"]) == (3, 24, 24)
+    with pytest.raises(UsageError, match="made by 2 process.*predates resumes with another number; resume with "
+                                         "--nproc-per-node 2"):
+        _checkpoints(world=1, batch_size=8)._check_identity(old, Path("step-5"))
+    new = {**old, "global_batch": 8, "samples": 24}
+    _checkpoints(world=1, batch_size=8)._check_identity(new, Path("step-5"))  # the same global batch: read
+    with pytest.raises(UsageError, match="global batch of 8 but this run's is 4"):
+        _checkpoints(world=1, batch_size=4)._check_identity(new, Path("step-5"))
+
+    torch.manual_seed(11)
+    saved = [rng.capture()]  # a one-process run's generators
+    expected = torch.rand(3)
+    _checkpoints(world=2, rank=0)._restore_rng({"rng": saved[0], "step": 5})
+    assert torch.equal(torch.rand(3), expected)  # rank 0 takes the saved ones
+    draws = []
+    for _ in range(2):  # rank 1 has none saved: seeded from (seed, rank, step), the same every time
+        _checkpoints(world=2, rank=1)._restore_rng({"rng": saved[0], "step": 5})
+        draws.append(torch.rand(3))
+    assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], expected)
+    _checkpoints(world=1, rank=0)._restore_rng({"rng": saved[0], "rng_by_rank": [saved[0], None], "step": 5})
+    assert torch.equal(torch.rand(3), expected)  # fewer processes: each takes its own rank's
