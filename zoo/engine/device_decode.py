@@ -29,8 +29,8 @@ from torch.utils.data import Dataset, default_collate
 from torchvision.io import decode_jpeg, encode_jpeg
 
 from zoo.data import item_generator, seeded_item
-from zoo.engine.cache import DecodedCache
 from zoo.engine.bad_items import BadItem, as_bad_item
+from zoo.engine.cache import DecodedCache
 from zoo.errors import first_line
 
 DEVICE_METHODS = ("encoded", "decode_batch", "decode", "finish")

@@ -23,8 +23,8 @@ from prefetch_generator import BackgroundGenerator
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from zoo.data import item_problem, items_fit, load_items
-from zoo.engine.rng import derive_seed, derive_seeds
 from zoo.engine.bad_items import BadItem, BadItems, BadSampleError, WrongItemError, as_bad_item
+from zoo.engine.rng import derive_seed, derive_seeds
 from zoo.errors import first_line, part_name
 
 __all__ = ["EpochOrder", "SeededItems", "collate_items", "make_loader", "leave_signals_to_main", "to_device",

@@ -85,7 +85,7 @@ class Checkpoints:
             raise UsageError(f"the training split now has {own['train_size']} samples but {folder} was made "
                              f"with {state.get('train_size')}; resume with the same data.")
         saved_world, saved_batch = state.get("world_size", 1), state.get("global_batch")
-        if saved_batch is None and saved_world != own["world_size"]:  # saved before the global batch was
+        if saved_batch is None and saved_world != own["world_size"]:  # saved before checkpoints kept it
             raise UsageError(f"{folder} was made by {saved_world} process(es), this run has {own['world_size']}, "
                              f"and predates resumes with another number; resume with --nproc-per-node {saved_world}.")
         if saved_batch is not None and saved_batch != own["global_batch"]:
