@@ -15,6 +15,7 @@ import torch
 
 from zoo.config import TrainConfig
 from zoo.engine import checkpoint
+from zoo.engine.feed import EpochOrder
 from zoo.engine.rundir import prepare_new
 from zoo.engine.trainer import Trainer
 from zoo.registry import discover
@@ -75,14 +76,103 @@ def test_sigterm_under_ddp_saves_once_and_resumes(tmp_path):
     assert len(steps) == 1 and 3 <= steps[0] < 40, stderr
     assert "Resume with: zoo train --resume" in stderr
 
-    refused = zoo("train", "--resume", str(run))  # one process cannot continue a two-process run
-    assert refused.returncode == 2 and "--nproc-per-node 2" in refused.stderr
-
-    resumed = zoo("train", "--resume", str(run), "--nproc-per-node", "2")
+    resumed = zoo("train", "--resume", str(run))  # one process goes on with the two-process run's global batch
     assert resumed.returncode == 0, resumed.stderr
+    assert ("resumed with 1 process(es) instead of 2: per-process batch 4 -> 8 keeps the global batch 8"
+            in resumed.stderr)
+    recorded = json.loads((run / "config.json").read_text())
+    assert (recorded["config"]["batch_size"], recorded["resolved"]["processes"]) == (8, 1)
     a, b = newest(tmp_path / "straight"), newest(run)
     for key in a:
-        assert torch.allclose(a[key], b[key], atol=1e-6), key
+        assert torch.allclose(a[key], b[key], atol=1e-5, rtol=1e-4), key
+
+
+def _single_process_run(run_dir: Path, batch_size: int, max_steps: int, resume: bool = False) -> None:
+    """MODEL trained in this process (no launcher)."""
+    config = TrainConfig(model="resnet_i2i", loss="l1", model_opt={"ngf": "8", "blocks": "1"},
+                         dataset_opt={"train_count": "64", "test_count": "8"}, device="cpu", batch_size=batch_size,
+                         max_steps=max_steps, eval_every=0, save_every=0, run_dir=str(run_dir))
+    if not resume:
+        prepare_new(run_dir, overwrite=False)
+    Trainer(config, discover(), run_dir, resume=resume).fit()
+
+
+def test_a_one_process_run_resumes_in_two_mid_epoch_as_if_straight(tmp_path):
+    _single_process_run(tmp_path / "straight", batch_size=8, max_steps=11)
+    _single_process_run(tmp_path / "run", batch_size=8, max_steps=3)  # 8 steps an epoch: stopped in the first
+    resumed = zoo("train", "--resume", str(tmp_path / "run"), "--max-steps", "11", "--nproc-per-node", "2")
+    assert resumed.returncode == 0, resumed.stderr
+    assert ("resumed with 2 process(es) instead of 1: per-process batch 8 -> 4 keeps the global batch 8"
+            in resumed.stderr)
+    assert "global batch 4 x 2 x accumulate 1 = 8" in resumed.stderr
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (recorded["config"]["batch_size"], recorded["resolved"]["processes"]) == (4, 2)
+    state = checkpoint.load(checkpoint.list_steps(tmp_path / "run")[-1][1])[1]
+    assert (state["step"], state["epoch"], state["position"], state["samples"]) == (11, 1, 3, 24)
+    assert (state["world_size"], state["global_batch"], len(state["rng_by_rank"])) == (2, 8, 2)
+    a, b = newest(tmp_path / "straight"), newest(tmp_path / "run")
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-5, rtol=1e-4), key
+
+
+def test_a_global_batch_that_does_not_split_is_refused_in_one_line_before_launching(tmp_path):
+    _single_process_run(tmp_path / "run", batch_size=6, max_steps=1)
+    refused = zoo("train", "--resume", str(tmp_path / "run"), "--nproc-per-node", "4")
+    assert refused.returncode == 2
+    lines = [line for line in refused.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, refused.stderr
+    assert lines[0].endswith("the run's global batch 6 cannot be split over 4 processes; resume with "
+                             "--nproc-per-node 1, 2, 3 or 6.")
+    assert [s for s, _ in checkpoint.list_steps(tmp_path / "run")] == [1]  # nothing was started
+
+
+def test_the_refusal_names_the_process_counts_that_split_the_global_batch():
+    from zoo.engine.saving import per_process_batch, process_counts
+    from zoo.errors import UsageError
+    assert per_process_batch(4, 2, 1) == 8 and per_process_batch(8, 1, 2) == 4 and per_process_batch(4, 2, 2) == 4
+    with pytest.raises(UsageError, match=r"global batch 12 cannot be split over 5 processes; resume with "
+                                         r"--nproc-per-node 1, 2, 3, 4, 6 or 12\.$"):
+        per_process_batch(6, 2, 5)
+    with pytest.raises(UsageError, match=r"global batch 24 \(12 x accumulate 2\) cannot be split over 5"):
+        per_process_batch(6, 2, 5, accumulate=2)
+    assert process_counts(1024, 6) == [1, 2, 4, 8, 16, 32, 64, 128]  # capped, the nearest kept
+    assert process_counts(1024, 100) == [8, 16, 32, 64, 128, 256, 512, 1024]
+
+
+def _consumed(size: int, seed: int, shuffle: bool, epoch: int, start: int, world: int, batch: int,
+              batches: int | None) -> list[int]:
+    """What ``world`` processes take of an epoch from ``start`` samples on, ``batches`` batches of ``batch`` each
+    (None: to the end)."""
+    taken = []
+    for rank in range(world):
+        order = EpochOrder(size, seed, shuffle, shard=(rank, world))
+        order.set_epoch(epoch, start)
+        share = [index for index, _ in order]
+        assert len(share) == len(order)
+        taken += share if batches is None else share[:batches * batch]
+    return taken
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+@pytest.mark.parametrize("before, after, batch, batches", [(2, 1, 4, 3), (1, 2, 8, 3), (2, 3, 6, 1), (4, 2, 2, 5),
+                                                             (2, 1, 4, 0), (3, 3, 4, 2)])
+def test_an_epoch_switched_to_another_process_count_sees_each_sample_once(shuffle, before, after, batch, batches):
+    size, seed, epoch = 64, 5, 2
+    done = _consumed(size, seed, shuffle, epoch, 0, before, batch, batches)
+    start = batches * batch * before
+    whole = EpochOrder(size, seed, shuffle)
+    whole.set_epoch(epoch)
+    full = whole.full_order()
+    assert sorted(full) == list(range(size)) and (full != list(range(size))) is shuffle
+    assert sorted(done) == sorted(full[:start])  # interleaved shards: what was done is a prefix of the order
+    rest = _consumed(size, seed, shuffle, epoch, start, after, batch * before // after, None)
+    assert sorted(done + rest) == list(range(size))  # no sample twice, none skipped
+    for rank in range(after):  # each process of the resumed run: its share of the rest, in order
+        order = EpochOrder(size, seed, shuffle, shard=(rank, after))
+        order.set_epoch(epoch, start)
+        assert order.remaining() == full[start:][rank::after]
+        if after == before:  # the same count: exactly its own share from its batch on, as before
+            assert order.remaining() == order.order()[batches * batch:]
 
 
 def test_an_unreadable_file_met_by_the_second_process_is_named(tmp_path):
@@ -173,3 +263,47 @@ def test_more_processes_than_gpus_is_refused_in_one_line(monkeypatch, device, gp
             check_gpu_count(device, 2)
     else:
         check_gpu_count(device, 2)
+
+
+def _checkpoints(world: int, rank: int = 0, batch_size: int = 4):
+    """A run's Checkpoints as one process of ``world`` sees them (only what identity and generators need)."""
+    from types import SimpleNamespace
+
+    from zoo.engine.distributed import DistContext
+    from zoo.engine.saving import Checkpoints
+    run = SimpleNamespace(run_dir=Path("run"), dist=DistContext(rank, world), report=None, train_set=[0] * 64,
+                          plan=SimpleNamespace(model=SimpleNamespace(qualified_name="builtin:resnet_i2i")),
+                          config=TrainConfig(batch_size=batch_size, seed=3))
+    return Checkpoints(run)
+
+
+def test_older_checkpoints_and_another_global_batch_are_checked_and_generators_chosen_per_rank():
+    from zoo.engine import rng
+    from zoo.engine.bad_items import BadItems
+    from zoo.engine.state import TrainState
+    from zoo.errors import UsageError
+    old = {"model": "builtin:resnet_i2i", "train_size": 64, "world_size": 2, "step": 5, "epoch": 0, "position": 3}
+    _checkpoints(world=2)._check_identity(old, Path("step-5"))  # an older checkpoint, as many processes: read
+    state = TrainState(BadItems(False), samples_per_batch=8)
+    state.load_state_dict(old)
+    assert (state.position, state.samples, state.state_dict()["samples"]) == (3, 24, 24)
+    with pytest.raises(UsageError, match="made by 2 process.*predates resumes with another number; resume with "
+                                         "--nproc-per-node 2"):
+        _checkpoints(world=1, batch_size=8)._check_identity(old, Path("step-5"))
+    new = {**old, "global_batch": 8, "samples": 24}
+    _checkpoints(world=1, batch_size=8)._check_identity(new, Path("step-5"))  # the same global batch: read
+    with pytest.raises(UsageError, match="global batch of 8 but this run's is 4"):
+        _checkpoints(world=1, batch_size=4)._check_identity(new, Path("step-5"))
+
+    torch.manual_seed(11)
+    saved = [rng.capture()]  # a one-process run's generators
+    expected = torch.rand(3)
+    _checkpoints(world=2, rank=0)._restore_rng({"rng": saved[0], "step": 5})
+    assert torch.equal(torch.rand(3), expected)  # rank 0 takes the saved ones
+    draws = []
+    for _ in range(2):  # rank 1 has none saved: seeded from (seed, rank, step), the same every time
+        _checkpoints(world=2, rank=1)._restore_rng({"rng": saved[0], "step": 5})
+        draws.append(torch.rand(3))
+    assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], expected)
+    _checkpoints(world=1, rank=0)._restore_rng({"rng": saved[0], "rng_by_rank": [saved[0], None], "step": 5})
+    assert torch.equal(torch.rand(3), expected)  # fewer processes: each takes its own rank's

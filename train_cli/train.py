@@ -139,6 +139,8 @@ def train_command(ctx: Context, resume: str | None, overwrite: bool, config_file
                 import torch
                 auto = "cuda" if torch.cuda.is_available() else "cpu"
                 check_sync_bn(auto if config.device == "auto" else config.device.split(":")[0])
+            if resume:  # refused here, before N processes start only to refuse it
+                _check_global_batch_splits(config, saved, nproc)
             jobs.launch(nproc, run_dir, given_run_dir=bool(resume or config.run_dir))
             return
     _train(registry, config, run_dir, bool(resume), overwrite)
@@ -179,6 +181,14 @@ def _resumed_config(resume: str, overwrite: bool, config_file: str | None,
     if config.data != absolute_data(saved.get("config", {}).get("data")):
         moved_from = saved["config"]["data"]
     return config, saved, moved_from
+
+
+def _check_global_batch_splits(config: TrainConfig, saved: dict[str, Any], nproc: int) -> None:
+    """A usage error where the resumed run's global batch cannot be split over ``nproc`` processes."""
+    from zoo.engine.record import recorded_processes
+    from zoo.engine.saving import per_process_batch
+
+    per_process_batch(config.batch_size, recorded_processes(saved.get("resolved"), nproc), nproc, config.accumulate)
 
 
 def _new_config(registry: Registry, config_file: str | None,

@@ -23,7 +23,7 @@ from zoo.engine.precision import Precision, resolve_device
 from zoo.engine.progress import Window
 from zoo.engine.report import Report
 from zoo.engine.rundir import MetricsLog, read_config
-from zoo.engine.saving import Checkpoints
+from zoo.engine.saving import Checkpoints, per_process_batch
 from zoo.engine.schedule import Schedule
 from zoo.engine.state import TrainState
 from zoo.engine.step import StepRunner
@@ -89,6 +89,7 @@ def assemble(config: TrainConfig, registry: Registry, run_dir: Path, *, resumed:
              command_line: list[str], dist: distributed.DistContext) -> Run:
     """Build a run from its config (resumed: from its newest checkpoint too) and record it in config.json."""
     run = Run(config, registry, run_dir, resumed, dist)
+    _keep_global_batch(run)
     _device(run)
     rng.seed_everything(config.seed)  # the same initial weights on every process
     _data_and_model(run)
@@ -111,6 +112,17 @@ def assemble(config: TrainConfig, registry: Registry, run_dir: Path, *, resumed:
         else:
             record.write_config(run, command_line)
     return run
+
+
+def _keep_global_batch(run: Run) -> None:
+    """A run resumed with another number of processes keeps its global batch: the per-process batch is scaled."""
+    saved_world = record.recorded_processes(run.recorded, run.dist.world_size)
+    if not run.resumed or saved_world == run.dist.world_size:
+        return
+    config = run.config
+    batch = per_process_batch(config.batch_size, saved_world, run.dist.world_size, config.accumulate)
+    run.report.batch_rescaled(saved_world, run.dist.world_size, config.batch_size, batch, config.accumulate)
+    config.batch_size = batch
 
 
 def _device(run: Run) -> None:
@@ -254,7 +266,8 @@ def _optimizers(run: Run) -> None:
     optimizers = optim.rebuild_optimizers(optimizers, run.config, run.plan.model.name)  # --optimizer and its options
     schedulers = optim.wrap_schedulers(optimizers, run.recipe.configure_schedulers(optimizers), run.config,
                                        run.schedule.steps_per_epoch, run.schedule.total_steps)
-    run.state = TrainState(BadItems(run.config.skip_bad_files))
+    run.state = TrainState(BadItems(run.config.skip_bad_files),
+                           samples_per_batch=run.config.batch_size * run.dist.world_size)
     run.stepper = StepRunner(run, optimizers, schedulers, run.precision, run.report, run.state)
     idle = contracts.idle_optimizers(run.stepper.params, run.config.freeze, model)
     if idle:

@@ -38,8 +38,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from zoo.engine.bad_items import as_bad_item
 from zoo.engine.cache_layout import Layout
-from zoo.engine.feed import as_bad_item
 from zoo.engine.rundir import write_text_atomic
 from zoo.errors import RunError, ZooError
 

@@ -29,8 +29,8 @@ from torch.utils.data import Dataset, default_collate
 from torchvision.io import decode_jpeg, encode_jpeg
 
 from zoo.data import item_generator, seeded_item
+from zoo.engine.bad_items import BadItem, as_bad_item
 from zoo.engine.cache import DecodedCache
-from zoo.engine.feed import BadItem, as_bad_item
 from zoo.errors import first_line
 
 DEVICE_METHODS = ("encoded", "decode_batch", "decode", "finish")
@@ -111,7 +111,7 @@ class EncodedItems(Dataset):
     """Worker side: an item's bytes (or its cached or CPU-decoded image), not the finished item.
 
     Takes the ``(index, seed)`` keys of ``zoo.engine.feed.EpochOrder``; a failure
-    comes back as a :class:`~zoo.engine.feed.BadItem`, as from ``SeededItems``.
+    comes back as a :class:`~zoo.engine.bad_items.BadItem`, as from ``SeededItems``.
     Items in ``cpu_only`` (files the device could not decode) are decoded here.
     """
 

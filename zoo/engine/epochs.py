@@ -50,7 +50,7 @@ class EpochFeed:
 
     def _open(self) -> None:
         config, state = self.config, self.state
-        self.order.set_epoch(state.epoch, start=state.position * config.batch_size)
+        self.order.set_epoch(state.epoch, start=state.samples)
         self.feed = DeviceFeed(prefetching(self.loader, config.workers, max(2, 2 * config.accumulate), self.device),
                                self.device, self.speed.channels_last, assemble=self.device_decoder)
         self.bar = tqdm(total=self.steps_per_epoch, initial=state.position // config.accumulate,

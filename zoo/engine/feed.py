@@ -9,7 +9,6 @@ loads it.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import queue
@@ -24,12 +23,25 @@ from prefetch_generator import BackgroundGenerator
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from zoo.data import item_problem, items_fit, load_items
+from zoo.engine.bad_items import BadItem, BadItems, BadSampleError, WrongItemError, as_bad_item
 from zoo.engine.rng import derive_seed, derive_seeds
-from zoo.errors import PluginError, RunError, ZooError, first_line, part_name
+from zoo.errors import first_line, part_name
+
+__all__ = ["EpochOrder", "SeededItems", "collate_items", "make_loader", "leave_signals_to_main", "to_device",
+           "DeviceFeed", "LoaderStream", "Prefetcher", "prefetching",
+           # unreadable samples (zoo.engine.bad_items), documented here
+           "BadItem", "BadItems", "BadSampleError", "WrongItemError", "as_bad_item"]
 
 
 class EpochOrder(Sampler):
-    """Yields ``(index, item_seed)`` keys for one epoch, starting at a given position."""
+    """Yields ``(index, item_seed)`` keys for one epoch, starting at a given position.
+
+    The position counts samples of the whole epoch order (every process's). Interleaved shards
+    (rank ``r`` of ``N`` takes every ``N``-th item from ``r``) make what ``k`` batches of ``B`` per process
+    used the first ``k*B*N`` items of the order, so a run resumed with ``M`` processes takes the rest,
+    ``rest[rank::M]``: no sample of the epoch twice, none skipped. With as many processes as before this
+    is exactly each process's own share from batch ``k`` on.
+    """
 
     def __init__(self, size: int, seed: int, shuffle: bool, shard: tuple[int, int] = (0, 1)) -> None:
         self.size = size
@@ -40,43 +52,31 @@ class EpochOrder(Sampler):
         self.start = 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Choose the epoch (its permutation) and the first position to yield."""
+        """Choose the epoch (its permutation) and how many samples of its whole order are done."""
         self.epoch, self.start = epoch, start
+
+    def full_order(self) -> list[int]:
+        """The epoch's whole index order, every process's share interleaved."""
+        if not self.shuffle:
+            return list(range(self.size))
+        generator = torch.Generator()
+        generator.manual_seed(derive_seed(self.seed, "order", self.epoch))
+        return torch.randperm(self.size, generator=generator).tolist()
 
     def order(self) -> list[int]:
         """This process's share of the epoch's index order (every ``world_size``-th, from ``rank``)."""
-        if not self.shuffle:
-            full = list(range(self.size))
-        else:
-            generator = torch.Generator()
-            generator.manual_seed(derive_seed(self.seed, "order", self.epoch))
-            full = torch.randperm(self.size, generator=generator).tolist()
-        return full[self.rank::self.world_size]
+        return self.full_order()[self.rank::self.world_size]
+
+    def remaining(self) -> list[int]:
+        """This process's share of what is left of the epoch after ``start`` samples of the whole order."""
+        return self.full_order()[self.start:][self.rank::self.world_size]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        indices = self.order()[self.start:]
+        indices = self.remaining()
         return zip(indices, derive_seeds(indices, self.seed, "item", self.epoch))
 
     def __len__(self) -> int:
-        return len(range(self.rank, self.size, self.world_size)) - self.start
-
-
-@dataclasses.dataclass(frozen=True)
-class BadItem:
-    """A sample that could not be loaded, carried to the main process instead of an exception."""
-
-    index: int
-    message: str
-    dataset_bug: bool = False  # the item breaks the dataset contract: no --skip-bad-files can help
-
-
-def as_bad_item(index: int, exc: Exception, dataset: str | None = None) -> BadItem:
-    """A failure to load sample ``index`` as a value: a zoo error's first line, else the exception named
-    (with the dataset's name when given: a plugin's own exception may not name its file)."""
-    if isinstance(exc, ZooError):
-        return BadItem(index, str(exc).splitlines()[0])
-    where = f"dataset '{dataset}' sample {index}" if dataset else f"sample {index}"
-    return BadItem(index, f"{where}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        return len(range(self.rank, max(self.size - self.start, 0), self.world_size))
 
 
 class SeededItems(Dataset):
@@ -133,63 +133,6 @@ def collate_items(items: list[Any]) -> tuple[Any, list[BadItem]]:
         return None, bad + [BadItem(-1, f"the dataset's items of one batch cannot be stacked ({first_line(exc)}): "
                                         f"every item must have the same shapes and types; fix the dataset "
                                         f"plugin's __getitem__.", dataset_bug=True)]
-
-
-class BadSampleError(RunError):
-    """A sample could not be read and --skip-bad-files is off."""
-
-    def __init__(self, message: str = "", *, one_process: bool = True) -> None:
-        # each process of a job reads its own samples: the one that met it says so
-        super().__init__(message, one_process=one_process)
-
-
-class WrongItemError(PluginError):
-    """A dataset gave an item that breaks the item contract (a bug in the dataset plugin)."""
-
-    def __init__(self, message: str = "", *, one_process: bool = True) -> None:
-        # each process of a job reads its own items: the one that met it says so
-        super().__init__(message, one_process=one_process)
-
-
-class BadItems:
-    """Stops the run naming an unreadable sample, or counts it with ``--skip-bad-files``."""
-
-    def __init__(self, skip: bool) -> None:
-        self.skip = skip
-        self.count = 0
-        self.distinct: set[int] = set()
-        self.first: str | None = None
-
-    def check(self, bad: list[BadItem]) -> None:
-        """Raise a one-line error for the first bad sample unless skipping; count them."""
-        if not bad:
-            return
-        wrong = next((item for item in bad if item.dataset_bug), None)
-        if wrong is not None:
-            raise WrongItemError(wrong.message)
-        if not self.skip:
-            raise BadSampleError(f"{bad[0].message.rstrip('.')}; or pass --skip-bad-files to skip unreadable "
-                                 f"samples and count them.")
-        self.count += len(bad)
-        self.distinct.update(item.index for item in bad)
-        self.first = self.first or bad[0].message
-
-    def state_dict(self) -> dict[str, Any]:
-        """What a checkpoint keeps of the skipped samples."""
-        return {"count": self.count, "distinct": sorted(self.distinct), "first": self.first}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Take back a checkpoint's count of skipped samples."""
-        self.count = state.get("count", 0)
-        self.distinct = set(state.get("distinct", []))
-        self.first = state.get("first")
-
-    def summary(self) -> str | None:
-        """One line on what was skipped, or ``None``."""
-        if not self.count:
-            return None
-        times = f", {self.count} times in all" if self.count != len(self.distinct) else ""
-        return f"zoo: skipped {len(self.distinct)} unreadable sample(s){times} (first: {self.first})"
 
 
 WORKER_TERM_GRACE_S = 30  # a worker given SIGTERM ends this long after, if the main process has not ended it

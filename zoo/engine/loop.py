@@ -30,8 +30,8 @@ from typing import Any, Iterator
 import torch
 
 from zoo.engine import checkpoint, periodic, progress, report, status
+from zoo.engine.bad_items import BadSampleError, WrongItemError
 from zoo.engine.epochs import EpochFeed
-from zoo.engine.feed import BadSampleError, WrongItemError
 
 
 @dataclass

@@ -53,6 +53,7 @@ def resolved(run: Any) -> dict[str, Any]:
         "speed": run.speed.describe(),
         "decode_on_device": run.device_decoder is not None,
         "steps_per_epoch": run.schedule.steps_per_epoch,
+        "processes": run.dist.world_size,  # with config.batch_size (per process): the global batch a resume keeps
         "parameters": sum(p.numel() for p in recipe.parameters()),
         "trainable_parameters": sum(p.numel() for p in recipe.parameters() if p.requires_grad),
         **optim.describe(run.stepper.optimizers, run.stepper.schedulers, run.config, run.schedule.steps_per_epoch),
@@ -82,6 +83,13 @@ def record_moved_data(run: Any) -> None:
     if document.get("config", {}).get("data") != run.config.data:
         document["config"]["data"] = run.config.data
         write_json(run.run_dir / "config.json", document)
+
+
+def recorded_processes(resolved: dict[str, Any] | None, default: int) -> int:
+    """The number of processes config.json's ``batch_size`` is per process of (``default`` for a run recorded before
+    it was saved: such a run resumes with as many processes as its checkpoints were made by)."""
+    processes = (resolved or {}).get("processes")
+    return processes if isinstance(processes, int) and processes >= 1 else default
 
 
 def under_recorded(resolved: dict[str, Any], kind: str, name: str | None,

@@ -99,6 +99,11 @@ class Report:
     def resuming(self, run_dir: Any, state: TrainState) -> None:
         self.notice(f"resuming {run_dir} from step {state.step} (epoch {state.epoch + 1}).")
 
+    def batch_rescaled(self, saved_world: int, world: int, saved_batch: int, batch: int, accumulate: int) -> None:
+        """A resume with another number of processes: the per-process batch that keeps the global batch."""
+        self.notice(f"resumed with {world} process(es) instead of {saved_world}: per-process batch {saved_batch} -> "
+                    f"{batch} keeps the global batch {batch * world * accumulate}")
+
     def no_checkpoint_yet(self, run_dir: Any) -> None:
         self.notice(f"{run_dir} has no checkpoint yet; starting over with its saved config.")
 
@@ -154,6 +159,14 @@ class Report:
 
 
 # ------------------------------------------------------------------- errors
+def batch_not_divisible(total: int, accumulate: int, world: int, counts: list[int]) -> UsageError:
+    """A resume whose global batch (``total`` samples a micro-batch) does not split over ``world`` processes."""
+    batch = f"{total}" if accumulate == 1 else f"{total * accumulate} ({total} x accumulate {accumulate})"
+    listed = ", ".join(map(str, counts[:-1])) + f" or {counts[-1]}" if len(counts) > 1 else str(counts[0])
+    return UsageError(f"the run's global batch {batch} cannot be split over {world} processes; resume with "
+                      f"--nproc-per-node {listed}.")
+
+
 def interrupted(signum: int, step: int, run_dir: Any) -> Interrupted:
     return Interrupted(f"zoo: stopped by {signal.Signals(signum).name} at step {step}; checkpoint saved. "
                        f"Resume with: zoo train --resume {run_dir}", 128 + int(signum))

@@ -3,8 +3,14 @@
 A checkpoint holds the networks' weights and, gathered here from their owners, the training
 state (``TrainState``), the optimizers, schedulers and grad scaler (``StepRunner``), the
 hooks' states (``HookCaller``), the random generators and what the run must match to resume
-(its model, training split size and process count). ``checkpoint.py`` writes and reads the
+(its model, training split size and global batch). ``checkpoint.py`` writes and reads the
 files and knows none of these keys. Pruning keeps the best checkpoint by the model's metric.
+
+A run resumes with any number of processes that splits its global batch evenly: the per-process
+batch is scaled to keep it (``per_process_batch``), the data position is in samples of the
+epoch's whole order (``TrainState``), the optimizers, schedulers and grad scaler are the same on
+every process (saved once, by rank 0), and each process takes back its own random generators;
+one the saving run did not have seeds them from (seed, rank, step) instead.
 """
 
 from __future__ import annotations
@@ -31,10 +37,11 @@ class Checkpoints:
 
     # ------------------------------------------------------------ contents
     def identity(self) -> dict[str, Any]:
-        """What a resumed run must match: the model, the training split's size, the number of processes."""
-        run = self.run
-        return {"model": run.plan.model.qualified_name, "train_size": len(run.train_set),
-                "world_size": self.dist.world_size}
+        """What a resumed run must match: the model, the training split's size, the global batch (and, in a
+        checkpoint, the number of processes that made it)."""
+        run, world = self.run, self.dist.world_size
+        return {"model": run.plan.model.qualified_name, "train_size": len(run.train_set), "world_size": world,
+                "global_batch": run.config.batch_size * world * run.config.accumulate}
 
     def state_dict(self) -> dict[str, Any]:
         """Everything but the weights, from each owner; the keys are the checkpoint format's."""
@@ -58,7 +65,16 @@ class Checkpoints:
         run.state.load_state_dict(state)
         run.context.step, run.context.epoch = run.state.step, run.state.epoch
         run.hooks.load_state_dict(state.get("hooks", {}))
-        rng.restore(state["rng_by_rank"][self.dist.rank] if self.dist.enabled else state["rng"])
+        self._restore_rng(state)
+
+    def _restore_rng(self, state: dict[str, Any]) -> None:
+        """This process's generators as the checkpoint saved them (rank ``r`` takes saving rank ``r``'s); a process
+        the saving run did not have (a resume with more processes) seeds them from (seed, rank, step)."""
+        saved, rank = state.get("rng_by_rank") or [state["rng"]], self.dist.rank
+        if rank < len(saved):
+            rng.restore(saved[rank])
+        else:
+            rng.seed_everything(rng.derive_seed(self.run.config.seed, "rank", rank, "resumed", state["step"]))
 
     def _check_identity(self, state: dict[str, Any], folder: Path) -> None:
         own = self.identity()
@@ -68,10 +84,13 @@ class Checkpoints:
         if state.get("train_size") != own["train_size"]:
             raise UsageError(f"the training split now has {own['train_size']} samples but {folder} was made "
                              f"with {state.get('train_size')}; resume with the same data.")
-        saved_world = state.get("world_size", 1)
-        if saved_world != own["world_size"]:
-            raise UsageError(f"{folder} was made by {saved_world} process(es), this run has {own['world_size']}; "
-                             f"resume with --nproc-per-node {saved_world}.")
+        saved_world, saved_batch = state.get("world_size", 1), state.get("global_batch")
+        if saved_batch is None and saved_world != own["world_size"]:  # saved before checkpoints kept it
+            raise UsageError(f"{folder} was made by {saved_world} process(es), this run has {own['world_size']}, "
+                             f"and predates resumes with another number; resume with --nproc-per-node {saved_world}.")
+        if saved_batch is not None and saved_batch != own["global_batch"]:
+            raise UsageError(f"{folder} was made with a global batch of {saved_batch} but this run's is "
+                             f"{own['global_batch']}; resume with the batch_size config.json recorded.")
 
     # -------------------------------------------------------------- saving
     def save(self) -> Path:
@@ -183,3 +202,19 @@ class Checkpoints:
         listed = "; ".join(f"{bad.name} {reason}" for bad, reason in damaged)
         raise RunError(f"no whole checkpoint in {self.run_dir / 'checkpoints'} ({listed}); "
                        f"start the run again with --overwrite.")
+
+
+def per_process_batch(batch: int, saved_world: int, world: int, accumulate: int = 1) -> int:
+    """The per-process batch that keeps a run's global batch (``batch`` on each of ``saved_world`` processes) over
+    ``world`` processes; a usage error naming the numbers of processes that can, where ``world`` cannot."""
+    total = batch * saved_world
+    if total % world:
+        raise report.batch_not_divisible(total, accumulate, world, process_counts(total, world))
+    return total // world
+
+
+def process_counts(total: int, near: int, most: int = 8) -> list[int]:
+    """Up to ``most`` numbers of processes that split a batch of ``total`` samples evenly, those nearest ``near``
+    (by ratio)."""
+    divisors = [count for count in range(1, total + 1) if total % count == 0]
+    return sorted(sorted(divisors, key=lambda count: (max(count / near, near / count), count))[:most])

@@ -1,5 +1,9 @@
 """The training state: where a run is (step, epoch, position), what it owes, what it skipped, its best.
 
+The position is counted in micro-batches as the loop takes them and saved in samples of the
+epoch's whole order too, so a run resumed with another number of processes (the same global
+batch, another per-process batch) goes on where it was.
+
 One object, saved in every checkpoint through ``state_dict``/``load_state_dict``; the
 checkpoint files never know its keys. The markers of what was last done at which step
 (logged, evaluated, saved) are not saved: a resumed run starts from its checkpoint's step.
@@ -10,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from zoo.engine.feed import BadItems
+from zoo.engine.bad_items import BadItems
 
 
 @dataclass
@@ -21,6 +25,8 @@ class TrainState:
     step: int = 0
     epoch: int = 0
     position: int = 0  # micro-batches done in the current epoch
+    # samples one micro-batch takes from the epoch's order, over every process (batch x processes)
+    samples_per_batch: int = 0
     best: dict[str, Any] | None = None  # {"step", "value", "metric", "saved"}
     # an evaluation that was due but did not finish (a stop request, an unreadable test file):
     # the checkpoint says so and a resumed run does it first
@@ -37,6 +43,11 @@ class TrainState:
         """One training step done, fed by ``micro_batches`` batches."""
         self.step += 1
         self.position += micro_batches
+
+    @property
+    def samples(self) -> int:
+        """Samples of the epoch's whole order done (every process's): where its next micro-batches start."""
+        return self.position * self.samples_per_batch
 
     def next_epoch(self) -> None:
         """The training data was seen once more: the next epoch starts at its beginning."""
@@ -75,15 +86,27 @@ class TrainState:
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint keeps of the run's progress (its keys are the checkpoint format's)."""
-        return {"step": self.step, "epoch": self.epoch, "position": self.position, "best": self.best,
+        counted = {"samples": self.samples} if self.samples_per_batch else {}
+        return {"step": self.step, "epoch": self.epoch, "position": self.position, **counted, "best": self.best,
                 "skipped_nonfinite": self.skipped_nonfinite, "eval_owed": self.eval_owed,
                 "bad_samples": self.bad_items.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Take back a checkpoint's progress; the run is then saved at that step."""
-        self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
+        self.step, self.epoch, self.position = state["step"], state["epoch"], self._saved_position(state)
         self.best = state.get("best")
         self.eval_owed = self.saved_eval_owed = bool(state.get("eval_owed", False))
         self.skipped_nonfinite = state.get("skipped_nonfinite", 0)
         self.bad_items.load_state_dict(state.get("bad_samples") or {})
         self.last_save_step = self.step
+
+    def _saved_position(self, state: dict[str, Any]) -> int:
+        """A checkpoint's position in this run's micro-batches: from its samples done, whatever number of processes
+        saved it; an older checkpoint counts micro-batches only (of as many processes as now: ``saving`` checks)."""
+        if "samples" not in state or not self.samples_per_batch:
+            return state["position"]
+        batches, rest = divmod(state["samples"], self.samples_per_batch)
+        if rest:
+            raise ValueError(f"{state['samples']} samples done is not a whole number of batches of "
+                             f"{self.samples_per_batch}")
+        return batches
