@@ -125,7 +125,7 @@ def train_command(ctx: Context, resume: str | None, overwrite: bool, config_file
 
         click.echo(resolved_toml(registry, config, origins_of(file_values, given), nproc or 1), nl=False)
         return
-    from zoo.engine.distributed import check_gpu_count, check_sync_bn, launched_by_torchrun
+    from zoo.engine.distributed import launched_by_torchrun
 
     if not launched_by_torchrun():  # said once: by the launcher or the lone process
         if resume:
@@ -134,16 +134,25 @@ def train_command(ctx: Context, resume: str | None, overwrite: bool, config_file
             if moved_from is not None:
                 click.echo(f"zoo: the run's data {moved_from} is gone; reading {config.data} instead.", err=True)
         if nproc is not None:
-            check_gpu_count(config.device, nproc)
-            if config.sync_bn and nproc > 1:
-                import torch
-                auto = "cuda" if torch.cuda.is_available() else "cpu"
-                check_sync_bn(auto if config.device == "auto" else config.device.split(":")[0])
-            if resume:  # refused here, before N processes start only to refuse it
-                _check_global_batch_splits(config, saved, nproc)
+            _check_before_launch(config, nproc, saved if resume else None)
             jobs.launch(nproc, run_dir, given_run_dir=bool(resume or config.run_dir))
             return
     _train(registry, config, run_dir, bool(resume), overwrite)
+
+
+def _check_before_launch(config: TrainConfig, nproc: int, saved: dict[str, Any] | None) -> None:
+    """What N processes would each refuse, refused once here before they start: too few GPUs, --sync-bn off
+    CUDA, a resumed global batch that does not split over N."""
+    import torch
+
+    from zoo.engine.distributed import check_gpu_count, check_sync_bn
+
+    check_gpu_count(config.device, nproc)
+    if config.sync_bn and nproc > 1:
+        auto = "cuda" if torch.cuda.is_available() else "cpu"
+        check_sync_bn(auto if config.device == "auto" else config.device.split(":")[0])
+    if saved is not None:
+        _check_global_batch_splits(config, saved, nproc)
 
 
 def _given(options: dict[str, Any]) -> dict[str, Any]:
