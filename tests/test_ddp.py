@@ -101,6 +101,8 @@ UNUSED_PLUGIN = """
     from plugins.models.mnist_net import MnistNet
 
     class Unused(MnistNet):
+        ddp_static_graph = False  # not every parameter every step (a static graph would cope on its own)
+
         def __init__(self, num_classes: int = 10):
             super().__init__(num_classes=num_classes, arch="small")
             self.net.spare = nn.Linear(4, 4)  # in the network, never used by its forward
