@@ -292,3 +292,69 @@ def test_the_save_budget_spaces_epoch_end_checkpoints_by_49_times_the_last_ones_
         now[0] += 0.01  # a quicker one: the next may follow sooner
     now[0] += 0.5
     assert budget.allows()
+
+
+# ----------------------------------------------------------------------------- --augment
+
+
+@pytest.fixture
+def pattern(tmp_path):
+    """Two 40x36 RGB PNGs, each with an asymmetric pattern (an L in one corner on a two-way ramp), in
+    tmp_path/pattern/, and the same files again in tmp_path/clean/ (paired targets equal to their inputs)."""
+    ys, xs = np.mgrid[0:36, 0:40]
+    for i in range(2):
+        pixels = np.stack([xs * 6, ys * 7, np.full_like(xs, 60 + 100 * i)], axis=-1).astype(np.uint8)
+        pixels[4:20, 4:8] = pixels[16:20, 4:16] = 255
+        for folder in ("pattern", "clean"):
+            (tmp_path / folder).mkdir(exist_ok=True)
+            Image.fromarray(pixels).save(tmp_path / folder / f"a{i}.png")
+    return tmp_path / "pattern"
+
+
+@pytest.mark.parametrize("options", [dict(target="CLEAN"), dict(noise_sigma=0.0)], ids=["paired", "degraded"])
+def test_strong_augments_input_and_target_alike(pattern, options):
+    if options.get("target") == "CLEAN":
+        options = dict(target=str(pattern.parent / "clean" / "*.png"))
+    strong = patches("train", pattern, patch_size=16, patches_per_image=4, holdout=0, augment="strong", **options)
+    plain = patches("train", pattern, patch_size=16, patches_per_image=4, holdout=0, **options)
+    assert (strong.augment, plain.augment) == ("strong", "none")
+    changed = 0
+    for index in range(len(strong)):
+        augmented, target = item(strong, index, seed=index)
+        assert augmented.shape == target.shape == (3, 16, 16)
+        assert torch.equal(augmented, target)  # the same crop, flip, colours and operation on both
+        crop = item(plain, index, seed=index)[1]  # the same patch, un-augmented
+        changed += not torch.equal(target, crop)
+    assert changed >= len(strong) - 1  # strong changes (nearly) every patch
+
+
+def test_augmented_patches_repeat_from_the_item_seed_and_the_test_split_is_never_augmented(photos):
+    train = patches("train", photos, patch_size=16, patches_per_image=5, augment="strong", degrade="blur")
+    for index in (0, 7, 23):
+        first = item(train, index, seed=index)
+        again = item(patches("train", photos, patch_size=16, patches_per_image=5, augment="strong",
+                             degrade="blur"), index, seed=index)  # a resumed run rebuilds the dataset
+        assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+        other = item(train, index, seed=index + 100)
+        assert not torch.equal(first[1], other[1])
+    test = patches("test", photos, patch_size=16, patches_per_image=4, augment="strong")
+    plain = patches("test", photos, patch_size=16, patches_per_image=4)
+    assert test.augment == "none"
+    for index in range(len(test)):
+        ours, theirs = item(test, index, seed=index), item(plain, index, seed=index + 1)
+        assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
+    with pytest.raises(ValueError, match="augment must be one of"):
+        patches("train", photos, patch_size=16, augment="wild")
+
+
+def test_zoo_info_and_a_run_take_the_augment_presets(zoo_cli, photos, tmp_path, monkeypatch):
+    code, out, err = zoo_cli("info", "glob_patches")
+    assert code == 0, err
+    line, = [line for line in out.splitlines() if line.strip().startswith("--augment:")]
+    assert all(preset in line for preset in ("none", "flip", "standard", "strong"))
+    monkeypatch.chdir(tmp_path)
+    code, printed, err = zoo_cli("train", "--model", "resnet_i2i", "--dataset", "glob_patches", "--data",
+                                 str(photos / "*.png"), "--dataset-opt", "patch_size=16", "--batch-size", "8",
+                                 "--augment", "strong", "--print-config")
+    assert code == 0, err
+    assert any(line.startswith('augment = "strong"') for line in printed.splitlines())

@@ -75,6 +75,8 @@ def describe(registry: Registry, entry: Entry) -> str:
         cls = build.load_dataset_class(entry)
         lines += [f"  feeds: {', '.join(t.replace('_', '-') for t in cls.tasks)} models",
                   f"  --data: {_data_line(cls)}"]
+        if getattr(cls, "augments", ()):
+            lines.append(f"  --augment: {', '.join(cls.augments)} (the train split's preset; docs/datasets.md)")
         lines += _options_block(cls, build.DATASET_RESERVED + bound)
     else:
         cls = entry.load()

@@ -19,6 +19,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from plugins import ops
+from zoo.augment import AUGMENT_PRESETS, augment_pair, train_preset
 from zoo.data import ZooDataset, item_generator, item_rng
 from zoo.errors import UsageError
 from zoo.options import Range
@@ -146,6 +147,7 @@ class GlobPatchesDataset(ZooDataset):
     tasks = ("image_to_image",)
     path_options = ("target",)
     needs_data = True
+    augments = AUGMENT_PRESETS  # --augment; none when not given
     data_help = "a glob pattern of images, e.g. 'photos/**/*.png' (quote it)"
 
     def __init__(self, split: str, *, task: str, data: str | None = None,
@@ -156,13 +158,15 @@ class GlobPatchesDataset(ZooDataset):
                  noise_sigma: Annotated[float, Range(0, 1)] = ops.DEFAULT_AMOUNTS["noise"],
                  blur_sigma: Annotated[float, Range(0)] = ops.DEFAULT_AMOUNTS["blur"],
                  scale: Annotated[float, Range(1)] = ops.DEFAULT_AMOUNTS["downscale"],
-                 target: str | None = None) -> None:
+                 target: str | None = None, augment: str | None = None) -> None:
         """List the matching files; ``target`` is a glob of clean images paired by file name.
 
         ``patches_per_image`` defaults to the patches that tile the first file without overlap (at most 256);
-        ``noise_sigma``, ``blur_sigma`` and ``scale`` set the strength of the ``degrade`` kind.
+        ``noise_sigma``, ``blur_sigma`` and ``scale`` set the strength of the ``degrade`` kind; ``augment`` is a
+        ``zoo.augment`` preset for the train split's patches (none by default).
         """
         super().__init__(split, task=task, data=data, image_size=image_size, channels=channels)
+        self.augment = train_preset(split, augment, "none")
         ops.check_image_options("glob_patches", task, self.tasks, image_size, channels)
         ops.check_degrade_kind(degrade)
         if data is None:
@@ -228,9 +232,12 @@ class GlobPatchesDataset(ZooDataset):
         return torch.cat([TF.pil_to_tensor(source), TF.pil_to_tensor(clean)])
 
     def finish(self, decoded: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Item ``index`` from its decoded file: a random patch and flip (train) or a fixed patch (test), degraded.
+        """Item ``index`` from its decoded file: a random patch and flip (train) or a fixed patch (test), then the
+        ``augment`` preset (train), then degraded.
 
-        Training draws the crop, flip and noise from ``item_rng()``; a test patch's noise is fixed by its index.
+        Training draws the crop, flip, augmentation and noise from ``item_rng()``; a test patch's noise is fixed by
+        its index. Input and target get the same augmentation: a paired input and target the same draws
+        (``augment_pair``); otherwise the clean patch is augmented, then degraded into the input.
         """
         size, channels = self.patch_size, self.image_shape[0]
         if self.split == "train":
@@ -243,5 +250,7 @@ class GlobPatchesDataset(ZooDataset):
             patch = decoded[:, top:top + size, left:left + size]
         patch = ops.from_unit_range(patch.to(torch.float32) / 255.0)
         if self.target is not None:
-            return patch[:channels], patch[channels:]
+            source, clean = augment_pair(patch[:channels], patch[channels:], self.augment, generator, task=self.task)
+            return source, clean
+        patch, _ = augment_pair(patch, None, self.augment, generator, task=self.task)
         return ops.degrade_by(patch, self.degrade, self.amount, generator=generator), patch
