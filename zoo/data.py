@@ -78,7 +78,7 @@ def item_rng() -> torch.Generator | None:
 def item_generator(seed: int) -> torch.Generator:
     """The CPU generator an item's augmentation draws from, given the item's seed."""
     generator = torch.Generator()
-    generator.manual_seed(seed)
+    generator.manual_seed(int(seed))  # an int, or the engine's ItemSeed, hashed now
     return generator
 
 

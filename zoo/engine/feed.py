@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from zoo.data import item_problem, items_fit, load_items
 from zoo.engine.bad_items import BadItem, BadItems, BadSampleError, WrongItemError, as_bad_item
-from zoo.engine.rng import derive_seed, derive_seeds
+from zoo.engine.rng import derive_seed, item_seeds
 from zoo.errors import first_line, part_name
 
 __all__ = ["EpochOrder", "SeededItems", "collate_items", "make_loader", "leave_signals_to_main", "to_device",
@@ -73,7 +73,7 @@ class EpochOrder(Sampler):
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         indices = self.remaining()
-        return zip(indices, derive_seeds(indices, self.seed, "item", self.epoch))
+        return zip(indices, item_seeds(indices, self.seed, "item", self.epoch))
 
     def __len__(self) -> int:
         return len(range(self.rank, max(self.size - self.start, 0), self.world_size))
