@@ -71,12 +71,20 @@ def test_reductions_per_step_and_exact_resumes_of_a_gan_and_of_accumulation(tmp_
             assert torch.equal(straight[key], half[key]), (name, key)
 
 
-def test_a_comm_hook_sends_the_gradients_compressed(tmp_path):
+def test_a_comm_hook_sends_the_gradients_compressed_and_frozen_parameters_stay_out(tmp_path):
     results = job(tmp_path, [run(tmp_path, "plain", TINY_I2I, max_steps=4),
                    run(tmp_path, "fp16", TINY_I2I, max_steps=4, ddp_comm_hook="fp16"),
-                   run(tmp_path, "powersgd", TINY_I2I, max_steps=4, ddp_comm_hook="powersgd")])
+                   run(tmp_path, "powersgd", TINY_I2I, max_steps=4, ddp_comm_hook="powersgd"),
+                   run(tmp_path, "frozen", TINY_GAN, max_steps=2, save_every=1, keep=2,
+                       freeze=["generator.main.0.*", "discriminator.*"])])
     # resnet_i2i declares itself static (one network, every parameter every step): DDP's static graph
-    assert [result["static_graph"] for result in results] == [{"net": True}] * 3
+    assert [result["static_graph"] for result in results[:3]] == [{"net": True}] * 3
+    # a frozen network is not in DDP at all (its optimizer idle); a frozen layer is left out of its network's
+    assert list(results[3]["static_graph"]) == ["generator"]
+    first, second = (checkpoint.load_weights(folder) for _, folder in checkpoint.list_steps(tmp_path / "frozen"))
+    assert all(torch.equal(first[key], second[key]) for key in first if key.startswith(("generator.main.0.",
+                                                                                         "discriminator.")))
+    assert not torch.equal(first["generator.main.3.weight"], second["generator.main.3.weight"])
     plain, fp16, powersgd = (newest(tmp_path / name) for name in ("plain", "fp16", "powersgd"))
     assert any(not torch.equal(plain[key], fp16[key]) for key in plain)  # fp16 rounding reached the weights
     for key in plain:

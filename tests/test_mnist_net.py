@@ -80,3 +80,21 @@ def test_a_bad_arch_is_a_one_line_usage_error_and_info_names_both_sources(zoo_cl
     assert "parameters: 1,199,882 at default options" in out
     assert any(line.split()[:2] == ["arch", "Literal['official',"] and line.split()[-2:] == ["default", "'official'"]
                for line in out.splitlines()), out
+
+
+def test_a_run_saved_before_arch_existed_resumes_and_loads_as_the_small_network_it_trained(tmp_path):
+    import json
+
+    from zoo.api import load_run
+
+    run = tiny_run("mnist_net", tmp_path / "run", steps=1, model_opt={"arch": "small", "num_classes": 10})
+    path = run.run_dir / "config.json"
+    record = json.loads(path.read_text())
+    for section in (record["config"]["model_opt"], record["resolved"]["model_options"]):
+        section.pop("arch", None), section.pop("conv_dropout", None)  # as mnist_net's runs recorded them before
+    path.write_text(json.dumps(record))
+    resumed = tiny_run("mnist_net", tmp_path / "run", steps=2, resume=True)
+    assert resumed.step == 2 and sum(t.numel() for t in resumed.weights.values()) == ARCH_PARAMETERS["small"]
+    assert read_config(run.run_dir)["resolved"]["model_options"]["arch"] == "small"  # recorded from now on
+    loaded = load_run(run.run_dir, device="cpu")
+    assert sum(p.numel() for p in loaded.recipe.parameters()) == ARCH_PARAMETERS["small"]

@@ -329,9 +329,10 @@ def _rebuild(registry: Registry, plan: Plan, config: TrainConfig, resolved: dict
     weights do not fit.
     """
     from zoo import build
-    from zoo.engine.record import under_recorded, unrecorded_defaults_hint
+    from zoo.engine.record import under_recorded, unrecorded_defaults_hint, with_earlier_defaults
 
-    model_options = under_recorded(resolved, "model", plan.model.qualified_name, config.model_opt)
+    model_options = with_earlier_defaults(under_recorded(resolved, "model", plan.model.qualified_name,
+                                                         config.model_opt), build.load_recipe_class(plan.model))
     if model_options is not None and resolved.get("input_shape"):
         recipe, _, _ = build.build_recipe(plan.model, model_options)
         return (recipe, None, tuple(int(v) for v in resolved["input_shape"]), resolved.get("classes"),

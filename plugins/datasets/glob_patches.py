@@ -148,6 +148,7 @@ class GlobPatchesDataset(ZooDataset):
     path_options = ("target",)
     needs_data = True
     augments = AUGMENT_PRESETS  # --augment; none when not given
+    earlier_defaults = {"patches_per_image": 1}  # runs saved before the option drew one patch a file an epoch
     data_help = "a glob pattern of images, e.g. 'photos/**/*.png' (quote it)"
 
     def __init__(self, split: str, *, task: str, data: str | None = None,

@@ -93,6 +93,7 @@ class MnistNet(Recipe):
     default_lr = 1.0
     capturable = True  # the same device work every step: CUDA graphs may hold it
     ddp_static_graph = True  # one network, every parameter used every step: DDP's static graph
+    earlier_defaults = {"arch": "small"}  # runs saved before arch existed trained the small network
 
     def __init__(self, num_classes: Annotated[int, Range(1)] = 10,
                  dropout: Annotated[float, Range(0, 1)] = 0.5,

@@ -143,10 +143,8 @@ def _data_and_model(run: Run) -> None:
     # a resumed run is rebuilt with the options it recorded, defaults included (a plugin's new defaults do not
     # change it); those its config names win
     parts = build.build_parts(run.registry, config, new_run=not run.resumed,
-                              model_options=record.under_recorded(run.recorded, "model", config.model,
-                                                                  config.model_opt),
-                              dataset_options=record.under_recorded(run.recorded, "dataset", config.dataset,
-                                                                    config.dataset_opt))
+                              model_options=_recorded_options(run, "model", config.model, config.model_opt),
+                              dataset_options=_recorded_options(run, "dataset", config.dataset, config.dataset_opt))
     run.plan, run.recipe, run.model_options = parts.plan, parts.recipe, parts.model_options
     run.dataset_options = parts.dataset_options
     run.train_set, run.test_set = parts.train_set, parts.test_set
@@ -159,6 +157,17 @@ def _data_and_model(run: Run) -> None:
     with memory.out_of_memory_said(f"putting model '{name}' on {run.device}",
                                   f"lower its options (zoo info {name}) or pick another --device"):
         run.recipe.to(run.device)
+
+
+def _recorded_options(run: Run, kind: str, name: str | None, given: dict[str, Any]) -> dict[str, Any] | None:
+    """A resumed run's recorded options of its model or dataset (``record.under_recorded``), with the value it was
+    made with for each option the plugin gained after it was saved (the class's ``earlier_defaults``)."""
+    options = record.under_recorded(run.recorded, kind, name, given)
+    if options is None or name is None:
+        return options
+    entry = run.registry.resolve(kind, name)
+    return record.with_earlier_defaults(
+        options, build.load_recipe_class(entry) if kind == "model" else build.load_dataset_class(entry))
 
 
 def _decoding_on_device(run: Run) -> bool:

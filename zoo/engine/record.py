@@ -102,6 +102,12 @@ def under_recorded(resolved: dict[str, Any], kind: str, name: str | None,
     return {**recorded, **given} if same and isinstance(recorded, dict) else None
 
 
+def with_earlier_defaults(options: dict[str, Any] | None, part_class: Any) -> dict[str, Any] | None:
+    """A saved run's recorded options, plus, for each option its model or dataset gained after the run was saved,
+    the value the run was made with (the class's ``earlier_defaults``); None (nothing recorded) stays None."""
+    return None if options is None else {**getattr(part_class, "earlier_defaults", {}), **options}
+
+
 def unrecorded_defaults_hint(entry: Any, options: dict[str, Any], given: dict[str, Any], run_dir: Any) -> str:
     """Why the weights of a run saved before option defaults were recorded may not fit its model: one of the
     model's defaults now (listed briefly) may differ from its weights'; the fix is the old value in config.json."""
