@@ -162,7 +162,7 @@ class StepGraph:
             raise
         except Exception as exc:  # a host sync or an op graphs cannot hold: stay eager from here on
             self._restore(generator, before, stream)
-            del graph, inputs
+            graph = inputs = None  # the failed capture's memory goes before the eager step
             self.say(f"zoo: this model's step cannot be captured in a CUDA graph ({first_line(exc)}); "
                      f"running eagerly.")
             self.enabled = False
