@@ -5,7 +5,8 @@ does each entry of RUNS.json in turn: ``{"config": {TrainConfig fields, run_dir 
 "count": bool}``. A counted run has every network's gradient reductions counted by a DDP communication hook
 (one count per backward that reduces the network: its first bucket's), in place of the hook its config
 names; rank 0 writes, for each run, ``{"counts": {network path: count} (empty when not counted),
-"static_graph": {network path: whether DDP runs it as a static graph}}`` to OUT.json.
+"static_graph": {network path: whether DDP runs it as a static graph}, "comm_hook": {network path: the hook
+zoo registered, or None}}`` to OUT.json.
 """
 
 import json
@@ -55,7 +56,8 @@ def train(entry, registry, context):
     networks = trainer.run.stepper.parallel.networks
     counts = {path: next(c["count"] for c in counters if c["network"] is network)
               for path, network in networks.items()} if counted else {}
-    return {"counts": counts, "static_graph": {path: network.static_graph for path, network in networks.items()}}
+    return {"counts": counts, "static_graph": {path: network.static_graph for path, network in networks.items()},
+            "comm_hook": {path: getattr(network, "comm_hook_name", None) for path, network in networks.items()}}
 
 
 def main():

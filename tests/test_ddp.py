@@ -16,7 +16,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from zoo.engine import checkpoint, contracts
-from zoo.engine.data_parallel import DataParallel, DDPOptions, Network
+from zoo.engine.data_parallel import DataParallel, DDPOptions, WrappedNetwork
 from zoo.errors import PluginError
 
 HERE = Path(__file__).resolve().parent
@@ -79,6 +79,8 @@ def test_a_comm_hook_sends_the_gradients_compressed_and_frozen_parameters_stay_o
                        freeze=["generator.main.0.*", "discriminator.*"])])
     # resnet_i2i declares itself static (one network, every parameter every step): DDP's static graph
     assert [result["static_graph"] for result in results[:3]] == [{"net": True}] * 3
+    assert [result["comm_hook"] for result in results] == [{"net": None}, {"net": "fp16"}, {"net": "powersgd"},
+                                                           {"generator": None}]
     # a frozen network is not in DDP at all (its optimizer idle); a frozen layer is left out of its network's
     assert list(results[3]["static_graph"]) == ["generator"]
     first, second = (checkpoint.load_weights(folder) for _, folder in checkpoint.list_steps(tmp_path / "frozen"))
@@ -174,7 +176,7 @@ def test_parameters_no_one_wrapper_can_hold_are_refused_in_one_line():
     direct = Direct()
     params = owners(direct, generator="g", discriminator="d")
     params["g"].append(direct.scale)
-    with pytest.raises(PluginError, match="model 'm' trains parameters of the model itself outside the submodules"):
+    with pytest.raises(PluginError, match="model 'm' trains parameters it holds itself, outside any submodule"):
         contracts.data_parallel_networks(direct, params, "m")
 
 
@@ -185,7 +187,7 @@ def test_a_network_computed_without_its_own_forward_is_named_not_trained_on(tmp_
         parallel = DataParallel(gan, owners(gan, generator="g", discriminator="d"), torch.device("cpu"),
                                 DDPOptions(), "m")
         with parallel.in_step():
-            assert isinstance(gan.generator, Network) and gan.generator.out_features == 2  # the module answers
+            assert isinstance(gan.generator, WrappedNetwork) and gan.generator.out_features == 2  # the module answers
             gan.generator(torch.ones(1, 2)).sum().backward()
             parallel.check_reduced("g")  # called through its wrapper: DDP averaged it
             x = torch.ones(1, 2)
@@ -194,6 +196,11 @@ def test_a_network_computed_without_its_own_forward_is_named_not_trained_on(tmp_
                                                   "called itself"):
                 parallel.check_reduced("d")
         assert type(gan.generator) is nn.Linear and type(gan.discriminator) is nn.Linear  # plain after the step
+        half = TwoNetworks()  # the generator's bias trainable but in no optimizer: it gets no gradients
+        params = owners(half, generator="g", discriminator="d")
+        params["g"] = [half.generator.weight]
+        wrapped = DataParallel(half, params, torch.device("cpu"), DDPOptions(), "m").networks["generator"]
+        assert wrapped.parameters_to_ignore == {"bias"}  # left out of DDP, which would wait for it
         assert set(gan.state_dict()) == {"generator.weight", "generator.bias", "discriminator.weight",
                                          "discriminator.bias"}
     finally:

@@ -72,11 +72,12 @@ def data_parallel_networks(recipe: torch.nn.Module, params: dict[str, list[torch
 
     def visit(module: torch.nn.Module, path: str) -> None:
         direct = {owner[id(p)] for p in module.parameters(recurse=False) if id(p) in owner}
+        if direct and not path:  # the model object is not a network: its training_step is not a forward
+            raise PluginError(f"model '{model}' trains parameters it holds itself, outside any submodule; several "
+                              f"processes need each trained parameter inside a network (a submodule).")
         if direct:  # trained here, beside submodules of other optimizers: no one wrapper fits them
-            where = f"'{path}'" if path else "the model itself"
-            raise PluginError(f"model '{model}' trains parameters of {where} outside the submodules around them; "
-                              f"several processes need each trained parameter inside a network (a submodule) "
-                              f"trained by one optimizer alone.")
+            raise PluginError(f"model '{model}' trains parameters of '{path}' itself while other optimizers train "
+                              f"its submodules; several processes need each network trained by one optimizer.")
         for name, child in module.named_children():
             child_path = f"{path}.{name}" if path else name
             owners = {owner[id(p)] for p in child.parameters() if id(p) in owner}

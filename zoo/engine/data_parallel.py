@@ -47,11 +47,11 @@ class DDPOptions:
     static_graph: bool = False
 
 
-class Network(DistributedDataParallel):
+class WrappedNetwork(DistributedDataParallel):
     """One network in DDP that still answers its module's attributes (a recipe's ``self.generator.nz``) and
     notes when a forward arms its reducer, so a gradient DDP would not average is caught, not trained on."""
 
-    armed = False
+    armed = False  # mirrors DDP's reducer: set by a forward that prepares a reduction, cleared by check_reduced
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if torch.is_grad_enabled() and self.require_backward_grad_sync:
@@ -76,13 +76,17 @@ class DataParallel:
         self.recipe, self.model = recipe, model
         found = contracts.data_parallel_networks(recipe, params, model)  # {path: optimizer}
         ids = [device.index] if device.type == "cuda" else None
-        self.networks: dict[str, Network] = {}
+        trained = {id(p) for group in params.values() for p in group}
+        self.networks: dict[str, WrappedNetwork] = {}
         self.optimizer_of: dict[str, str] = found
         for path in found:
             module = recipe.get_submodule(path)
-            self.networks[path] = Network(module, device_ids=ids, **_PER_PROCESS_BUFFERS,
-                                          find_unused_parameters=options.find_unused_parameters,
-                                          static_graph=options.static_graph)
+            # parameters no optimizer holds get no gradients (each backward takes its optimizer's alone): out of DDP
+            untrained = [name for name, p in module.named_parameters() if p.requires_grad and id(p) not in trained]
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, untrained)
+            self.networks[path] = WrappedNetwork(module, device_ids=ids, **_PER_PROCESS_BUFFERS,
+                                                 find_unused_parameters=options.find_unused_parameters,
+                                                 static_graph=options.static_graph and len(found) == 1)
             if options.comm_hook:
                 register_comm_hook(self.networks[path], options.comm_hook)
 
@@ -145,6 +149,7 @@ def register_comm_hook(network: DistributedDataParallel, name: str) -> None:
     }
     state, hook = hooks[name]()
     network.register_comm_hook(state, hook)
+    network.comm_hook_name = name  # what the run asked for, for tests and reports
 
 
 def unused_parameters_error(exc: BaseException) -> bool:

@@ -44,8 +44,7 @@ class StepRunner:
     """Runs training steps; owns the optimizers, their schedulers and the grad scaler."""
 
     def __init__(self, run: Any, optimizers: dict[str, torch.optim.Optimizer], schedulers: dict[str, Any],
-                 precision: Precision, reporter: Report, state: TrainState,
-                 parallel: Any = None) -> None:
+                 precision: Precision, reporter: Report, state: TrainState) -> None:
         self.recipe, self.loss_fn, self.device = run.recipe, run.loss_fn, run.device
         self.config, self.speed, self.dist = run.config, run.speed, run.dist
         self.model = run.plan.model.name
@@ -53,8 +52,8 @@ class StepRunner:
         self.report, self.state = reporter, state
         self.params = {name: [p for group in opt.param_groups for p in group["params"] if p.requires_grad]
                        for name, opt in optimizers.items()}
-        # the networks in DDP with several processes (set by ``data_parallel.wrap``); nothing to do with one
-        self.parallel: Any = parallel or data_parallel.SingleProcess()
+        # the networks in DDP with several processes (a ``data_parallel.DataParallel`` set by ``assemble``)
+        self.parallel: Any = data_parallel.SingleProcess()
         self.graph: graphed.StepGraph | None = None
         self._compiled_step_ran = False
         self._said_no_loss = False  # a step that yielded no loss was said (once a run)
