@@ -98,3 +98,20 @@ def test_a_run_saved_before_arch_existed_resumes_and_loads_as_the_small_network_
     assert read_config(run.run_dir)["resolved"]["model_options"]["arch"] == "small"  # recorded from now on
     loaded = load_run(run.run_dir, device="cpu")
     assert sum(p.numel() for p in loaded.recipe.parameters()) == ARCH_PARAMETERS["small"]
+
+
+def test_earlier_defaults_fill_only_options_the_class_has():
+    from zoo.engine.record import with_earlier_defaults
+
+    class Fixed(MnistNet):  # a plugin's subclass without arch: it inherits earlier_defaults, not the option
+        def __init__(self, num_classes: int = 10):
+            super().__init__(num_classes=num_classes)
+
+    class Forwarding(MnistNet):  # one that passes its options on keeps them
+        def __init__(self, **options):
+            super().__init__(**options)
+
+    assert with_earlier_defaults({"num_classes": 10}, Fixed) == {"num_classes": 10}
+    assert with_earlier_defaults({"num_classes": 10}, Forwarding) == {"arch": "small", "num_classes": 10}
+    assert with_earlier_defaults({"arch": "official"}, MnistNet) == {"arch": "official"}  # recorded values win
+    assert with_earlier_defaults(None, MnistNet) is None

@@ -7,6 +7,7 @@ with nothing left to do only records where its data moved. ``zoo test``, ``zoo s
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from zoo.config import same_part_name
@@ -104,8 +105,15 @@ def under_recorded(resolved: dict[str, Any], kind: str, name: str | None,
 
 def with_earlier_defaults(options: dict[str, Any] | None, part_class: Any) -> dict[str, Any] | None:
     """A saved run's recorded options, plus, for each option its model or dataset gained after the run was saved,
-    the value the run was made with (the class's ``earlier_defaults``); None (nothing recorded) stays None."""
-    return None if options is None else {**getattr(part_class, "earlier_defaults", {}), **options}
+    the value the run was made with (the class's ``earlier_defaults``); None (nothing recorded) stays None.
+    A subclass that inherits ``earlier_defaults`` but not the option gets none of it."""
+    if options is None:
+        return None
+    earlier = getattr(part_class, "earlier_defaults", {})
+    parameters = inspect.signature(part_class).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        earlier = {name: value for name, value in earlier.items() if name in parameters}
+    return {**earlier, **options}
 
 
 def unrecorded_defaults_hint(entry: Any, options: dict[str, Any], given: dict[str, Any], run_dir: Any) -> str:
