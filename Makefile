@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.zoo-installed
-DEMO_STEPS ?= 5000
+DEMO_STEPS ?= 7000
 DEMO_DIR ?= runs/demo
 # A DCGAN small enough to draw recognisable shapes within the demo's steps on 2 CPU cores: 32 filters (the
 # model's default is 64), a higher learning rate, the adversarial loss alone (--loss perceptual costs about
