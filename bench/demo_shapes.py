@@ -3,10 +3,11 @@
     python bench/demo_shapes.py runs/demo [more runs] [--steps 1000,3000,5000] [--weights ema]
 
 Trains small CNNs (plain PyTorch) to tell the embedded dataset's circles, squares, triangles and crosses apart,
-and from a fifth class, "none" (flat colours and blurred colour noise), then classifies images from three sources: the real test shapes (the reference), the run's generator (the demo's
-last checkpoint, eval mode, as `zoo sample` draws), and the same DCGAN untrained (the floor: what the classifier
-says of blobs). A source's figures are the shares of its images the judge names a shape with at least 90% and at
-least 50% confidence, and what it names them (a generator that draws only one kind of shape is not a good one).
+and from a fifth class, "none" (flat colours and blurred colour noise), then classifies images from three
+sources: the real test shapes (the reference), the run's generator (its last checkpoint, or ``--steps``, in eval
+mode, as `zoo sample` draws), and the same DCGAN untrained (the floor: what the judges say of blobs). A source's
+figures are the shares of its images the judges name a shape with at least 90% and at least 50% confidence, and
+what they name each image (a generator that draws only one kind of shape is not a good one).
 """
 
 from __future__ import annotations
