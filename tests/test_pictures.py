@@ -42,12 +42,12 @@ def train(registry, run_dir: Path, **overrides) -> Trainer:
     return trainer
 
 
-def grid_cells(path: Path, rows: int, columns: int) -> torch.Tensor:
-    """The images of a saved grid (make_grid's 2-pixel padding) as ``(rows, columns, C, SIZE, SIZE)`` uint8."""
+def grid_cells(path: Path, rows: int, columns: int, size: int = SIZE) -> torch.Tensor:
+    """The images of a saved grid (make_grid's 2-pixel padding) as ``(rows, columns, C, size, size)`` uint8."""
     grid = pil_to_tensor(Image.open(path).convert("RGB"))
-    cell = SIZE + 2
+    cell = size + 2
     assert grid.shape[1:] == (rows * cell + 2, columns * cell + 2)
-    return torch.stack([torch.stack([grid[:, 2 + r * cell:2 + r * cell + SIZE, 2 + c * cell:2 + c * cell + SIZE]
+    return torch.stack([torch.stack([grid[:, 2 + r * cell:2 + r * cell + size, 2 + c * cell:2 + c * cell + size]
                                      for c in range(columns)]) for r in range(rows)])
 
 
