@@ -203,7 +203,17 @@ def main(argv: list[str] | None = None) -> None:
         else:
             click.echo(f"zoo: internal error: {type(exc).__name__}: {exc}{hint}", err=True)
         code = 1
-    sys.exit(code or 0)
+    _exit(code or 0)
+
+
+def _exit(code: int) -> None:
+    """Exit with ``code``. A process of a several-process job that ends in an error (said already) leaves at once:
+    torch's gloo threads can abort the interpreter's teardown (SIGABRT), which would hide the code from the launcher."""
+    if code and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

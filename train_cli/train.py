@@ -241,10 +241,9 @@ def _train(registry: Registry, config: TrainConfig, run_dir: Path, resume: bool,
                               dist_context=dist_context)
             folder.holds_run(trainer)
             jobs.fit(trainer, dist_context)
-    except Exception as exc:
-        said = jobs.job_error(exc, dist_context.rank) if dist_context.enabled else exc
+    except BaseException as exc:  # the process group is left as it is: the process exits now (main._exit)
+        said = jobs.job_error(exc, dist_context.rank) if dist_context.enabled and isinstance(exc, Exception) else exc
         if said is exc:
             raise
         raise said from exc
-    finally:
-        teardown(dist_context)
+    teardown(dist_context)
