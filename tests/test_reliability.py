@@ -92,6 +92,51 @@ def test_kill_9_at_random_moments_then_resume_finishes(tmp_path):
     assert checkpoint.list_steps(run)[-1][0] == 60
 
 
+WORKER_SCRIPT = """
+import os, sys, time
+from zoo.engine.feed import end_with_main
+main = os.getpid()
+child = os.fork()
+if child == 0:  # a loader worker, starting
+    time.sleep(float(sys.argv[1]))
+    end_with_main(main)
+    time.sleep(120)
+    os._exit(3)
+print(child, flush=True)
+time.sleep(120)
+"""
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not ended (a zombie left for its new parent to reap has)."""
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal is Linux's")
+@pytest.mark.parametrize("start_delay", [0.0, 1.0], ids=["started", "still-starting"])
+def test_a_loader_worker_ends_with_its_main_process_killed(tmp_path, start_delay):
+    """kill -9 of the main process ends its workers, even one that had not yet started: torch's own check
+    compares the worker's parent with the one it saw at its start, and would wait forever."""
+    script = tmp_path / "main.py"
+    script.write_text(WORKER_SCRIPT)
+    main = subprocess.Popen([sys.executable, str(script), str(start_delay)], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    worker = int(main.stdout.readline())
+    time.sleep(0.2)
+    main.kill()
+    main.wait()
+    deadline = time.time() + start_delay + 10
+    while _running(worker) and time.time() < deadline:
+        time.sleep(0.05)
+    ended = not _running(worker)
+    if not ended:
+        os.kill(worker, signal.SIGKILL)
+    assert ended
+
+
 def test_resume_skips_a_damaged_newest_checkpoint_and_names_it(zoo_cli, tmp_path):
     run = tmp_path / "run"
     assert zoo_cli("train", *TINY, *TINY_SHAPES, "--max-steps", "4", "--save-every", "2",

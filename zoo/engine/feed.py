@@ -9,6 +9,7 @@ loads it.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 import queue
@@ -136,17 +137,37 @@ def collate_items(items: list[Any]) -> tuple[Any, list[BadItem]]:
 
 
 WORKER_TERM_GRACE_S = 30  # a worker given SIGTERM ends this long after, if the main process has not ended it
+_PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 
 
-def leave_signals_to_main(_worker_id: int) -> None:
+def leave_signals_to_main(main_pid: int, _worker_id: int) -> None:
     """Workers leave Ctrl-C and SIGTERM to the main process, which saves and shuts them down (a SIGTERM sent to
     the whole process group, as job schedulers do, would otherwise kill them under the main process's save).
 
     A SIGTERM still ends a worker after a grace period (SIGALRM's default action): one the main process
-    terminates because it is stuck in a slow read is not left behind.
+    terminates because it is stuck in a slow read is not left behind. Nor is one whose main process was
+    killed outright (``kill -9``): see :func:`end_with_main`.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda _signum, _frame: signal.alarm(WORKER_TERM_GRACE_S))
+    end_with_main(main_pid)
+
+
+def end_with_main(main_pid: int) -> None:
+    """A loader worker ends with its main process, even one killed while the worker started.
+
+    torch's workers notice a dead main process by their parent changing, measured when the worker starts; a
+    main process killed before that leaves the worker waiting forever on its queue (and holding the pipes its
+    caller reads). On Linux the kernel sends this worker SIGKILL when the main process dies; one whose main
+    process is gone already ends now.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):  # no prctl: torch's own check, every few seconds, remains
+            pass
+    if os.getppid() != main_pid:
+        os._exit(0)
 
 
 def make_loader(dataset: Dataset, batch_size: int, seed: int, workers: int, shuffle: bool,
@@ -166,7 +187,7 @@ def make_loader(dataset: Dataset, batch_size: int, seed: int, workers: int, shuf
     loader = DataLoader(
         items(dataset), batch_size=batch_size, sampler=order, num_workers=workers, collate_fn=collate,
         drop_last=drop_last, pin_memory=pin_memory, generator=generator,
-        worker_init_fn=leave_signals_to_main if workers else None,
+        worker_init_fn=functools.partial(leave_signals_to_main, os.getpid()) if workers else None,
         persistent_workers=False, prefetch_factor=4 if workers else None,
     )
     return loader, order
