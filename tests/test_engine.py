@@ -129,6 +129,12 @@ def test_run_folder_has_config_checkpoint_metrics_events_and_samples(registry, t
             "train/lr/generator", "train/samples_per_sec", "samples"} <= tags
     final = [v.simple_value for e in events if e.step == 10 for v in e.summary.value if v.tag == "train/generator"]
     assert final and final[-1] == pytest.approx(records[[r["step"] for r in records].index(10)]["generator"])
+    # TensorBoard's own reader sees each figure as its own series, at every log step
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    accumulator = EventAccumulator(str(run_dir / "tensorboard"))
+    accumulator.Reload()
+    for tag in ("train/generator", "train/discriminator", "train/samples_per_sec"):
+        assert [scalar.step for scalar in accumulator.Scalars(tag)] == [4, 8, 10]
 
 
 def test_a_run_ending_with_an_epoch_writes_its_last_grid_to_tensorboard_once(registry, tmp_path):
@@ -530,3 +536,45 @@ def test_eval_batches_evaluates_on_the_first_batches_only(registry, tmp_path):
     assert len(trainer.run.test_set) > 4 and seen == [4, 4]  # one batch at each of the two evaluations
     with pytest.raises(UsageError, match="--eval-batches must be at least 1"):
         TrainConfig(model="mnist_net", eval_batches=0).check()
+
+
+def test_item_seeds_come_from_the_run_seed_epoch_and_index_whichever_way_an_item_is_loaded():
+    from zoo.data import item_rng, item_seed, load_items, seeded_item
+    from zoo.engine.feed import EpochOrder
+    from zoo.engine.rng import derive_seed
+
+    order = EpochOrder(10, seed=5, shuffle=True)
+    order.set_epoch(3)
+    keys = list(order)
+    assert [index for index, _ in keys] == order.order()
+    assert [item_seed(seed, index) for index, seed in keys] == [derive_seed(5, "item", 3, i) for i, _ in keys]
+
+    class Draws:
+        def __getitem__(self, index: int) -> float:
+            return torch.rand((), generator=item_rng()).item()
+
+    drawn = load_items(Draws(), keys, failed=None)
+    for (index, _), value in zip(keys, drawn):
+        with seeded_item(derive_seed(5, "item", 3, index)) as generator:
+            assert value == torch.rand((), generator=generator).item()
+    assert item_rng() is None  # outside loading: torch's global generator
+
+
+def test_a_backward_is_limited_to_its_optimizers_parameters_only_where_others_train(registry, tmp_path):
+    prepare_new(tmp_path / "gan", overwrite=True)
+    stepper = Trainer(tiny_config(tmp_path / "gan"), registry, tmp_path / "gan").run.stepper
+    for name in ("discriminator", "generator"):  # each loss reaches the other network too: limited
+        assert stepper.backward_inputs[name] is stepper.params[name]
+    config = tiny_config(tmp_path / "frozen", freeze=["discriminator.*"])
+    prepare_new(tmp_path / "frozen", overwrite=True)
+    stepper = Trainer(config, registry, tmp_path / "frozen").run.stepper
+    assert stepper.backward_inputs["generator"] is None  # it trains every trainable parameter: a plain backward
+
+
+def test_a_loss_is_checked_until_a_call_passes_then_costs_nothing(registry):
+    from zoo.build import build_loss
+
+    loss = build_loss(registry.resolve("loss", "mse"), {})
+    assert loss._forward_hooks  # the scalar check
+    assert loss(torch.zeros(2, 3), torch.ones(2, 3)).item() == 1.0
+    assert not loss._forward_hooks  # removed: torch's fast call path from now on

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Sequence
 
 from zoo import memory
 from zoo.config import absolute_data, same_part_name
-from zoo.errors import AmbiguousNameError, PluginError, RunError, UsageError, ZooError, kind_of, name_part
+from zoo.errors import AmbiguousNameError, PluginError, RunError, UsageError, ZooError, name_part
 from zoo.options import default_problem, missing_required, option_specs, option_values, parse_options
 from zoo.registry import Entry, Registry
 
@@ -275,7 +275,10 @@ def build_loss(entry: Entry | None, options: dict[str, Any], recorded_weights: s
         said = (UsageError if isinstance(exc, UsageError) else RunError)
         raise said(f"{str(exc).rstrip('.')} (the weights the run recorded: {recorded_weights}, in its config.json).") \
             from None
-    loss.register_forward_hook(ScalarLossCheck(entry.name))  # a loss class is an nn.Module (load_loss_class)
+    from zoo.engine.contracts import ScalarLossCheck  # torch: not imported by commands that build no loss
+
+    check = ScalarLossCheck(entry.name)  # a loss class is an nn.Module (load_loss_class)
+    check.handle = loss.register_forward_hook(check)
     return loss
 
 
@@ -291,20 +294,6 @@ def _recorded_weight_options(entry: Entry, cls: type, recorded: str) -> dict[str
                           f"its options ({', '.join(sorted(known)) or 'none'}; {{}} for a source it does not know), "
                           f"got {pinned!r}; fix or disable plugin '{entry.plugin}'.")
     return {key: value for key, value in pinned.items() if key not in entry.bound_options}
-
-
-class ScalarLossCheck:
-    """A forward hook that names a loss whose output is not a scalar tensor (metadata only: no sync)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __call__(self, _module: Any, _inputs: tuple[Any, ...], output: Any) -> None:
-        import torch
-
-        if not isinstance(output, torch.Tensor) or output.numel() != 1:
-            raise PluginError(f"loss '{self.name}' must return a scalar tensor, got {kind_of(output)} "
-                              f"(reduce it in forward, e.g. with .mean()).")
 
 
 def recorded_options(entry: Entry | None, options: dict[str, Any],

@@ -27,6 +27,7 @@ from typing import Any, Callable, ClassVar, Iterator
 import torch
 from torch.utils.data import Dataset
 
+from zoo.engine.rng import derive_seed
 from zoo.errors import kind_of
 
 
@@ -58,7 +59,15 @@ class ZooDataset(Dataset):
         self.channels = channels
 
 
-_ITEM = threading.local()
+_ITEM = threading.local()  # .slot: [seed, index, generator] of the item this thread loads
+
+
+def _slot() -> list[Any]:
+    """This thread's item slot: the seed and index of the item it loads, and the generator made for it."""
+    slot = getattr(_ITEM, "slot", None)
+    if slot is None:
+        slot = _ITEM.slot = [None, 0, None]
+    return slot
 
 
 def item_rng() -> torch.Generator | None:
@@ -69,54 +78,65 @@ def item_rng() -> torch.Generator | None:
     and after a resume. Outside the engine it is ``None``: torch's global RNG. The generator is
     made on the first call for an item, so items that draw nothing cost nothing.
     """
-    generator = getattr(_ITEM, "generator", None)
-    if generator is None and getattr(_ITEM, "seed", None) is not None:
-        generator = _ITEM.generator = item_generator(_ITEM.seed)
-    return generator
+    slot = _slot()
+    if slot[2] is None and slot[0] is not None:
+        slot[2] = item_generator(item_seed(slot[0], slot[1]))
+    return slot[2]
+
+
+def item_seed(seed: int | tuple[int | str, ...], index: int) -> int:
+    """An item's seed: ``seed`` itself, or ``derive_seed(*seed, index)`` where ``seed`` is a tuple of parts (the
+    engine's keys share one tuple per epoch, so an item that draws nothing costs no hashing)."""
+    return derive_seed(*seed, index) if isinstance(seed, tuple) else int(seed)
 
 
 def item_generator(seed: int) -> torch.Generator:
     """The CPU generator an item's augmentation draws from, given the item's seed."""
     generator = torch.Generator()
-    generator.manual_seed(int(seed))  # an int, or the engine's ItemSeed, hashed now
+    generator.manual_seed(int(seed))
     return generator
 
 
 @contextlib.contextmanager
-def seeded_item(seed: int) -> Iterator[torch.Generator]:
-    """Make :func:`item_rng` return a generator seeded with ``seed`` in this thread."""
-    previous = enter_item(seed)
+def seeded_item(seed: int | tuple[int | str, ...], index: int = 0) -> Iterator[torch.Generator]:
+    """Make :func:`item_rng` return a generator seeded with ``seed`` (of item ``index``: :func:`item_seed`) in this
+    thread."""
+    previous = enter_item(seed, index)
     try:
         yield item_rng()
     finally:
         leave_item(previous)
 
 
-def enter_item(seed: int) -> tuple[int | None, torch.Generator | None]:
-    """Start loading an item seeded with ``seed``; returns what :func:`leave_item` puts back."""
-    previous = getattr(_ITEM, "seed", None), getattr(_ITEM, "generator", None)
-    _ITEM.seed, _ITEM.generator = seed, None
+def enter_item(seed: int | tuple[int | str, ...], index: int = 0) -> list[Any]:
+    """Start loading item ``index`` seeded with ``seed`` (see :func:`item_seed`); returns what :func:`leave_item`
+    puts back."""
+    slot = _slot()
+    previous = slot[:]
+    slot[:] = seed, index, None
     return previous
 
 
-def leave_item(previous: tuple[int | None, torch.Generator | None]) -> None:
+def leave_item(previous: list[Any]) -> None:
     """Done loading the item: the item seed before :func:`enter_item` is back."""
-    _ITEM.seed, _ITEM.generator = previous
+    _slot()[:] = previous
 
 
-def load_items(dataset: Dataset, keys: list[tuple[int, int]], failed: Callable[[int, Exception], Any]) -> list[Any]:
-    """``dataset[index]`` for each ``(index, seed)`` key, each under its own item seed; an item that raises is
-    ``failed(index, exc)`` instead. (The loader's batches: :func:`enter_item`'s work once per batch, not per item.)"""
-    previous, items = enter_item(0), []
+def load_items(dataset: Dataset, keys: list[tuple[int, Any]], failed: Callable[[int, Exception], Any]) -> list[Any]:
+    """``dataset[index]`` for each ``(index, seed)`` key, each under its own item seed (:func:`item_seed`); an item
+    that raises is ``failed(index, exc)`` instead. (The loader's batches: :func:`enter_item`'s work once per batch,
+    not per item.)"""
+    slot, items = _slot(), []
+    previous = slot[:]
     try:
         for index, seed in keys:
-            _ITEM.seed, _ITEM.generator = seed, None
+            slot[0], slot[1], slot[2] = seed, index, None
             try:
                 items.append(dataset[index])
             except Exception as exc:  # a dataset may fail in any way on a bad file
                 items.append(failed(index, exc))
     finally:
-        leave_item(previous)
+        slot[:] = previous
     return items
 
 

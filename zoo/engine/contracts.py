@@ -1,7 +1,7 @@
 """The plugin contracts a training run checks, at its boundary with the plugins, each in one line.
 
 A model's ``training_step`` must be a generator of ``(optimizer name, loss)`` pairs, each loss
-a scalar that depends on its optimizer's parameters; its optimizers must have something to
+a scalar that depends on its optimizer's parameters; a loss plugin must return a scalar; its optimizers must have something to
 train; a hook may refuse a run in ``check_run``; a dataset must read the ``--data`` it is
 given. Checks read metadata only: none costs a device sync. (Dataset items are checked as
 they are loaded, in ``zoo.engine.feed``; evaluation results in ``zoo.engine.evaluate``.)
@@ -43,6 +43,26 @@ def checked_pair(pair: Any, optimizers: dict[str, Any], params: dict[str, list[t
                           f"parameters (no grad_fn): compute it from the networks' outputs, without "
                           f".detach(), .item() or torch.no_grad().")
     return name, loss if loss.dim() == 0 else loss.reshape(())  # a loss of shape (1,) is logged beside scalars
+
+
+class ScalarLossCheck:
+    """A forward hook that names a loss whose output is not a scalar tensor (metadata only: no sync).
+
+    It checks until a call passes, then removes itself: a module with a forward hook takes torch's slower
+    call path, which a small model's step would pay every time. A loss that goes wrong only later is
+    still refused where the model yields it (``contracts.checked_pair``).
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.handle: Any = None  # the hook's handle, set where it is registered
+
+    def __call__(self, _module: Any, _inputs: tuple[Any, ...], output: Any) -> None:
+        if not isinstance(output, torch.Tensor) or output.numel() != 1:
+            raise PluginError(f"loss '{self.name}' must return a scalar tensor, got {kind_of(output)} "
+                              f"(reduce it in forward, e.g. with .mean()).")
+        if self.handle is not None:
+            self.handle.remove()
 
 
 def check_optimizers(optimizers: dict[str, Any], model: str) -> None:

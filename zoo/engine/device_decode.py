@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import Dataset, default_collate
 from torchvision.io import decode_jpeg, encode_jpeg
 
-from zoo.data import item_generator, seeded_item
+from zoo.data import item_generator, item_seed, seeded_item
 from zoo.engine.bad_items import BadItem, as_bad_item
 from zoo.engine.cache import DecodedCache
 from zoo.errors import first_line
@@ -40,7 +40,7 @@ class EncodedItem(NamedTuple):
     """What a worker sends for one item: its file's bytes, or its image already decoded (uint8)."""
 
     index: int
-    seed: int
+    seed: int | tuple[int | str, ...]  # as EpochOrder's keys give it (zoo.data.item_seed)
     payload: torch.Tensor
     is_image: bool  # payload is a decoded image, not a file's bytes
 
@@ -242,12 +242,12 @@ class DeviceDecoder:
         finish_batch = getattr(self.dataset, "finish_batch", None)
         if finish_batch is not None:
             batch = finish_batch(torch.stack([image for _, image in kept]), [index for (index, _), _ in kept],
-                                 [item_generator(seed) for (_, seed), _ in kept])
+                                 [item_generator(item_seed(seed, index)) for (index, seed), _ in kept])
             if batch is not None:  # None: this dataset finishes such batches per item
                 return batch
         finished = []
         for (index, seed), image in kept:
-            with seeded_item(seed):
+            with seeded_item(seed, index):
                 finished.append(self.dataset.finish(image, index))
         return default_collate(finished)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import itertools
 import os
 import queue
 import signal
@@ -25,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from zoo.data import item_problem, items_fit, load_items
 from zoo.engine.bad_items import BadItem, BadItems, BadSampleError, WrongItemError, as_bad_item
-from zoo.engine.rng import derive_seed, item_seeds
+from zoo.engine.rng import derive_seed
 from zoo.errors import first_line, part_name
 
 __all__ = ["EpochOrder", "SeededItems", "collate_items", "make_loader", "leave_signals_to_main", "to_device",
@@ -35,7 +36,7 @@ __all__ = ["EpochOrder", "SeededItems", "collate_items", "make_loader", "leave_s
 
 
 class EpochOrder(Sampler):
-    """Yields ``(index, item_seed)`` keys for one epoch, starting at a given position.
+    """Yields ``(index, seed)`` keys for one epoch (``zoo.data.item_seed``), starting at a given position.
 
     The position counts samples of the whole epoch order (every process's). Interleaved shards
     (rank ``r`` of ``N`` takes every ``N``-th item from ``r``) make what ``k`` batches of ``B`` per process
@@ -72,9 +73,10 @@ class EpochOrder(Sampler):
         """This process's share of what is left of the epoch after ``start`` samples of the whole order."""
         return self.full_order()[self.start:][self.rank::self.world_size]
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        indices = self.remaining()
-        return zip(indices, item_seeds(indices, self.seed, "item", self.epoch))
+    def __iter__(self) -> Iterator[tuple[int, tuple[int | str, ...]]]:
+        """``(index, seed parts)`` keys: item ``index``'s seed is ``derive_seed(*parts, index)`` (``zoo.data.item_seed``),
+        hashed only where the item draws."""
+        return zip(self.remaining(), itertools.repeat((self.seed, "item", self.epoch)))
 
     def __len__(self) -> int:
         return len(range(self.rank, max(self.size - self.start, 0), self.world_size))
@@ -90,10 +92,10 @@ class SeededItems(Dataset):
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
 
-    def __getitem__(self, key: tuple[int, int]) -> Any:
+    def __getitem__(self, key: tuple[int, Any]) -> Any:
         return self.__getitems__([key])[0]
 
-    def __getitems__(self, keys: list[tuple[int, int]]) -> list[Any]:
+    def __getitems__(self, keys: list[tuple[int, Any]]) -> list[Any]:
         """A batch's items (the DataLoader's batched fetch): loaded, then checked as a whole, each item on its
         own only where the batch's check does not pass."""
         items = load_items(self.dataset, keys, lambda index, exc: as_bad_item(index, exc, part_name(self.dataset)))

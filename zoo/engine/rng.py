@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,44 +23,6 @@ def derive_seed(*parts: int | str) -> int:
     """A well-mixed 63-bit seed from several parts (run seed, epoch, index...)."""
     digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & (2**63 - 1)
-
-
-class ItemSeed:
-    """``derive_seed(*parts, index)``, hashed only when first used (as an int): most items of most datasets
-    draw nothing, so a loader's keys cost no hashing for them."""
-
-    __slots__ = ("parts", "index", "_value")
-
-    def __init__(self, parts: tuple[int | str, ...], index: int) -> None:
-        self.parts, self.index, self._value = parts, index, None
-
-    def __int__(self) -> int:
-        if self._value is None:
-            self._value = derive_seed(*self.parts, self.index)
-        return self._value
-
-    __index__ = __int__
-
-    def __eq__(self, other: object) -> bool:
-        return int(self) == int(other) if isinstance(other, (int, ItemSeed)) else NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(int(self))
-
-    def __repr__(self) -> str:
-        return f"ItemSeed({int(self)})"
-
-    def __getstate__(self) -> tuple:
-        return self.parts, self.index, self._value
-
-    def __setstate__(self, state: tuple) -> None:
-        self.parts, self.index, self._value = state
-
-
-def item_seeds(indices: Iterable[int], *parts: int | str) -> Iterator[ItemSeed]:
-    """The seeds ``derive_seed(*parts, index)`` of a loader's items, each hashed only if its item draws."""
-    for index in indices:
-        yield ItemSeed(parts, index)
 
 
 def capture() -> dict[str, Any]:

@@ -52,6 +52,12 @@ class StepRunner:
         self.report, self.state = reporter, state
         self.params = {name: [p for group in opt.param_groups for p in group["params"] if p.requires_grad]
                        for name, opt in optimizers.items()}
+        # each optimizer's backward ``inputs``: None where it trains every trainable parameter, as a plain
+        # backward reaches the same parameters without the cost of ``inputs`` (about 0.4% of a small model's step)
+        everything = {id(p) for module in (self.recipe, self.loss_fn) if module is not None
+                      for p in module.parameters() if p.requires_grad}
+        self.backward_inputs = {name: None if {id(p) for p in group} == everything else group
+                                for name, group in self.params.items()}
         # the networks in DDP with several processes (a ``data_parallel.DataParallel`` set by ``assemble``)
         self.parallel: Any = data_parallel.SingleProcess()
         self.graph: graphed.StepGraph | None = None
@@ -171,7 +177,7 @@ class StepRunner:
 
     def _backward(self, name: str, loss: torch.Tensor) -> None:
         """Gradients of this loss into its own optimizer's parameters only."""
-        self.precision.scaler.scale(loss).backward(inputs=self.params[name])
+        self.precision.scaler.scale(loss).backward(inputs=self.backward_inputs[name])
 
     def _optimizer_step(self, name: str) -> None:
         """Clip the gradients (averaged across processes by the backward) and step the optimizer (through the
