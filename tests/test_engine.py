@@ -578,3 +578,19 @@ def test_a_loss_is_checked_until_a_call_passes_then_costs_nothing(registry):
     assert loss._forward_hooks  # the scalar check
     assert loss(torch.zeros(2, 3), torch.ones(2, 3)).item() == 1.0
     assert not loss._forward_hooks  # removed: torch's fast call path from now on
+
+
+def test_metrics_records_are_on_disk_as_written_and_a_rewrite_is_followed(tmp_path):
+    from zoo.engine.rundir import MetricsLog
+
+    log = MetricsLog(tmp_path)
+    for step in (1, 2, 3):
+        log.write({"kind": "train", "step": step})
+        assert json.loads(log.path.read_text().splitlines()[-1])["step"] == step  # flushed, the file still open
+    log.drop_after(1)  # rewritten (a resume): later records go to the new file
+    log.write({"kind": "train", "step": 2})
+    assert [json.loads(line)["step"] for line in log.path.read_text().splitlines()] == [1, 2]
+    log.clear()
+    log.write({"kind": "train", "step": 1})
+    log.close()
+    assert [json.loads(line)["step"] for line in log.path.read_text().splitlines()] == [1]

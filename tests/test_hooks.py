@@ -148,3 +148,33 @@ def test_the_hooks_table_of_the_plugin_reference_lists_exactly_the_hookspecs():
     declared = hookspecs.lifecycle_hook_names() + hookspecs.optional_method_names()
     assert len(documented) == len(set(documented)), documented
     assert set(documented) == set(declared)
+
+
+def test_tensorboard_hands_log_steps_scalars_to_its_writer_in_batches_and_all_of_them_by_the_end():
+    """tensorboardX's writer thread takes the interpreter from training for each event: a log step's scalars
+    wait (at most HAND_OFF_SECS) and go together; an evaluation and the run's end hand over what waits."""
+    from plugins.hooks import tensorboard
+
+    class Writer:
+        def __init__(self) -> None:
+            self.steps: list[int] = []
+            self.file_writer = self
+
+        def add_summary(self, summary, step) -> None:
+            assert {value.tag for value in summary.value} == {"train/loss", "train/samples_per_sec"}
+            self.steps.append(step)
+
+        def add_scalar(self, tag, value, step) -> None:
+            self.steps.append(f"{tag}@{step}")
+
+    hook = tensorboard.TensorboardHook()
+    hook.writer = writer = Writer()
+    hook.handed_at = tensorboard.time.monotonic()
+    for step in (20, 40, 60):
+        hook.on_step_end(run=None, step=step, scalars={"loss": 0.5, "samples_per_sec": 100.0})
+    assert writer.steps == []  # waiting: handed over together
+    hook.on_eval_end(run=None, step=60, metrics={"accuracy": 0.9})
+    assert writer.steps == [20, 40, 60, "eval/accuracy@60"]
+    hook.handed_at -= tensorboard.HAND_OFF_SECS  # long enough since: the next log step goes at once
+    hook.on_step_end(run=None, step=80, scalars={"loss": 0.4, "samples_per_sec": 100.0})
+    assert writer.steps[-1] == 80

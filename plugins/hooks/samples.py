@@ -11,10 +11,10 @@ class SampleGridHook:
     """Saves ``samples/step-<N>.png`` (and the same picture as ``samples/latest.png``) at epochs' ends and
     at the run's end.
 
-    Epoch-end grids are kept to about 0.5% of the run's wall time (``zoo.engine.pictures.GridBudget``,
+    Epoch-end grids are kept to about 0.25% of the run's wall time (``zoo.engine.pictures.GridBudget``,
     shared with the tensorboard hook): one is saved at an epoch's end only while the time spent on grids
-    so far is at most ``GRID_SHARE`` (0.5%) of the time since training started. The first epoch's end always
-    has one; epochs lasting over 50 times what a grid takes (evaluations included) each have one; shorter
+    so far is at most ``GRID_SHARE`` (0.25%) of the time since training started. The first epoch's end always
+    has one; epochs lasting over 400 times what a grid takes (evaluations included) each have one; shorter
     ones have one every so many. The run's end (done or interrupted) always has one.
     """
 

@@ -116,6 +116,7 @@ def _training(run: Any, feed: EpochFeed) -> Iterator[_Outcome]:
         finally:
             feed.close()
             run.hooks.call("on_train_end", run=run.context, status=outcome.status)
+            run.metrics_log.close()
 
 
 @contextmanager

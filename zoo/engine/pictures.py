@@ -42,7 +42,7 @@ LABELLED_SIDE = 56  # smaller classified images are scaled up by a whole factor 
 NAME_HEIGHT = 12  # pixels of the strip under a classified image that names its predicted class
 RIGHT, WRONG = (0.1, 0.75, 0.2), (0.9, 0.1, 0.1)  # frame colours (RGB in [0, 1])
 _FREETYPE = features.check("freetype2")  # PIL's default font at a chosen size; else its fixed bitmap font
-GRID_SHARE = 0.005  # the most of a run's wall time its epoch-end grids may take (see GridBudget)
+GRID_SHARE = 0.0025  # the most of a run's wall time its epoch-end grids may take (see GridBudget)
 
 
 def preview_indices(length: int, count: int = PREVIEW_COUNT, seed: int = 0) -> list[int]:
@@ -236,7 +236,7 @@ class GridBudget:
     and writing PNGs and events, by every hook that charges this budget, and what their writer threads
     will spend on them) is at most ``GRID_SHARE``
     of the time since training started in this process; otherwise that epoch goes without one.
-    So the first epoch's end always has a grid; epochs lasting over 1 / GRID_SHARE (200) times what a
+    So the first epoch's end always has a grid; epochs lasting over 1 / GRID_SHARE (400) times what a
     grid takes (tens of milliseconds on a CPU), evaluations included, have one each; shorter ones have
     one every so many. The run's end always has one: the hooks draw it without asking. ``due`` gives
     one answer per step, so every hook shows the same steps.
