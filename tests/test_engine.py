@@ -548,6 +548,8 @@ def test_item_seeds_come_from_the_run_seed_epoch_and_index_whichever_way_an_item
     keys = list(order)
     assert [index for index, _ in keys] == order.order()
     assert [item_seed(seed, index) for index, seed in keys] == [derive_seed(5, "item", 3, i) for i, _ in keys]
+    index, seed = keys[0]  # a pinned-memory batch of older torch turns the parts tuple into a list
+    assert item_seed(list(seed), index) == item_seed(seed, index)
 
     class Draws:
         def __getitem__(self, index: int) -> float:

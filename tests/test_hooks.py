@@ -160,8 +160,9 @@ def test_tensorboard_hands_log_steps_scalars_to_its_writer_in_batches_and_all_of
             self.steps: list[int] = []
             self.file_writer = self
 
-        def add_summary(self, summary, step) -> None:
+        def add_summary(self, summary, step, walltime) -> None:
             assert {value.tag for value in summary.value} == {"train/loss", "train/samples_per_sec"}
+            assert logged_from <= walltime <= tensorboard.time.time()  # when logged, not when handed over
             self.steps.append(step)
 
         def add_scalar(self, tag, value, step) -> None:
@@ -169,6 +170,7 @@ def test_tensorboard_hands_log_steps_scalars_to_its_writer_in_batches_and_all_of
 
     hook = tensorboard.TensorboardHook()
     hook.writer = writer = Writer()
+    logged_from = tensorboard.time.time()
     hook.handed_at = tensorboard.time.monotonic()
     for step in (20, 40, 60):
         hook.on_step_end(run=None, step=step, scalars={"loss": 0.5, "samples_per_sec": 100.0})

@@ -137,6 +137,19 @@ def test_a_loader_worker_ends_with_its_main_process_killed(tmp_path, start_delay
     assert ended
 
 
+def test_workers_started_by_a_forkserver_are_not_held_to_the_main_process_as_their_parent(monkeypatch):
+    """A forkserver, not the main process, is their parent: comparing it with the main process would end
+    every worker as it starts."""
+    import multiprocessing
+
+    from zoo.engine import feed
+    assert feed.worker_parent() in (os.getpid(), None)
+    monkeypatch.setattr(multiprocessing, "get_start_method", lambda allow_none=False: "forkserver")
+    assert feed.worker_parent() is None
+    monkeypatch.setattr(feed, "_PR_SET_PDEATHSIG", 0)  # prctl option 0 is no option: nothing set here
+    feed.end_with_main(None)  # returns: no parent to compare with
+
+
 def test_resume_skips_a_damaged_newest_checkpoint_and_names_it(zoo_cli, tmp_path):
     run = tmp_path / "run"
     assert zoo_cli("train", *TINY, *TINY_SHAPES, "--max-steps", "4", "--save-every", "2",

@@ -84,10 +84,11 @@ def item_rng() -> torch.Generator | None:
     return slot[2]
 
 
-def item_seed(seed: int | tuple[int | str, ...], index: int) -> int:
+def item_seed(seed: int | tuple[int | str, ...] | list[int | str], index: int) -> int:
     """An item's seed: ``seed`` itself, or ``derive_seed(*seed, index)`` where ``seed`` is a tuple of parts (the
     engine's keys share one tuple per epoch, so an item that draws nothing costs no hashing)."""
-    return derive_seed(*seed, index) if isinstance(seed, tuple) else int(seed)
+    # a list: the same parts after a pinned-memory batch (torch before 2.10 pins tuples into lists)
+    return derive_seed(*seed, index) if isinstance(seed, (tuple, list)) else int(seed)
 
 
 def item_generator(seed: int) -> torch.Generator:

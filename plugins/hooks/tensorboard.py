@@ -37,7 +37,7 @@ class TensorboardHook:
     def __init__(self) -> None:
         self.writer: Any = None
         self.grid_step: int | None = None  # the step of the last grid written: the run's end writes it once
-        self.pending: list[tuple[int, dict[str, float]]] = []  # log steps' scalars not yet handed to the writer
+        self.pending: list[tuple[int, dict[str, float], float]] = []  # (step, scalars, wall time) not yet written
         self.handed_at = 0.0  # when pending scalars were last handed to the writer (time.monotonic)
 
     @hookimpl
@@ -59,7 +59,7 @@ class TensorboardHook:
     def on_step_end(self, run, step, scalars):
         if self.writer is None:
             return
-        self.pending.append((step, scalars))
+        self.pending.append((step, dict(scalars), time.time()))  # TensorBoard's wall-time axis: when logged
         if time.monotonic() - self.handed_at >= HAND_OFF_SECS:
             self._hand_off()
 
@@ -71,9 +71,9 @@ class TensorboardHook:
         time. Events reach the disk every ``flush_secs`` (30 s) anyway: a scalar shows at most 10 s later.
         """
         from tensorboardX.proto.summary_pb2 import Summary
-        for step, scalars in self.pending:
+        for step, scalars, walltime in self.pending:
             values = [Summary.Value(tag=f"train/{name}", simple_value=value) for name, value in scalars.items()]
-            self.writer.file_writer.add_summary(Summary(value=values), step)
+            self.writer.file_writer.add_summary(Summary(value=values), step, walltime)
         self.pending.clear()
         self.handed_at = time.monotonic()
 

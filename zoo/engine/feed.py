@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import itertools
+import multiprocessing
 import os
 import queue
 import signal
@@ -142,7 +143,7 @@ WORKER_TERM_GRACE_S = 30  # a worker given SIGTERM ends this long after, if the 
 _PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 
 
-def leave_signals_to_main(main_pid: int, _worker_id: int) -> None:
+def leave_signals_to_main(main_pid: int | None, _worker_id: int) -> None:
     """Workers leave Ctrl-C and SIGTERM to the main process, which saves and shuts them down (a SIGTERM sent to
     the whole process group, as job schedulers do, would otherwise kill them under the main process's save).
 
@@ -155,21 +156,28 @@ def leave_signals_to_main(main_pid: int, _worker_id: int) -> None:
     end_with_main(main_pid)
 
 
-def end_with_main(main_pid: int) -> None:
+def end_with_main(main_pid: int | None) -> None:
     """A loader worker ends with its main process, even one killed while the worker started.
 
     torch's workers notice a dead main process by their parent changing, measured when the worker starts; a
     main process killed before that leaves the worker waiting forever on its queue (and holding the pipes its
-    caller reads). On Linux the kernel sends this worker SIGKILL when the main process dies; one whose main
-    process is gone already ends now.
+    caller reads). On Linux the kernel sends this worker SIGKILL when its parent dies; one whose parent is no
+    longer ``main_pid`` ends now (``None``: its parent is not the main process, see :func:`worker_parent`).
     """
     if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         except (OSError, AttributeError):  # no prctl: torch's own check, every few seconds, remains
             pass
-    if os.getppid() != main_pid:
+    if main_pid is not None and os.getppid() != main_pid:
         os._exit(0)
+
+
+def worker_parent() -> int | None:
+    """The pid a loader worker's parent has: this process, unless workers start from a forkserver (their parent,
+    which ends with this process); read without fixing the start method."""
+    method = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]
+    return None if method == "forkserver" else os.getpid()
 
 
 def make_loader(dataset: Dataset, batch_size: int, seed: int, workers: int, shuffle: bool,
@@ -189,7 +197,7 @@ def make_loader(dataset: Dataset, batch_size: int, seed: int, workers: int, shuf
     loader = DataLoader(
         items(dataset), batch_size=batch_size, sampler=order, num_workers=workers, collate_fn=collate,
         drop_last=drop_last, pin_memory=pin_memory, generator=generator,
-        worker_init_fn=functools.partial(leave_signals_to_main, os.getpid()) if workers else None,
+        worker_init_fn=functools.partial(leave_signals_to_main, worker_parent()) if workers else None,
         persistent_workers=False, prefetch_factor=4 if workers else None,
     )
     return loader, order

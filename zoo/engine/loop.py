@@ -114,9 +114,11 @@ def _training(run: Any, feed: EpochFeed) -> Iterator[_Outcome]:
             with _failures_said(run):
                 yield outcome
         finally:
-            feed.close()
-            run.hooks.call("on_train_end", run=run.context, status=outcome.status)
-            run.metrics_log.close()
+            try:
+                feed.close()
+                run.hooks.call("on_train_end", run=run.context, status=outcome.status)
+            finally:
+                run.metrics_log.close()
 
 
 @contextmanager
