@@ -109,7 +109,7 @@ def seeded_item(seed: int | tuple[int | str, ...], index: int = 0) -> Iterator[t
         leave_item(previous)
 
 
-def enter_item(seed: int | tuple[int | str, ...], index: int = 0) -> list[Any]:
+def enter_item(seed: int | tuple[int | str, ...] | None, index: int = 0) -> list[Any]:
     """Start loading item ``index`` seeded with ``seed`` (see :func:`item_seed`); returns what :func:`leave_item`
     puts back."""
     slot = _slot()
@@ -127,8 +127,8 @@ def load_items(dataset: Dataset, keys: list[tuple[int, Any]], failed: Callable[[
     """``dataset[index]`` for each ``(index, seed)`` key, each under its own item seed (:func:`item_seed`); an item
     that raises is ``failed(index, exc)`` instead. (The loader's batches: :func:`enter_item`'s work once per batch,
     not per item.)"""
-    slot, items = _slot(), []
-    previous = slot[:]
+    previous, items = enter_item(None), []
+    slot = _slot()
     try:
         for index, seed in keys:
             slot[0], slot[1], slot[2] = seed, index, None
@@ -137,7 +137,7 @@ def load_items(dataset: Dataset, keys: list[tuple[int, Any]], failed: Callable[[
             except Exception as exc:  # a dataset may fail in any way on a bad file
                 items.append(failed(index, exc))
     finally:
-        slot[:] = previous
+        leave_item(previous)
     return items
 
 

@@ -103,7 +103,7 @@ def _collate(items: list[tuple[int, torch.Tensor | str]]) -> tuple[list[int], An
     return [index for index, _ in good], images, bad
 
 
-def _ignore_sigint(main_pid: int | None, _worker_id: int) -> None:
+def _start_build_worker(main_pid: int | None, _worker_id: int) -> None:
     """Build workers leave Ctrl-C to the main process, which removes the partial file; they end with it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     end_with_main(main_pid)
@@ -255,7 +255,7 @@ class DecodedCache(Dataset):
         loader = DataLoader(Subset(_Decoded(self.dataset, self.layout.count), [int(i) for i in indices]),
                             batch_size=BUILD_BATCH,
                             num_workers=workers, collate_fn=_collate,
-                            worker_init_fn=functools.partial(_ignore_sigint, worker_parent()) if workers else None,
+                            worker_init_fn=functools.partial(_start_build_worker, worker_parent()) if workers else None,
                             generator=torch.Generator())  # leaves the global RNG (model init) untouched
         try:
             with tqdm(total=len(indices), desc=f"decoding {self.dataset.split} once", unit="img",
