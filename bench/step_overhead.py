@@ -1,8 +1,8 @@
 """zoo's per-step time against a plain loop on mnist_net and MNIST-format digits: what the engine and its hooks cost.
 
 Both sides train mnist_net's small network (``--model-opt arch=small``, 21,840 parameters, in both the
-zoo config and the plain loop: the figures are the engine's per-step overhead on a small model, compared
-with earlier ones) on scikit-learn's handwritten digits (``load_digits``: 1,797
+zoo config and the plain loop: the figures are the engine's per-step overhead on a small model, where it
+shows most; ``--arch official`` times the default network, 1.2M parameters, instead) on scikit-learn's handwritten digits (``load_digits``: 1,797
 8x8 images, upscaled to 28x28), written as MNIST IDX files into a temporary folder and
 read by zoo's ``mnist`` dataset: 1,500 training images, so 23 steps an epoch at batch 64.
 Evaluation and periodic checkpoints are off (``--eval-every 0 --save-every 0``); loaders
@@ -16,9 +16,10 @@ have ``--workers`` processes (default 0). Three sides:
 
 zoo is timed in-process around ``Trainer.fit()`` (not Python's start-up nor building
 the run). Each side runs at two lengths (``--short``/``--long`` steps, default 50 and
-400), ``--repeats`` times each (default 3), in turn; the per-step time is the slope
-between the two lengths' fastest runs, so what a run pays once (its start, its final
-checkpoint and grid) drops out and what it pays every epoch stays in.
+400), ``--repeats`` times each (default 3), in turn, the sides' order rotating; the
+per-step time is the slope between the two lengths' fastest runs, so what a run pays
+once (its start, its final checkpoint and grid) drops out and what it pays every epoch
+stays in.
 
     python bench/step_overhead.py                    # CPU
     python bench/step_overhead.py --short 100 --long 800 --repeats 5
@@ -60,7 +61,7 @@ from zoo.registry import get_registry  # noqa: E402
 
 CLOCK = time.perf_counter  # --clock cpu: time.process_time
 TRAIN_COUNT = 1500  # of load_digits' 1,797 images; the rest are the test split
-SMALL_NETWORK = {"arch": "small"}  # both sides time mnist_net's small network, as before it had two
+ARCH = "small"  # mnist_net's network on both sides (--arch): the small one, as before it had two
 SIDES = {  # name: the hooks that zoo side turns off (None: the plain loop)
     "zoo (default hooks)": [],
     "zoo --no-hook samples --no-hook tensorboard": ["samples", "tensorboard"],
@@ -86,7 +87,7 @@ def write_digits(root: Path) -> None:
 
 def config(args: argparse.Namespace, data: Path, steps: int, folder: Path, no_hooks: list[str]) -> TrainConfig:
     """The ``zoo train`` settings of a run of ``steps`` steps (the plain loop reads the same split)."""
-    return TrainConfig(model="mnist_net", model_opt=dict(SMALL_NETWORK), dataset="mnist", data=str(data),
+    return TrainConfig(model="mnist_net", model_opt={"arch": ARCH}, dataset="mnist", data=str(data),
                        batch_size=args.batch_size, max_steps=steps, device=args.device, workers=args.workers,
                        eval_every=0, save_every=0, run_dir=str(folder), no_hooks=list(no_hooks))
 
@@ -154,9 +155,13 @@ def main() -> None:
                         help="wall time (default), or this process's CPU time: steadier on a shared machine, "
                              "where other work steals the cores; use it with OMP_NUM_THREADS=1, as idle torch "
                              "threads spin and count")
+    parser.add_argument("--arch", choices=("small", "official"), default="small",
+                        help="mnist_net's network: small (default, 21,840 parameters: overhead shows most) or "
+                             "official (the model's default, 1.2M parameters)")
     args = parser.parse_args()
-    global CLOCK
+    global CLOCK, ARCH
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    ARCH = args.arch
     if not 0 < args.short < args.long or args.repeats < 1:
         parser.error("need 0 < --short < --long and --repeats >= 1")
     # side: steps: [(wall seconds, seconds in hooks)] of each run
@@ -166,7 +171,8 @@ def main() -> None:
         write_digits(data)
         for repeat in range(args.repeats):  # in turn, so drift hits every side alike
             for steps in (args.short, args.long):
-                for side, no_hooks in SIDES.items():
+                for side in rotated(list(SIDES), repeat):  # each side first, second, third in turn
+                    no_hooks = SIDES[side]
                     seconds = (plain_seconds(args, data, steps), 0.0) if no_hooks is None else \
                         zoo_seconds(args, data, steps, Path(tmp) / "run", no_hooks)
                     times[side][steps].append(seconds)
@@ -177,8 +183,8 @@ def main() -> None:
                 for side, runs in fastest.items()}
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
-    print(f"{args.clock} clock; device {name}; mnist_net on {TRAIN_COUNT} digits (28x28 IDX), batch {args.batch_size} "
-          f"({TRAIN_COUNT // args.batch_size} steps/epoch), {args.workers} workers; slope between "
+    print(f"{args.clock} clock; device {name}; mnist_net ({ARCH} network) on {TRAIN_COUNT} digits (28x28 IDX), "
+          f"batch {args.batch_size} ({TRAIN_COUNT // args.batch_size} steps/epoch), {args.workers} workers; slope between "
           f"{args.short} and {args.long} steps, fastest of {args.repeats} runs each")
     plain = per_step["plain loop"]
     for side, ms in per_step.items():
@@ -192,6 +198,13 @@ def main() -> None:
         print(f"ratio {side} / plain loop: {per_step[side] / plain:.3f} (fastest runs); "
               f"{median_with_interval(paired_ratios(times[side], times['plain loop'], args))} (median of the repeats' own "
               f"slopes)")
+
+
+def rotated(sides: list[str], repeat: int) -> list[str]:
+    """The sides in the order of repeat ``repeat``: each takes every place in turn, so what one run leaves the
+    next (freed memory, a writer thread finishing) does not always fall on the same side."""
+    shift = repeat % len(sides)
+    return sides[shift:] + sides[:shift]
 
 
 def paired_ratios(side: dict[int, list[tuple[float, float]]], plain: dict[int, list[tuple[float, float]]],
