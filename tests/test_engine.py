@@ -188,21 +188,41 @@ def test_resume_with_loader_workers_and_accumulation_is_exact(registry, tmp_path
     assert_bitwise_equal(newest_weights(tmp_path / "a"), newest_weights(tmp_path / "b"))
 
 
+def ctrl_c_at(registry, config: TrainConfig, step: int) -> dict:
+    """Run ``config`` afresh until Ctrl-C after ``step``; the training state its last checkpoint saved."""
+    prepare_new(Path(config.run_dir), overwrite=True)
+    trainer = Trainer(config, registry, Path(config.run_dir))
+    interrupt_at(trainer, step, signal.SIGINT)
+    with pytest.raises(Interrupted):
+        trainer.fit()
+    return checkpoint.load(checkpoint.list_steps(Path(config.run_dir))[-1][1])[1]
+
+
+def eval_steps(run_dir: Path) -> list[int]:
+    """The steps metrics.jsonl has an evaluation of."""
+    return [r["step"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+            if r["kind"] == "eval"]
+
+
 def test_a_stop_at_the_last_step_leaves_the_final_evaluation_to_the_resumed_run(registry, tmp_path):
     """Ctrl-C in the run's last step saves before the final evaluation; --resume then does it, not 'complete'."""
     config = tiny_config(tmp_path / "run", max_steps=4, eval_every=3)
-    prepare_new(tmp_path / "run", overwrite=True)
-    trainer = Trainer(config, registry, tmp_path / "run")
-    interrupt_at(trainer, 4, signal.SIGINT)
-    with pytest.raises(Interrupted):
-        trainer.fit()
-    evals = lambda: [r["step"] for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
-                     if r["kind"] == "eval"]
-    assert evals() == [3]
-    _, state = checkpoint.load(checkpoint.list_steps(tmp_path / "run")[-1][1])
+    state = ctrl_c_at(registry, config, 4)
+    assert eval_steps(tmp_path / "run") == [3]
     assert state["step"] == 4 and state["eval_owed"] is True
     train(registry, config, resume=True)
-    assert evals() == [3, 4]
+    assert eval_steps(tmp_path / "run") == [3, 4]
+
+
+def test_a_stop_where_no_evaluation_is_due_evaluates_the_steps_a_straight_run_does(registry, tmp_path):
+    """Ctrl-C at step 5 (evaluations every 4): the resumed run evaluates 8 and the end, as a straight run does;
+    an evaluation at 5 would be one more, and could take the best checkpoint from the straight run's."""
+    train(registry, tiny_config(tmp_path / "straight", max_steps=10, eval_every=4))
+    config = tiny_config(tmp_path / "run", max_steps=10, eval_every=4)
+    state = ctrl_c_at(registry, config, 5)
+    assert state["step"] == 5 and state["eval_owed"] is False
+    train(registry, config, resume=True)
+    assert eval_steps(tmp_path / "run") == eval_steps(tmp_path / "straight") == [4, 8, 10]
 
 
 def test_second_ctrl_c_aborts_without_saving(registry, tmp_path):

@@ -76,7 +76,7 @@ def fit(run: Any) -> TrainResult:
         feed.close()
         if state.last_log_step != state.step:
             progress.log_step(run, None)
-        if schedule.evaluates and state.last_eval_step != state.step:
+        if schedule.final_eval_due(state, run.stopper.signalled()):
             periodic.evaluate_unless_stopping(run)  # stopping: owed, and done first by the resumed run
         saved = checkpoints.saved_or_save()
         outcome.status = run.stopper.status

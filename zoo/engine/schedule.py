@@ -120,6 +120,11 @@ class Schedule:
         due = epoch_ended if every is None else bool(every) and state.step % every == 0
         return due and state.last_eval_step != state.step and state.step < self.total_steps
 
+    def final_eval_due(self, state: TrainState, signalled: bool) -> bool:
+        """After the loop: the run's own evaluation at its last step, or where a hook stopped it. A signal's stop
+        before the end has none, as a straight run evaluates no such step (one due there stays owed)."""
+        return self.evaluates and state.last_eval_step != state.step and not (signalled and self.running(state))
+
     def save_due(self, state: TrainState, epoch_ended: bool) -> bool:
         """Every ``--save-every`` steps; without it, at epochs' ends as the ``SaveBudget`` allows. The run's last step
         has its own."""
