@@ -211,7 +211,8 @@ def test_zoo_diff_shows_only_what_differs_then_the_metrics_side_by_side(runs, zo
     assert out.splitlines()[0].split()[-2:] == [str(done), str(other)]
     rows = _rows(out)
     assert rows["config.lr"] == ["null", "0.01"] and rows["config.max_steps"] == ["4", "3"]
-    assert rows["config.hooks"] == ['["ema"]', "[]"]
+    assert rows["config.hooks"] == ['["builtin:ema"]', "[]"]  # as config.json's resolved section names it
+    assert "config.model" not in rows and "config.dataset" not in rows
     assert rows["resolved.hook_options.builtin:ema.decay"][1] == "-"
     assert "config.seed" not in rows and "config.run_dir" not in rows and "resolved.model.version" not in rows
     last_done, last_other = evaluations(done)[-1], evaluations(other)[-1]
@@ -220,6 +221,21 @@ def test_zoo_diff_shows_only_what_differs_then_the_metrics_side_by_side(runs, zo
     assert rows["eval.ema/loss"] == [format_number(last_done["ema/loss"]), "-"]
     tested = json.loads((done / "test-metrics.json").read_text())
     assert rows["test.loss"] == [format_number(tested["metrics"]["loss"]), "-"]
+
+
+def test_zoo_diff_finds_a_resumed_run_the_same_as_one_never_resumed(runs, tmp_path, zoo_cli):
+    # a resume names the run's parts as config.json recorded them (builtin:mnist_net; the default dataset,
+    # which the command did not name, builtin:shapes): the same parts as the straight run's mnist_net and null
+    resumed = tmp_path / "resumed"
+    shorter = TRAIN[:TRAIN.index("--max-steps") + 1] + ["2"] + TRAIN[TRAIN.index("--max-steps") + 2:]
+    _zoo(*shorter, "--run-dir", str(resumed))
+    _zoo("train", "--resume", str(resumed), "--max-steps", "4")
+    pinned, given = (json.loads((run / "config.json").read_text())["config"] for run in (resumed, runs / "done"))
+    assert (pinned["model"], pinned["dataset"], given["model"], given["dataset"]) == (
+        "builtin:mnist_net", "builtin:shapes", "mnist_net", None)
+    code, out, err = zoo_cli("diff", str(runs / "done"), str(resumed))
+    assert code == 0, err
+    assert out.splitlines()[0].startswith("config: the same"), out
 
 
 def test_zoo_diff_of_a_folder_that_is_not_a_run_names_it(runs, tmp_path, zoo_cli):

@@ -266,17 +266,25 @@ def pin_recorded_parts(config: TrainConfig, resolved: dict[str, Any] | None) -> 
 
     A plugin installed after the run that offers the same bare name then cannot make the run ambiguous.
     """
+    pinned = recorded_part_names(dataclasses.asdict(config), resolved)
+    config.model, config.loss, config.dataset = pinned["model"], pinned["loss"], pinned["dataset"]
+    config.hooks = pinned["hooks"]
+
+
+def recorded_part_names(config: dict[str, Any], resolved: dict[str, Any] | None) -> dict[str, Any]:
+    """A config's ``model``, ``loss``, ``dataset`` and ``hooks`` in the spelling ``resolved`` recorded them
+    (``builtin:dcgan`` for ``dcgan``; the part used where the config named none); other keys as given."""
     def recorded(kind: str, given: str | None) -> str | None:
         """The recorded spelling of the part the config names (its default when it names none)."""
         part = (resolved or {}).get(kind)
         name = part.get("name") if isinstance(part, dict) else None
         return name if name and (given is None or same_part_name(name, given)) else given
 
-    config.model = recorded("model", config.model)
-    config.loss = recorded("loss", config.loss)
-    config.dataset = recorded("dataset", config.dataset)
-    hooks = [part.get("name") for part in (resolved or {}).get("hooks") or [] if isinstance(part, dict)]
-    config.hooks = [next((q for q in hooks if q and same_part_name(q, name)), name) for name in config.hooks]
+    pinned = {**config, **{kind: recorded(kind, config.get(kind)) for kind in ("model", "loss", "dataset")}}
+    if isinstance(config.get("hooks"), list):
+        hooks = [part.get("name") for part in (resolved or {}).get("hooks") or [] if isinstance(part, dict)]
+        pinned["hooks"] = [next((q for q in hooks if q and same_part_name(q, name)), name) for name in config["hooks"]]
+    return pinned
 
 
 def _same_place(one: str, other: str) -> bool:

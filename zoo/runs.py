@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from zoo.config import recorded_part_names
 from zoo.engine.lock import held
 from zoo.engine.rundir import read_config
 from zoo.engine.status import read_status
@@ -178,6 +179,9 @@ def comparable_config(document: dict[str, Any]) -> dict[str, Any]:
     """A config.json's ``config``, ``resolved`` (parts with their plugin versions, every option) and ``versions``
     (packages) sections, flattened; what differs between any two runs (their folder) left out."""
     sections = {name: document.get(name) or {} for name in ("config", "resolved", "versions")}
+    # parts as config.json's resolved section names them: a resumed run's config has them so (builtin:dcgan, not
+    # dcgan; the default dataset by name, not null), a run never resumed as given: the same parts either way
+    sections["config"] = recorded_part_names(sections["config"], sections["resolved"])
     return {key: value for key, value in flatten(sections).items() if key not in NOT_COMPARED}
 
 
