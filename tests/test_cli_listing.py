@@ -249,13 +249,16 @@ def test_a_dataset_with_optional_data_shows_its_data_help():
 
 def test_list_of_a_misspelt_kind_suggests_the_kind(run_zoo):
     result = run_zoo("list", "modles")
-    assert result.returncode == 0, result.stderr  # matching nothing is an answer, as for a pattern
-    assert result.stdout.strip() == "no kind or name matches 'modles'; did you mean 'zoo list models'?"
+    assert result.returncode == 2 and result.stdout == ""  # a typo, not a search: a usage error
+    assert result.stderr.strip() == "zoo: error: no kind or name matches 'modles'; did you mean 'zoo list models'?"
     result = run_zoo("list", "hoks", "tens*")  # another pattern matched: the hint comes as a note
     assert "tensorboard" in result.stdout
     assert result.stdout.strip().splitlines()[-1] == (
         "note: no kind or name matches 'hoks'; did you mean 'zoo list hooks tens*'?")
     result = run_zoo("list", "plugns", "--json")
-    assert json.loads(result.stdout) == []
-    assert result.stderr.strip() == "zoo: note: no kind or name matches 'plugns'; did you mean 'zoo list plugins'?"
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip() == "zoo: error: no kind or name matches 'plugns'; did you mean 'zoo list plugins'?"
+    result = run_zoo("list", "hoks", "tens*", "--json")  # stdout stays JSON, the hint a note on stderr
+    assert [record["name"] for record in json.loads(result.stdout)] == ["tensorboard"]
+    assert result.stderr.strip() == "zoo: note: no kind or name matches 'hoks'; did you mean 'zoo list hooks tens*'?"
     assert run_zoo("list", "nomatch*").stdout.strip() == "no entries match nomatch*"  # nothing like a kind

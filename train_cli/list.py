@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from train_cli.completion import list_words
+from zoo.errors import UsageError
 from zoo.registry import KINDS, PLURALS, Entry, PluginInfo, Registry
 
 if TYPE_CHECKING:
@@ -72,6 +73,8 @@ def list_command(ctx: Context, args: tuple[str, ...], as_json: bool) -> None:
         plugins = [p for p in plugins if any(fnmatch.fnmatchcase(p.name, pat) for pat in patterns)]
     show_plugins = kind == "plugin" or (kind is None and not patterns)
     misspelt = _misspelt_kind(registry, patterns) if kind is None else None
+    if misspelt and not entries:  # nothing matched a word that looks like a kind: a typo, not a search
+        raise UsageError(misspelt)
     if as_json:
         records = [_entry_record(e, registry) for e in entries]
         if show_plugins:
@@ -83,7 +86,7 @@ def list_command(ctx: Context, args: tuple[str, ...], as_json: bool) -> None:
     lines = _entry_lines(entries, kind) + (_plugin_lines(plugins) if show_plugins else _skipped_lines(registry))
     if not show_plugins and not entries:
         what = _PLURAL_OF[kind] if kind else "entries"
-        lines.append(misspelt or (f"no {what} match {' '.join(patterns)}" if patterns else f"no {what} installed"))
+        lines.append(f"no {what} match {' '.join(patterns)}" if patterns else f"no {what} installed")
     elif misspelt:  # other patterns matched: still point out the word that looks like a kind
         lines.append(f"note: {misspelt}")
     click.echo("\n".join(lines).rstrip())
