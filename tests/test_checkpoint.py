@@ -57,6 +57,19 @@ def test_state_round_trips_exactly_through_safetensors_and_json(tmp_path):
     assert doc["format_version"] == checkpoint.FORMAT_VERSION and doc["step"] == 7
 
 
+def test_the_same_checkpoint_saved_again_has_the_same_bytes_and_its_metadata(tmp_path):
+    # safetensors orders a file's metadata differently from one call to the next; zoo sorts it
+    from safetensors import safe_open
+    weights, ema = {"net.weight": torch.randn(2, 3)}, {"net.weight": torch.randn(2, 3)}
+    state = sample_state()
+    folders = [checkpoint.save(tmp_path / f"run{i}", 7, weights, state, {"ema": ema}) for i in range(6)]
+    for name in ("model.safetensors", "weights-ema.safetensors", "state.safetensors", "state.json"):
+        assert len({(folder / name).read_bytes() for folder in folders}) == 1, name
+    with safe_open(str(folders[0] / "weights-ema.safetensors"), "pt") as opened:
+        assert opened.metadata() == {"format": "zoo", "set": "ema", "step": "7"}
+    assert_same(checkpoint.load(folders[0])[0], weights)
+
+
 def test_a_failed_write_leaves_no_step_folder_and_the_previous_one_whole(tmp_path, monkeypatch):
     weights = {"w": torch.ones(3)}
     checkpoint.save(tmp_path, 1, weights, sample_state())

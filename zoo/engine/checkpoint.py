@@ -128,10 +128,10 @@ def save(run_dir: Path, step: int, model_state: dict[str, torch.Tensor], state: 
     tmp.mkdir()
     try:
         weights = {k: v.detach().cpu().contiguous().clone() for k, v in model_state.items()}
-        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "zoo", "step": str(step)})
+        _save_weights(weights, tmp / "model.safetensors", {"format": "zoo", "step": str(step)})
         for name, tensors in (weight_sets or {}).items():
-            save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()},
-                      str(weight_set_file(tmp, name)), metadata={"format": "zoo", "step": str(step), "set": name})
+            _save_weights({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()},
+                          weight_set_file(tmp, name), {"format": "zoo", "step": str(step), "set": name})
         tensors: dict[str, torch.Tensor] = {}
         skeleton = flatten(state, tensors)
         save_file(tensors, str(tmp / "state.safetensors"))
@@ -152,6 +152,21 @@ def save(run_dir: Path, step: int, model_state: dict[str, torch.Tensor], state: 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _save_weights(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """A safetensors file whose bytes depend on its contents only: safetensors writes the metadata in an order
+    that changes from one call to the next, so the header is rewritten in place with the metadata sorted."""
+    save_file(tensors, str(path), metadata=metadata)
+    with open(path, "r+b") as handle:
+        size = int.from_bytes(handle.read(8), "little")
+        written = handle.read(size)
+        header = json.loads(written)
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        stable = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(stable) == len(written.rstrip(b" ")):  # the same JSON reordered: the header keeps its size
+            handle.seek(8)
+            handle.write(stable.ljust(size))
 
 
 def list_steps(run_dir: Path) -> list[tuple[int, Path]]:
