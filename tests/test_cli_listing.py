@@ -201,7 +201,8 @@ def test_info_model(info):
     datasets = _field(out, "datasets that fit")
     assert "shapes (default)" in datasets and "imagefolder" in datasets
     assert "glob_patches" not in datasets  # image-to-image data does not feed a GAN
-    count = re.fullmatch(r"([\d,]+) at default options", _field(out, "parameters"))
+    count = re.fullmatch(r"([\d,]+) at default options \(a run fills image size, channels and classes from its "
+                         r"data, and says its own count\)", _field(out, "parameters"))
     assert count and int(count.group(1).replace(",", "")) > 1_000_000
 
 

@@ -33,7 +33,8 @@ def _parameter_count(entry: Entry) -> str:
             recipe, _, _ = build.build_recipe(entry, {})
     except Exception as exc:  # some options may be required; say why instead of failing
         return f"unknown ({type(exc).__name__}: {exc})"
-    return f"{sum(p.numel() for p in recipe.parameters()):,} at default options"
+    return (f"{sum(p.numel() for p in recipe.parameters()):,} at default options (a run fills image size, channels "
+            f"and classes from its data, and says its own count)")
 
 
 def describe(registry: Registry, entry: Entry) -> str:
