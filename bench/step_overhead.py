@@ -61,7 +61,6 @@ from zoo.registry import get_registry  # noqa: E402
 
 CLOCK = time.perf_counter  # --clock cpu: time.process_time
 TRAIN_COUNT = 1500  # of load_digits' 1,797 images; the rest are the test split
-ARCH = "small"  # mnist_net's network on both sides (--arch): the small one, as before it had two
 SIDES = {  # name: the hooks that zoo side turns off (None: the plain loop)
     "zoo (default hooks)": [],
     "zoo --no-hook samples --no-hook tensorboard": ["samples", "tensorboard"],
@@ -87,7 +86,7 @@ def write_digits(root: Path) -> None:
 
 def config(args: argparse.Namespace, data: Path, steps: int, folder: Path, no_hooks: list[str]) -> TrainConfig:
     """The ``zoo train`` settings of a run of ``steps`` steps (the plain loop reads the same split)."""
-    return TrainConfig(model="mnist_net", model_opt={"arch": ARCH}, dataset="mnist", data=str(data),
+    return TrainConfig(model="mnist_net", model_opt={"arch": args.arch}, dataset="mnist", data=str(data),
                        batch_size=args.batch_size, max_steps=steps, device=args.device, workers=args.workers,
                        eval_every=0, save_every=0, run_dir=str(folder), no_hooks=list(no_hooks))
 
@@ -159,9 +158,8 @@ def main() -> None:
                         help="mnist_net's network: small (default, 21,840 parameters: overhead shows most) or "
                              "official (the model's default, 1.2M parameters)")
     args = parser.parse_args()
-    global CLOCK, ARCH
+    global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
-    ARCH = args.arch
     if not 0 < args.short < args.long or args.repeats < 1:
         parser.error("need 0 < --short < --long and --repeats >= 1")
     # side: steps: [(wall seconds, seconds in hooks)] of each run
@@ -183,7 +181,7 @@ def main() -> None:
                 for side, runs in fastest.items()}
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
-    print(f"{args.clock} clock; device {name}; mnist_net ({ARCH} network) on {TRAIN_COUNT} digits (28x28 IDX), "
+    print(f"{args.clock} clock; device {name}; mnist_net ({args.arch} network) on {TRAIN_COUNT} digits (28x28 IDX), "
           f"batch {args.batch_size} ({TRAIN_COUNT // args.batch_size} steps/epoch), {args.workers} workers; slope between "
           f"{args.short} and {args.long} steps, fastest of {args.repeats} runs each")
     plain = per_step["plain loop"]

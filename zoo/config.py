@@ -266,7 +266,8 @@ def pin_recorded_parts(config: TrainConfig, resolved: dict[str, Any] | None) -> 
 
     A plugin installed after the run that offers the same bare name then cannot make the run ambiguous.
     """
-    pinned = recorded_part_names(dataclasses.asdict(config), resolved)
+    pinned = recorded_part_names({kind: getattr(config, kind) for kind in ("model", "loss", "dataset", "hooks")},
+                                 resolved)
     config.model, config.loss, config.dataset = pinned["model"], pinned["loss"], pinned["dataset"]
     config.hooks = pinned["hooks"]
 
